@@ -1,0 +1,102 @@
+"""Build the documentation as browsable HTML in `_docs/`, without Quarto.
+
+    python tests/build_docs.py            # writes _docs/index.html, one page per notebook, and README.md
+
+The published site is rendered by Quarto (`nbdev_docs`, in the GitHub docs workflow). Quarto cannot be
+installed on machines without GitHub access, so this fallback uses nbdev's own processing of the
+notebooks (`nbdev.serve.proc_nbs`: hidden cells dropped, `show_doc` signatures rendered, directives
+stripped, into `_proc/`) and nbconvert to turn each processed notebook into an HTML page, with a
+navigation bar that links every page in reading order.
+"""
+import html
+import re
+import shutil
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+_NAV_CSS = """
+<style>
+ nav.ag-nav{position:sticky;top:0;z-index:10;background:#2c3e50;padding:.5em 1em;font:14px sans-serif}
+ nav.ag-nav a{color:#ecf0f1;margin-right:1.1em;text-decoration:none} nav.ag-nav a.here{font-weight:bold;text-decoration:underline}
+ .ag-desc{color:#555;font-style:italic;margin:0 0 1em 0}
+</style>"""
+
+
+def _frontmatter(nb) -> dict:
+    "Title and description from the raw frontmatter cell nbdev's processing writes."
+    for cell in nb.cells:
+        if cell.cell_type == "raw" and cell.source.startswith("---"):
+            import yaml
+            meta = yaml.safe_load(cell.source.strip().strip("-")) or {}
+            return {k: str(v) for k, v in meta.items()}
+    return {}
+
+
+def build(out: str = "_docs") -> list:
+    "Process every notebook with nbdev, render each to `out/<name>.html`; return the pages written."
+    import nbformat
+    from nbconvert import HTMLExporter
+    from nbdev.config import get_config
+    from nbdev.serve import proc_nbs
+
+    cfg = get_config(path=ROOT)
+    cache = proc_nbs(str(cfg.nbs_path), n_workers=0, force=True)
+    notebooks = sorted(cache.glob("*.ipynb"), key=lambda p: (p.stem != "index", p.name))
+    if not notebooks:
+        raise RuntimeError(f"nbdev processed no notebooks into {cache}")
+    dest = ROOT / out
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True)
+
+    pages = []
+    for p in notebooks:
+        nb = nbformat.read(p, as_version=4)
+        fm = _frontmatter(nb)
+        nb.cells = [c for c in nb.cells if not (c.cell_type == "raw" and c.source.startswith("---"))]
+        title = fm.get("title") or p.stem
+        if fm.get("description"):
+            nb.cells.insert(0, nbformat.v4.new_markdown_cell(f"# {title}\n\n<p class='ag-desc'>{fm['description']}</p>"))
+        name = "index.html" if p.stem == "index" else p.stem + ".html"
+        pages.append((name, title, nb))
+
+    exporter = HTMLExporter(template_name="lab", exclude_input_prompt=True, exclude_output_prompt=True)
+    for name, title, nb in pages:
+        links = " ".join(f'<a href="{n}"{" class=here" if n == name else ""}>{html.escape(t)}</a>'
+                         for n, t, _ in pages)
+        body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": title}})
+        body = body.replace("</head>", _NAV_CSS + "</head>", 1)
+        body = re.sub(r"(<body[^>]*>)", r'\1<nav class="ag-nav">' + links.replace("\\", "\\\\") + "</nav>", body, count=1)
+        (dest / name).write_text(body, encoding="utf-8")
+    write_readme(cache / "index.ipynb")
+    for extra in (cfg.nbs_path / "bench",):          # data the pages link to (benchmark CSVs, figures)
+        if extra.is_dir():
+            shutil.copytree(extra, dest / extra.name)
+    return [dest / n for n, _, _ in pages]
+
+
+def readme_text(processed_index: Path) -> str:
+    "README.md from nbdev's processed `index.ipynb`: the docs home page as GitHub markdown."
+    import nbformat
+    from nbconvert import MarkdownExporter
+
+    nb = nbformat.read(processed_index, as_version=4)
+    fm = _frontmatter(nb)
+    nb.cells = [c for c in nb.cells if not (c.cell_type == "raw" and c.source.startswith("---"))]
+    body, _ = MarkdownExporter().from_notebook_node(nb)
+    head = f"# {fm.get('title', 'arc_geometry')}\n\n> {fm.get('description', '')}\n\n"
+    note = "<!-- generated from nbs/index.ipynb by tests/build_docs.py: edit the notebook, not this file -->\n\n"
+    return note + head + re.sub(r"\n{3,}", "\n\n", body).strip() + "\n"
+
+
+def write_readme(processed_index: Path) -> Path:
+    "Write README.md (the docs home page, from `index.ipynb`)."
+    (ROOT / "README.md").write_text(readme_text(processed_index), encoding="utf-8")
+    return ROOT / "README.md"
+
+
+if __name__ == "__main__":
+    out = sys.argv[1] if len(sys.argv) > 1 else "_docs"
+    pages = build(out)
+    print(f"wrote {len(pages)} pages to {ROOT / out}: " + ", ".join(p.name for p in pages))
