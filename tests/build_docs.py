@@ -34,6 +34,37 @@ def _frontmatter(nb) -> dict:
     return {}
 
 
+_DIRECTIVE = re.compile(r"^\s*#\s*\|\s*([\w-]+)\s*:?\s*(.*?)\s*$")
+_QUARTO_ATTRS = re.compile(r"\{(?:target|style|\.)[^{}]*\}")     # Quarto-only `[text](url){target=...}` attributes
+
+
+def quarto_to_nbconvert(nb) -> None:
+    "Apply what Quarto would do with nbdev's cell directives: `echo: false` hides the code, directives vanish."
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        lines = cell.source.splitlines()
+        directives = {m.group(1): m.group(2) for m in map(_DIRECTIVE.match, lines) if m}
+        cell.source = "\n".join(l for l in lines if not _DIRECTIVE.match(l)).strip()
+        if directives.get("echo") == "false" or not cell.source:
+            cell.metadata.setdefault("tags", []).append("remove_input")
+        for out in cell.get("outputs", []):
+            md = out.get("data", {}).get("text/markdown")
+            if md is not None:
+                out["data"]["text/markdown"] = _QUARTO_ATTRS.sub("", md if isinstance(md, str) else "".join(md))
+
+
+def _mathjax(dest: Path) -> str:
+    "Copy MathJax (from the jupyter-server-mathjax package) next to the pages; return the URL to load it by."
+    try:
+        import jupyter_server_mathjax
+    except ImportError:                          # no local MathJax: formulas stay as TeX source
+        return ""
+    static = Path(jupyter_server_mathjax.__file__).parent / "static"
+    shutil.copytree(static, dest / "mathjax", ignore=shutil.ignore_patterns("*.md", "unpacked", "docs", "test"))
+    return "mathjax/MathJax.js?config=TeX-AMS-MML_HTMLorMML-full"
+
+
 def build(out: str = "_docs") -> list:
     "Process every notebook with nbdev, render each to `out/<name>.html`; return the pages written."
     import nbformat
@@ -55,13 +86,18 @@ def build(out: str = "_docs") -> list:
         nb = nbformat.read(p, as_version=4)
         fm = _frontmatter(nb)
         nb.cells = [c for c in nb.cells if not (c.cell_type == "raw" and c.source.startswith("---"))]
+        quarto_to_nbconvert(nb)
         title = fm.get("title") or p.stem
         if fm.get("description"):
             nb.cells.insert(0, nbformat.v4.new_markdown_cell(f"# {title}\n\n<p class='ag-desc'>{fm['description']}</p>"))
         name = "index.html" if p.stem == "index" else p.stem + ".html"
         pages.append((name, title, nb))
 
+    from nbconvert.preprocessors import TagRemovePreprocessor
     exporter = HTMLExporter(template_name="lab", exclude_input_prompt=True, exclude_output_prompt=True)
+    exporter.register_preprocessor(TagRemovePreprocessor(remove_input_tags={"remove_input"}), enabled=True)
+    if url := _mathjax(dest):
+        exporter.mathjax_url = url
     for name, title, nb in pages:
         links = " ".join(f'<a href="{n}"{" class=here" if n == name else ""}>{html.escape(t)}</a>'
                          for n, t, _ in pages)

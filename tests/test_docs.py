@@ -20,5 +20,6 @@ def test_docs_build():
         text = p.read_text()
         assert "<nav class=\"ag-nav\">" in text and len(text) > 2000, p.name
         assert "#| export" not in text and "nbdev_export()" not in text, f"{p.name}: nbdev directives leaked"
+    assert (pages[0].parent / "mathjax" / "MathJax.js").exists(), "MathJax is not shipped: formulas would not render offline"
     core = (pages[0].parent / "00_core.html").read_text()
     assert re.search(r"check_shape", core)       # the API reference (show_doc) is rendered
