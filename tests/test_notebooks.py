@@ -6,6 +6,7 @@ markers are honoured: cells with `#| eval: false`, cells flagged with a test fla
 fails the test with the notebook's name, the cell's index and the error.
 """
 import configparser
+import os
 import re
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from conftest import ROOT, notebooks, subprocess_env
 
 # Small sizes injected into a notebook's `parameters` cell; notebooks not listed run with their own values.
 SMALL = {
+    "index.ipynb": {"S": 16},
     "10_bench_attention.ipynb": {"QUICK": True},
     "15_bench_model.ipynb": {"QUICK": True},
 }
@@ -63,17 +65,40 @@ def test_skip_reason():
     assert skip_reason("#| export\nx=1") is None
 
 
-@pytest.mark.parametrize("nb", notebooks(), ids=lambda p: p.name)
-def test_notebook_runs(nb, tmp_path, monkeypatch):
-    src = tmp_path / nb.name
+def run_notebook(nb: Path, tmp_path: Path, parameters: dict, monkeypatch) -> "nbformat.NotebookNode":
+    "Execute `nb` (skipped cells blanked, `parameters` injected) in a fresh kernel; return the executed notebook."
+    src, out = tmp_path / nb.name, tmp_path / ("out_" + nb.name)
     prepare(nb, src)
-    for k in list(__import__("os").environ):
+    for k in list(os.environ):
         if k not in subprocess_env():
             monkeypatch.delenv(k)          # the kernel inherits this process's environment
     try:
-        pm.execute_notebook(str(src), str(tmp_path / ("out_" + nb.name)), parameters=SMALL.get(nb.name, {}),
-                            kernel_name="python3", cwd=str(nb.parent), progress_bar=False,
-                            execution_timeout=900)
+        return pm.execute_notebook(str(src), str(out), parameters=parameters, kernel_name="python3", language="python",
+                                   cwd=str(nb.parent), progress_bar=False, execution_timeout=900)
     except pm.PapermillExecutionError as e:
         pytest.fail(f"{nb.name}: cell {e.cell_index} (execution count {e.exec_count}) raised "
                     f"{e.ename}: {e.evalue}", pytrace=False)
+
+
+def test_runner_injects_parameters_and_honours_skips(tmp_path, monkeypatch):
+    "The runner itself: the parameters cell is overridden, and skipped cells never run."
+    v4 = nbformat.v4
+    nb = v4.new_notebook(cells=[
+        v4.new_code_cell("N = 1000", metadata={"tags": ["parameters"]}),
+        v4.new_code_cell("#| eval: false\nraise RuntimeError('eval: false cell ran')"),
+        v4.new_code_cell("#| slow\nraise RuntimeError('slow cell ran')"),
+        v4.new_code_cell("import nbdev; nbdev.nbdev_export()"),
+        v4.new_code_cell("print('N =', N)"),
+    ])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    path = tmp_path / "src" / "probe.ipynb"
+    path.parent.mkdir()
+    nbformat.write(nb, path)
+    done = run_notebook(path, tmp_path, {"N": 3}, monkeypatch)
+    printed = "".join(o.get("text", "") for c in done.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    assert "N = 3" in printed and "ran" not in printed
+
+
+@pytest.mark.parametrize("nb", notebooks(), ids=lambda p: p.name)
+def test_notebook_runs(nb, tmp_path, monkeypatch):
+    run_notebook(nb, tmp_path, SMALL.get(nb.name, {}), monkeypatch)
