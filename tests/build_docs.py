@@ -52,6 +52,33 @@ def quarto_to_nbconvert(nb) -> None:
             md = out.get("data", {}).get("text/markdown")
             if md is not None:
                 out["data"]["text/markdown"] = _QUARTO_ATTRS.sub("", md if isinstance(md, str) else "".join(md))
+            fig = out.get("data", {}).pop(PLOTLY_MIME, None)
+            if fig is not None:
+                out["data"] = {"text/html": plotly_html(fig)}
+
+
+PLOTLY_MIME = "application/vnd.plotly.v1+json"
+
+
+def plotly_html(fig: dict) -> str:
+    "A plotly figure (the notebook's mimetype output) as a div drawn by the plotly.js shipped next to the pages."
+    import json
+    import uuid
+
+    uid = "plotly-" + uuid.uuid4().hex[:12]
+    height = (fig.get("layout") or {}).get("height") or 450
+    spec = json.dumps({"data": fig.get("data", []), "layout": fig.get("layout", {})})
+    return (f'<div id="{uid}" class="plotly-graph-div" style="height:{height}px;width:100%"></div>'
+            f'<script>(function(){{var f={spec};Plotly.newPlot("{uid}",f.data,f.layout,{{responsive:true}});}})();</script>')
+
+
+def _plotlyjs(dest: Path) -> str:
+    "Copy plotly.js (from the plotly package) next to the pages: figures draw offline, with no CDN."
+    import plotly
+
+    src = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
+    shutil.copy2(src, dest / "plotly.min.js")
+    return '<script src="plotly.min.js" charset="utf-8"></script>'
 
 
 def _mathjax(dest: Path) -> str:
@@ -96,13 +123,14 @@ def build(out: str = "_docs") -> list:
     from nbconvert.preprocessors import TagRemovePreprocessor
     exporter = HTMLExporter(template_name="lab", exclude_input_prompt=True, exclude_output_prompt=True)
     exporter.register_preprocessor(TagRemovePreprocessor(remove_input_tags={"remove_input"}), enabled=True)
+    plotly_tag = _plotlyjs(dest)
     if url := _mathjax(dest):
         exporter.mathjax_url = url
     for name, title, nb in pages:
         links = " ".join(f'<a href="{n}"{" class=here" if n == name else ""}>{html.escape(t)}</a>'
                          for n, t, _ in pages)
         body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": title}})
-        body = body.replace("</head>", _NAV_CSS + "</head>", 1)
+        body = body.replace("</head>", _NAV_CSS + (plotly_tag if "Plotly.newPlot" in body else "") + "</head>", 1)
         body = re.sub(r"(<body[^>]*>)", r'\1<nav class="ag-nav">' + links.replace("\\", "\\\\") + "</nav>", body, count=1)
         (dest / name).write_text(body, encoding="utf-8")
     write_readme(cache / "index.ipynb")
