@@ -140,7 +140,7 @@ def oracle_errors(fast, ref, args: dict, dtype: torch.dtype = torch.float32, see
                 for n, a in args.items()}
     a64, ax = cast(torch.float64), cast(dtype)
     o64, ox = ref(**a64, **kwargs), fast(**ax, **kwargs)
-    cot = torch.randn(o64.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    cot = torch.randn(o64.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(seed)).to(o64.device)
     names = [n for n, a in a64.items() if isinstance(a, Tensor) and a.requires_grad]
     g64 = torch.autograd.grad(o64, [a64[n] for n in names], cot, allow_unused=True)
     gx = torch.autograd.grad(ox, [ax[n] for n in names], cot.to(ox.dtype), allow_unused=True)
