@@ -35,16 +35,7 @@ def project(q: Tensor, k: Tensor, A: Tensor, W: Tensor, b: Tensor):
     return u.contiguous(), w.contiguous(), a.contiguous(), ap.contiguous()
 
 # %% ../../nbs/08_position_metric.ipynb #3380da31
-def _allowed(i0, i1, Sq, Sk, nk, causal, kpm, device):
-    "Allowed pairs `(B|1, 1, i1−i0, nk)` of queries `i0…i1−1` and keys `0…nk−1` (ends aligned), or None if all are."
-    m = None
-    if causal:
-        i = torch.arange(i0, i1, device=device)[:, None]
-        m = (torch.arange(nk, device=device)[None, :] <= i + (Sk - Sq))[None, None]
-    if kpm is not None:
-        kp = kpm[:, None, None, :nk]
-        m = kp if m is None else m & kp
-    return m
+from .chunked import _allowed   # the block mask of the chunked runner (05_chunked)
 
 def _blocks(Sq, Sk, C, causal):
     "Query blocks `(i0, i1, nk)`: nk = keys any query of the block may see (0: none)."
