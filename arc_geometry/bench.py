@@ -22,7 +22,8 @@ import torch.nn.functional as F
 GEOMETRIES = ("metric", "position_metric", "poincare", "hybrid")
 
 # %% auto #0
-__all__ = ['GEOMETRIES', 'MALLOC_ENV', 'make_inputs', 'attention_fn', 'run_case', 'bench_attention', 'bench_figure']
+__all__ = ['GEOMETRIES', 'MALLOC_ENV', 'make_inputs', 'attention_fn', 'run_case', 'with_tflops', 'bench_attention',
+           'bench_figure']
 
 # %% ../nbs/10_bench_attention.ipynb #fc6c0f14
 def make_inputs(geometry: str, B: int, H: int, S: int, D: int, R: int, dtype=torch.float32, seed: int = 0):
@@ -89,6 +90,15 @@ def _ref_bytes(geometry, B, H, S, D, R):
     width = D + (2 * R if geometry == "position_metric" else 0)
     return 4 * 4 * B * H * S * S * width          # float32, about four live tensors of that size
 
+def with_tflops(df, B: int = 1, H: int = 8, D: int = 64, causal: bool = True):
+    """Add `fwd_tflops`, `fwdbwd_tflops`: the FlashAttention convention, 4·B·H·S²·D flops forward (halved when
+    causal), 2.5× that forward+backward — the same count for every geometry, so a geometry's extra work shows
+    as a lower rate."""
+    f = 4 * B * H * df.S.astype(float) ** 2 * D * (0.5 if causal else 1.0)
+    if "fwd_s" in df: df["fwd_tflops"] = f / df.fwd_s / 1e12
+    if "fwdbwd_s" in df: df["fwdbwd_tflops"] = 2.5 * f / df.fwdbwd_s / 1e12
+    return df
+
 def bench_attention(geometries: Sequence[str] = GEOMETRIES, seqlens: Sequence[int] = (256, 1024, 4096, 16384),
                     B: int = 1, H: int = 8, D: int = 64, R: int = 16, reference: bool = True,
                     ref_max_bytes: int = 3 * 2 ** 30, timeout_s: float = 300, repeats: int = 3,
@@ -117,7 +127,7 @@ def bench_attention(geometries: Sequence[str] = GEOMETRIES, seqlens: Sequence[in
             except subprocess.TimeoutExpired:
                 row = dict(status=f"timeout > {timeout_s:.0f} s"); break
         rows.append({"geometry": g, "backend": be, "S": S, **row})
-    df = pd.DataFrame(rows)
+    df = with_tflops(pd.DataFrame(rows), B, H, D)
     floor = df[df.geometry == "dot"].set_index("S")
     for col in ("fwd_s", "fwdbwd_s"):
         if col in df: df[col.replace("_s", "_x_sdpa")] = df[col] / df.S.map(floor[col])
