@@ -135,6 +135,22 @@ class GeoPreTrained(nn.Module):
             if c is not None: total = total + (F.relu(lo - c).pow(2) + F.relu(c - hi).pow(2)).sum()
         return total
 
+    @torch.no_grad()
+    def geometry_stats(self) -> dict:
+        """What the learned geometry looks like now, as JSON-ready lists `[layer][head]`: `curvature` (`c_h`) and
+        `alpha` (`α_h`) where the geometry has them, `metric_cond` (condition number `λ_max/λ_min` of `G_h`; for
+        position metrics of the widest one, `AᵀA + λI`, all gates open) where it has a metric. `{}` for dot."""
+        out: dict = {}
+        for m in self.modules():
+            if not isinstance(m, GeoAttention): continue
+            if m.metric is not None:
+                ev = torch.linalg.eigvalsh(m.metric().double())                   # (H, D), ascending
+                out.setdefault("metric_cond", []).append((ev[:, -1] / ev[:, 0]).tolist())
+            for name in ("curvature", "alpha"):
+                t = getattr(m, name)()
+                if t is not None: out.setdefault(name, []).append(t.double().tolist())
+        return out
+
     def num_parameters(self) -> int:
         "Number of distinct parameters (a tied matrix counts once)."
         return sum(p.numel() for p in self.parameters())

@@ -371,7 +371,9 @@ class Trainer:
                 row["elapsed_s"] = round(self.elapsed, 3)
                 evaluated = cfg.eval_every and (self.step % cfg.eval_every == 0 or self.step == cfg.max_steps)
                 if evaluated:
-                    row.update(self.evaluate()); self._emit("on_eval_end", row)
+                    row.update(self.evaluate())
+                    if hasattr(self.model, "geometry_stats"): row.update(self.model.geometry_stats())
+                    self._emit("on_eval_end", row)
                 if log and (evaluated or self.step % cfg.log_every == 0 or self.step == cfg.max_steps): log.log(row)
                 if tb:
                     for k, v in row.items():

@@ -92,6 +92,19 @@ def _mathjax(dest: Path) -> str:
     return "mathjax/MathJax.js?config=TeX-AMS-MML_HTMLorMML-full"
 
 
+_REMOTE_SCRIPT = re.compile(r'<script[^>]*\bsrc="https?://[^"]*"[^>]*>\s*</script>\s*')
+# jupyter-server-mathjax ships only the STIX-Web fonts: tell MathJax 2 to use them (its default, TeX, is not there).
+_MATHJAX_FONTS = ('<script type="text/x-mathjax-config">MathJax.Hub.Config({"HTML-CSS": {availableFonts: [], '
+                  'preferredFont: null, webFont: "STIX-Web", imageFont: null}});</script>')
+
+
+def offline(body: str) -> str:
+    """Drop the scripts nbconvert's template loads from CDNs (require.js, the widget embedder): the pages work
+    without them (figures are drawn by the local plotly.js; widgets show their static figure), and offline they
+    only fail to load. Point MathJax at the fonts that are shipped."""
+    return _REMOTE_SCRIPT.sub("", body).replace("</head>", _MATHJAX_FONTS + "</head>", 1)
+
+
 def build(out: str = "_docs") -> list:
     "Process every notebook with nbdev, render each to `out/<name>.html`; return the pages written."
     import nbformat
@@ -114,6 +127,7 @@ def build(out: str = "_docs") -> list:
         fm = _frontmatter(nb)
         nb.cells = [c for c in nb.cells if not (c.cell_type == "raw" and c.source.startswith("---"))]
         quarto_to_nbconvert(nb)
+        nb.metadata.pop("widgets", None)         # no saved widget state: widgets show their static text/html
         title = fm.get("title") or p.stem
         if fm.get("description"):
             nb.cells.insert(0, nbformat.v4.new_markdown_cell(f"# {title}\n\n<p class='ag-desc'>{fm['description']}</p>"))
@@ -130,6 +144,7 @@ def build(out: str = "_docs") -> list:
         links = " ".join(f'<a href="{n}"{" class=here" if n == name else ""}>{html.escape(t)}</a>'
                          for n, t, _ in pages)
         body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": title}})
+        body = offline(body)
         body = body.replace("</head>", _NAV_CSS + (plotly_tag if "Plotly.newPlot" in body else "") + "</head>", 1)
         body = re.sub(r"(<body[^>]*>)", r'\1<nav class="ag-nav">' + links.replace("\\", "\\\\") + "</nav>", body, count=1)
         (dest / name).write_text(body, encoding="utf-8")

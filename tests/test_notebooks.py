@@ -21,6 +21,7 @@ SMALL = {
     "index.ipynb": {"S": 16},
     "10_bench_attention.ipynb": {"QUICK": True},
     "15_bench_model.ipynb": {"QUICK": True},
+    "27_explore.ipynb": {"STEPS": 20},
 }
 
 _cfg = configparser.ConfigParser()
