@@ -65,10 +65,9 @@ def _fused():
     return _FUSED
 
 def use_compile(B: int, H: int, Sq: int, Sk: int, R: int, device) -> bool:
-    """Whether the PyTorch path fuses its gate loops with `torch.compile`: `ARC_GEOMETRY_COMPILE=1/0` forces it;
-    by default only for CPU work of at least 2²⁴ gate evaluations (a compile costs ~10 s, once per process)."""
-    env = os.environ.get("ARC_GEOMETRY_COMPILE")
-    if env is not None: return env == "1"
+    """Whether the PyTorch path fuses its gate loops with `torch.compile`: only where `ARC_GEOMETRY_COMPILE=1` (the
+    eager loops measured faster on CPU; see the prose above), on CPU, for at least 2²⁴ gate evaluations."""
+    if os.environ.get("ARC_GEOMETRY_COMPILE") != "1": return False
     return torch.device(device).type == "cpu" and not torch.compiler.is_compiling() and B * H * Sq * Sk * R >= 2 ** 24
 
 class _Tiles:
@@ -165,7 +164,7 @@ class _PosMetricCPU(torch.autograd.Function):
                 dw[:, :, r, :nk] += 2 * h.sum(-2)
         return dq, dk, dv, du, dw, da, dap, dlam, None, None, None, None
 
-def block_size(B: int, H: int, Sk: int, budget: int = 2 ** 18) -> int:
+def block_size(B: int, H: int, Sk: int, budget: int = 2 ** 21) -> int:
     "Queries per block of the PyTorch path: about `budget` elements per `(B, H, C, Sk)` tile, at least 8."
     return max(8, budget // max(1, B * H * Sk))
 
@@ -185,7 +184,7 @@ def cpu(q: Tensor, k: Tensor, v: Tensor, A: Tensor, lam: Tensor, W: Tensor, b: T
     (B, H, Sq, _), Sk, R = q.shape, k.shape[2], A.shape[1]
     feats = _features(q, k, A, lam, W, b, float(scale))
     fused = use_compile(B, H, Sq, Sk, R, q.device) if fused is None else fused
-    C = block or block_size(B, H, Sk)
+    C = block or min(Sq, block_size(B, H, Sk))
     out = _PosMetricCPU.apply(q.to(dt), k.to(dt), v.to(dt), *feats, bool(causal), key_padding_mask, C, fused)
     return out.to(q.dtype)
 
