@@ -5,56 +5,235 @@
 # %% ../../nbs/06_hyperbolic_fast.ipynb #500ff097
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
 from torch import Tensor
 
 from ..manifolds import PoincareBall
-from .chunked import chunked_attention
 
 # %% auto #0
-__all__ = ['poincare_dist_tile', 'poincare_cpu', 'hybrid_cpu']
+__all__ = ['poincare_cpu', 'hybrid_cpu']
 
 # %% ../../nbs/06_hyperbolic_fast.ipynb #9651adb1
-_TINY = 1e-30       # below this, √ has a zero gradient: the zero subgradient of a distance at 0
+_TINY = 1e-30                      # R is clamped here: a distance of 0 gets the zero subgradient
+_EPS32, _EPS64 = torch.finfo(torch.float32).eps, torch.finfo(torch.float64).eps
+_TAU_F, _TAU_B = 1e-5, 1e-4        # tolerated score error and relative gradient cancellation of a float32 tile
+_TAU_E = 1e-4                      # tolerated error of the hybrid's Euclidean logit (fp32 dot-product attention's own)
 
-def poincare_dist_tile(qb: Tensor, k: Tensor, qn: Tensor, kn: Tensor, c: Tensor, dtype: torch.dtype) -> Tensor:
-    """`d_c (B,H,C,N)` between float64 query rows `qb (B,H,C,D)` and keys `k (B,H,N,D)`, given `qn = ‖qb‖² (B,H,C,1)`,
-    `kn = ‖k‖² (B,H,N,1)`, `c (1,H,1,1)`; the ratio `cδ` is formed in float64, the rest in `dtype`."""
-    kn = kn.transpose(-1, -2)
-    num = (qn + kn - 2 * qb @ k.transpose(-1, -2)).clamp_min(0)
-    r = (c * num / ((1 - c * qn) * (1 - c * kn))).to(dtype).clamp_min(_TINY)      # r = cδ
-    # 2·arsinh(√r) = arcosh(1 + 2r) = log1p(2(r + √(r(1+r)))): vectorised primitives (torch's CPU asinh is slow)
-    return torch.log1p(2 * (r + (r * (1 + r)).sqrt())) / c.to(dtype).sqrt()
+def _gamma(width: int) -> float:
+    "A generous bound on the rounding error of a float32 dot product of `width` terms, relative to `Σ|terms|`."
+    return 8 * math.sqrt(width) * _EPS32
 
-def _poincare_scores(qb, qn, k, kn, c, scale, dtype):
-    return -scale * poincare_dist_tile(qb, k, qn, kn, c, dtype)
+def _blocks(Sq: int, Sk: int, BH: int, causal: bool, budget: int, block: Optional[int] = None):
+    """Query blocks `(i0, i1, nk)`, `nk` = keys any query of the block may see (ends aligned), each tile `BH·C·nk`
+    about `budget` elements (early causal blocks see fewer keys, so they get more queries); `block` fixes `C`."""
+    off, i0, T = Sk - Sq, 0, max(1, budget // BH)
+    while i0 < Sq:
+        if block: C = block
+        elif causal:                       # the largest C with C·(b + C) ≤ T, b = keys before the block's first row
+            b = max(0, i0 + off)
+            C = max(16, int((-b + math.sqrt(b * b + 4 * T)) / 2))
+        else: C = max(16, T // Sk)
+        i1 = min(Sq, i0 + C)
+        yield i0, i1, (max(0, min(Sk, i1 + off)) if causal else Sk)
+        i0 = i1
 
-def _hybrid_scores(qe, qen, qh, qhn, ke, ken, kh, khn, c, alpha, scale, dtype):
-    eucl = (qen + ken.transpose(-1, -2) - 2 * qe @ ke.transpose(-1, -2)).clamp_min(0)
-    return -scale * (eucl + alpha * poincare_dist_tile(qh, kh, qhn, khn, c, dtype).pow(2))
+def _mask_(t: Tensor, i0: int, i1: int, Sq: int, Sk: int, causal: bool, kpm: Optional[Tensor], value: float) -> Tensor:
+    "Fill the disallowed pairs of a block tile `t (B·H, C, nk)` with `value`; causal touches only the diagonal part."
+    nk = t.shape[-1]
+    if kpm is not None:
+        t.view(kpm.shape[0], -1, i1 - i0, nk).masked_fill_(~kpm[:, None, None, :nk], value)
+    if causal and (j0 := max(0, i0 + Sk - Sq + 1)) < nk:
+        i = torch.arange(i0, i1, device=t.device)[:, None]
+        t[..., j0:].masked_fill_(torch.arange(j0, nk, device=t.device)[None, :] > i + (Sk - Sq), value)
+    return t
 
-def _on_ball(x: Tensor, c: Tensor):
-    "Project `x (B,H,S,D)` into the per-head ball; return it in float64 with its squared norms `(B,H,S,1)`."
-    x = PoincareBall(c).proj(x).double()
-    return x, x.pow(2).sum(-1, keepdim=True)
+def _f_(R: Tensor, u: Tensor) -> Tensor:
+    "`R ← f = arcosh(1 + R) = log1p(R + √(R² + 2R))` in place, and `u ← √(R²/2 + R) = √(R(R+2))/√2` (for `f'`)."
+    torch.addcmul(R, R, R, value=0.5, out=u).sqrt_()
+    return R.add_(u, alpha=math.sqrt(2)).log1p_()
+
+class _Tiles:
+    "`n` reusable flat buffers per dtype, viewed as tiles (fresh large allocations page-fault on every block)."
+    def __init__(self, n: int, numel: int): self.n, self.numel, self.store = n, numel, {}
+    def __call__(self, dtype, *shape):
+        if dtype not in self.store: self.store[dtype] = [torch.empty(self.numel, dtype=dtype) for _ in range(self.n)]
+        return [s[:math.prod(shape)].view(shape) for s in self.store[dtype]]
+
+class _Operands:
+    "The float32 (or input-dtype) and the lazily made float64 copies of the tensors a block reads."
+    def __init__(self, dt, **ts): self.dt, self.ts, self.cache = dt, ts, {}
+    def __call__(self, exact: bool) -> dict:
+        dt = torch.float64 if exact else self.dt
+        if dt not in self.cache: self.cache[dt] = {n: (t.to(dt) if t is not None else None) for n, t in self.ts.items()}
+        return self.cache[dt]
+
+class _HyperbolicCPU(torch.autograd.Function):
+    """FlashAttention-2 in PyTorch over query blocks, for scores `s = κ·f(R)` (Poincaré, `power=1`) or
+    `s = κ·(f(R)² + E)` (hybrid, `power=2`), `R = Q'K'ᵀ = 2cδ`, `E = Qe'Ke'ᵀ`, `f(R) = arcosh(1+R)`.
+    Inputs `Qp, Kp, Qe, Ke` float64 `(B·H, S, ·)`, `v (B·H, Sk, Dv)`, `kappa (B·H,)` float64; `rows` per-row
+    bounds of float32 safety (see `_exact`); `nu` per-row rounding level of a float64 `R`. Saves `O(S)` only."""
+    @staticmethod
+    def forward(ctx, Qp, Kp, Qe, Ke, v, kappa, rows, nu, power, B, causal, kpm, budget, block):
+        BH, Sq, _ = Qp.shape
+        Sk, dt = Kp.shape[1], v.dtype
+        ops = _Operands(dt, q=Qp, k=Kp, qe=Qe, ke=Ke, v=v, kap=kappa[:, None, None])
+        out = v.new_zeros(BH, Sq, v.shape[-1])
+        lse = Qp.new_full((BH, Sq), math.inf)                                     # float64, O(S)
+        blocks = list(_blocks(Sq, Sk, BH, causal, budget, block))
+        tiles = _Tiles(2, max(BH * (i1 - i0) * nk for i0, i1, nk in blocks) or 1)
+        exact = []
+        for i0, i1, nk in blocks:
+            if nk == 0:                                                           # rows with no key: zeros
+                exact.append(False); continue
+            X = ops(False)
+            R, u = tiles(dt, BH, i1 - i0, nk)
+            torch.bmm(X["q"][:, i0:i1], X["k"][:, :nk].transpose(1, 2), out=R)
+            ex = _exact(R, rows, i0, i1, Sq, Sk, causal, kpm, power)
+            exact.append(ex)
+            if ex:
+                X = ops(True)
+                R, u = tiles(torch.float64, BH, i1 - i0, nk)
+                torch.bmm(X["q"][:, i0:i1], X["k"][:, :nk].transpose(1, 2), out=R)
+            f = _f_(R.clamp_min_(_TINY), u)
+            if power == 1:                 # κ < 0: the row maximum of κ·f is κ·(row minimum of f)
+                m = _mask_(f, i0, i1, Sq, Sk, causal, kpm, math.inf).amin(-1, keepdim=True).mul_(X["kap"])
+                m.masked_fill_(torch.isinf(m), 0)
+                p = torch.addcmul(-m, f, X["kap"], out=u).exp_()                   # exp(κ·f − m)
+            else:                          # s = κ·f² + E
+                s = f.mul_(f).mul_(X["kap"]).baddbmm_(X["qe"][:, i0:i1], X["ke"][:, :nk].transpose(1, 2))
+                m = _mask_(s, i0, i1, Sq, Sk, causal, kpm, -math.inf).amax(-1, keepdim=True)
+                m.masked_fill_(torch.isinf(m), 0)
+                p = s.sub_(m).exp_()
+            l = p.sum(-1, keepdim=True)
+            out[:, i0:i1] = (torch.bmm(p, X["v"][:, :nk]) / torch.where(l > 0, l, 1.0)).to(dt)
+            lse[:, i0:i1] = torch.where(l > 0, m + torch.log(l), math.inf).squeeze(-1)
+        ctx.save_for_backward(Qp, Kp, Qe, Ke, v, kappa, nu, lse)
+        ctx.args = (power, causal, kpm, blocks, exact)
+        return out
+
+    @staticmethod
+    def backward(ctx, do):
+        Qp, Kp, Qe, Ke, v, kappa, nu, lse = ctx.saved_tensors
+        power, causal, kpm, blocks, exact = ctx.args
+        BH, Sq, _ = Qp.shape
+        Sk, dt = Kp.shape[1], v.dtype
+        do = do.to(dt).contiguous()
+        ops = _Operands(dt, q=Qp, k=Kp, qe=Qe, ke=Ke, v=v, kap=kappa[:, None, None], do=do, lse=lse)
+        acc = {}                                                                  # gradients per dtype
+        def grads(d):
+            if d not in acc:
+                acc[d] = [torch.zeros(t.shape, dtype=d) if t is not None else None for t in (Qp, Kp, Qe, Ke, v)]
+                acc[d].append(torch.zeros(BH, 1, 1, dtype=d))
+            return acc[d]
+        tiles = _Tiles(4, max(BH * (i1 - i0) * nk for i0, i1, nk in blocks) or 1)
+        for (i0, i1, nk), ex in zip(blocks, exact):
+            if nk == 0: continue
+            X, tdt = ops(ex), (torch.float64 if ex else dt)
+            dQ, dK, dQe, dKe, dv, dkap = grads(tdt)
+            R, u, p, dp = tiles(tdt, BH, i1 - i0, nk)
+            qb, kb = X["q"][:, i0:i1], X["k"][:, :nk]
+            torch.bmm(qb, kb.transpose(1, 2), out=R)
+            zero = (R <= nu[:, i0:i1, None]) if ex and power == 1 else None     # R within rounding of 0: d = 0
+            f = _f_(R.clamp_min_(_TINY), u)
+            if power == 1: torch.mul(f, X["kap"], out=p)
+            else: torch.mul(f, f, out=p).mul_(X["kap"]).baddbmm_(X["qe"][:, i0:i1], X["ke"][:, :nk].transpose(1, 2))
+            p = _mask_(p.sub_(X["lse"][:, i0:i1, None]), i0, i1, Sq, Sk, causal, kpm, -math.inf).exp_()   # P
+            dob = X["do"][:, i0:i1]
+            dv[:, :nk].baddbmm_(p.transpose(1, 2), dob)
+            ds = torch.bmm(dob, X["v"][:, :nk].transpose(1, 2), out=dp)
+            # dS = P∘(dP − δ) with δ = Σ_j P∘dP from this very P (each block holds whole rows): then Σ_j dS = 0 to
+            # rounding, where FlashAttention's δ = dO·O would leave an error ∝ |s|·ε that large scores amplify
+            ds.mul_(p).addcmul_(p, ds.sum(-1, keepdim=True), value=-1)
+            if power == 2:                                                         # the Euclidean logit: ∂L/∂E = dS
+                dQe[:, i0:i1] = torch.bmm(ds, X["ke"][:, :nk])
+                dKe[:, :nk].baddbmm_(ds.transpose(1, 2), X["qe"][:, i0:i1])
+                ds.mul_(f)                                                         # dS·f: ∂(f²)/∂R = 2f·f'
+                dkap.baddbmm_(ds.view(BH, 1, -1), f.view(BH, -1, 1))              # Σ dS·f²
+            else:
+                dkap.baddbmm_(ds.view(BH, 1, -1), f.view(BH, -1, 1))              # Σ dS·f
+            g = ds.div_(u)                                                         # ∂L/∂R ÷ (κ·power/√2)
+            if zero is not None: g.masked_fill_(zero, 0)
+            dQ[:, i0:i1] = torch.bmm(g, kb)
+            dK[:, :nk].baddbmm_(g.transpose(1, 2), qb)
+        kap = kappa[:, None, None]
+        tot = [None if acc[dt0][i] is None else sum(a[i].double() for a in acc.values()) for i in range(6)
+               for dt0 in [next(iter(acc))]]
+        dQ, dK, dQe, dKe, dv, dkap = tot
+        cR = kap * (power / math.sqrt(2))                                          # ∂s/∂R = κ·power·f^(power−1)/(√2 u)
+        return (dQ * cR, dK * cR, dQe, dKe, dv.to(v.dtype), dkap.view(BH), None, None, None, None, None, None, None, None)
+
+def _exact(R: Tensor, rows: Tensor, i0, i1, Sq, Sk, causal, kpm, power) -> bool:
+    """Whether a block must be computed in float64. Poincaré: unless the row minima of `R` (over allowed pairs)
+    satisfy `Rmin(Rmin+2) ≥ F_i` (score error `≤ τ_f`) and `Rmin ≥ G_i` (gradient cancellation `≤ τ_b`),
+    `rows (2, B·H, Sq)`; hybrid: unless every row of the block is flagged safe in `rows (B·H, Sq)`."""
+    if power == 2: return not bool(rows[:, i0:i1].all())
+    Rmin = _mask_(R, i0, i1, Sq, Sk, causal, kpm, math.inf).amin(-1).double()
+    Rmin.masked_fill_(torch.isinf(Rmin), 1.0)          # rows with no key: nothing to compute
+    return not bool(((Rmin * (Rmin + 2) >= rows[0, :, i0:i1]) & (Rmin >= rows[1, :, i0:i1])).all())
 
 # %% ../../nbs/06_hyperbolic_fast.ipynb #3b34b367
+def _ball_features(x: Tensor, c: Tensor, query: bool):
+    """Points `x (B,H,S,D)` projected into the balls `c (H,)` (in `x`'s dtype, as `PoincareBall.proj`), then in
+    float64: the features `Q' = (2c/α)[−2x, ‖x‖², 1]` (queries) or `K' = [x, 1, ‖x‖²]/β` (keys), `α, β = 1 − c‖x‖²`,
+    with `‖x‖²` and `1 − c‖x‖²` (B,H,S,1). `Q'·K'ᵀ = 2c‖q−k‖²/(αβ) = R`."""
+    x = PoincareBall(c.to(x.dtype)[:, None, None]).proj(x).double()
+    c = c.double()[:, None, None]
+    n = x.pow(2).sum(-1, keepdim=True)
+    al, one = 1 - c * n, torch.ones_like(n)
+    feats = torch.cat([-2 * x, n, one], -1) * (2 * c / al) if query else torch.cat([x, one, n], -1) / al
+    return feats, n, al
+
+def _bounds(qn, al, kn, be, c, kappa_abs, width):
+    """Per-row float64 bounds `(B·H, Sq)` for float32 tiles: `ΔR ≤ rerr = 2γ·a(‖q‖² + max‖k‖²)/min β`, `a = 2c/α`;
+    forward `F = (|κ|·rerr/τ_f)²`, backward `G = a/min β·(γ(‖q‖ + max‖k‖)/τ_b)²`, float64 noise `ν`."""
+    with torch.no_grad():
+        knmax, bmin = kn.amax(2, keepdim=True), be.amin(2, keepdim=True)
+        a = 2 * c.double()[:, None, None] / al
+        base = a * (qn + knmax) / bmin
+        g = _gamma(width)
+        F = (kappa_abs * 2 * g * base / _TAU_F) ** 2
+        G = a / bmin * (g * (qn.sqrt() + knmax.sqrt()) / _TAU_B) ** 2
+        nu = 2 * g * (_EPS64 / _EPS32) * base
+        return [t.flatten(0, 1).squeeze(-1) for t in (F, G, nu, 2 * g * base)]
+
+def _per_bh(x: Tensor, B: int) -> Tensor:
+    "A per-head `(H,)` tensor repeated for every batch: `(B·H,)`, index `b·H + h`."
+    return x.repeat(B)
+
 def poincare_cpu(q: Tensor, k: Tensor, v: Tensor, c: Tensor, *, causal: bool = False,
-                 key_padding_mask: Optional[Tensor] = None, scale: float, block: Optional[int] = None) -> Tensor:
-    "Poincaré attention `(B, H, Sq, Dv)` in `O(S)` memory; `c (H,)` per-head curvature (inputs validated by the caller)."
-    c4 = c.to(q.dtype)[None, :, None, None]
-    (qb, qn), (kb, kn) = _on_ball(q, c4), _on_ball(k, c4)
-    return chunked_attention(_poincare_scores, (qb, qn), (kb, kn), v, (c4.double(), scale, q.dtype),
-                             causal, key_padding_mask, block=block)
+                 key_padding_mask: Optional[Tensor] = None, scale: float, block: Optional[int] = None,
+                 budget: int = 2 ** 18) -> Tensor:
+    """Poincaré attention `(B, H, Sq, Dv)` in `O(S)` memory; `c (H,)` per-head curvature (inputs validated by the
+    caller). `block`: queries per block (default: tiles of about `budget` elements)."""
+    B, H, Sq, D = q.shape
+    Qp, qn, al = _ball_features(q, c, True)
+    Kp, kn, be = _ball_features(k, c, False)
+    kappa = -scale / c.double().sqrt()                                   # s = κ·arcosh(1 + R)
+    F, G, nu, _ = _bounds(qn, al, kn, be, c, kappa.abs()[:, None, None], D + 2)
+    out = _HyperbolicCPU.apply(Qp.flatten(0, 1), Kp.flatten(0, 1), None, None, v.flatten(0, 1), _per_bh(kappa, B),
+                               torch.stack([F, G]), nu, 1, B, bool(causal), key_padding_mask, budget, block)
+    return out.view(B, H, Sq, v.shape[-1])
 
 def hybrid_cpu(q: Tensor, k: Tensor, v: Tensor, c: Tensor, alpha: Tensor, dim_e: int, *, causal: bool = False,
-               key_padding_mask: Optional[Tensor] = None, scale: float, block: Optional[int] = None) -> Tensor:
+               key_padding_mask: Optional[Tensor] = None, scale: float, block: Optional[int] = None,
+               budget: int = 2 ** 18) -> Tensor:
     "Euclidean × Poincaré attention `(B, H, Sq, Dv)` in `O(S)` memory; the first `dim_e` coordinates are Euclidean."
-    c4, a4 = c.to(q.dtype)[None, :, None, None], alpha.to(q.dtype)[None, :, None, None]
-    qe, ke = q[..., :dim_e], k[..., :dim_e]
-    (qh, qhn), (kh, khn) = _on_ball(q[..., dim_e:], c4), _on_ball(k[..., dim_e:], c4)
-    qen, ken = qe.pow(2).sum(-1, keepdim=True), ke.pow(2).sum(-1, keepdim=True)
-    return chunked_attention(_hybrid_scores, (qe, qen, qh, qhn), (ke, ken, kh, khn), v,
-                             (c4.double(), a4, scale, q.dtype), causal, key_padding_mask, block=block)
+    B, H, Sq, D = q.shape
+    Qp, qn, al = _ball_features(q[..., dim_e:], c, True)
+    Kp, kn, be = _ball_features(k[..., dim_e:], c, False)
+    qe, ke = q[..., :dim_e].double(), k[..., :dim_e].double()
+    Qe = torch.cat([2 * scale * qe, torch.ones_like(qe[..., :1])], -1)            # E = 2·scale·qe·ke − scale‖ke‖²
+    Ke = torch.cat([ke, -scale * ke.pow(2).sum(-1, keepdim=True)], -1)            # (−scale‖qe‖²: constant per row)
+    kappa = -scale * alpha.double() / c.double()                                  # s = κ·arcosh(1 + R)² + E
+    *_, rerr = _bounds(qn, al, kn, be, c, 1.0, D - dim_e + 2)
+    with torch.no_grad():   # float32 is safe if Δs ≤ 2|κ|·ΔR ≤ τ_f and the Euclidean logit's error ≤ τ_e
+        qen, ken = qe.pow(2).sum(-1), ke.pow(2).sum(-1)
+        eerr = _gamma(dim_e + 1) * scale * 2 * (qen + ken.amax(-1, keepdim=True))
+        ok = (2 * _per_bh(kappa.abs(), B)[:, None] * rerr <= _TAU_F) & (eerr.flatten(0, 1) <= _TAU_E)
+    out = _HyperbolicCPU.apply(Qp.flatten(0, 1), Kp.flatten(0, 1), Qe.flatten(0, 1), Ke.flatten(0, 1),
+                               v.flatten(0, 1), _per_bh(kappa, B), ok, rerr, 2, B, bool(causal), key_padding_mask,
+                               budget, block)
+    return out.view(B, H, Sq, v.shape[-1])
