@@ -11,6 +11,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from .attention import hybrid_attention, metric_attention, poincare_attention, position_metric_attention
 from .core import allowed_mask, causal_mask
@@ -18,9 +19,9 @@ from .manifolds import LowRankMetric, PoincareBall, PositionMetric, _inv_softplu
 from .reference import hybrid_scores_ref, metric_scores_ref, poincare_scores_ref, position_metric_scores_ref
 
 # %% auto #0
-__all__ = ['GEOMETRIES', 'rotary', 'Euclidean', 'Transported', 'Ball', 'Product', 'KVCache', 'register_geometry', 'GeoAttention',
-           'DotAttention', 'MetricAttention', 'PositionMetricAttention', 'HeadCurvature', 'PoincareAttention',
-           'HybridAttention', 'MLP', 'GeoBlock']
+__all__ = ['GEOMETRIES', 'rotary', 'Euclidean', 'Transported', 'recomputed', 'Ball', 'Product', 'KVCache', 'register_geometry',
+           'GeoAttention', 'DotAttention', 'MetricAttention', 'PositionMetricAttention', 'HeadCurvature',
+           'PoincareAttention', 'HybridAttention', 'MLP', 'GeoBlock']
 
 # %% ../nbs/11_blocks.ipynb #a371d005
 def rotary(x: Tensor, pos: Tensor, base: float = 10000.0) -> Tensor:
@@ -48,13 +49,21 @@ class Transported(Euclidean):
         xh = x / x.norm(dim=-1, keepdim=True).clamp_min(1e-6)
         return x + h - (h * xh).sum(-1, keepdim=True) * xh
 
+def recomputed(fn: Callable, *args: Tensor):
+    """`fn(*args)`, keeping only `args` for backward when gradients are on (`torch.utils.checkpoint`): the Möbius
+    and exp/log maps are cheap elementwise chains whose many intermediates would otherwise stay alive."""
+    if torch.is_grad_enabled() and any(isinstance(a, Tensor) and a.requires_grad for a in args):
+        return checkpoint(fn, *args, use_reentrant=False)
+    return fn(*args)
+
 class Ball(Euclidean):
     "Hidden states on the Poincaré ball of curvature `−c`; `update(x, h) = proj(x ⊕_c expmap0(h))`."
     def __init__(self, c: float): self.ball = PoincareBall(float(c))
-    def embed(self, t: Tensor) -> Tensor: return self.ball.expmap0(t)
-    def tangent(self, x: Tensor) -> Tensor: return self.ball.logmap0(x)
-    def update(self, x: Tensor, h: Tensor) -> Tensor:
+    def embed(self, t: Tensor) -> Tensor: return recomputed(self.ball.expmap0, t)
+    def tangent(self, x: Tensor) -> Tensor: return recomputed(self.ball.logmap0, x)
+    def _update(self, x: Tensor, h: Tensor) -> Tensor:
         return self.ball.proj(self.ball.mobius_add(x, self.ball.expmap0(h.to(x.dtype))))
+    def update(self, x: Tensor, h: Tensor) -> Tensor: return recomputed(self._update, x, h)
     def contains(self, x: Tensor) -> bool:
         return bool((x.norm(dim=-1) * math.sqrt(self.ball.c) < 1).all())
 
@@ -214,9 +223,10 @@ class PoincareAttention(_Fp32Attention):
         super().__init__(cfg, layer)
         self.head_curvature = HeadCurvature(cfg.num_heads, cfg.curvature)
     def curvature(self) -> Tensor: return self.head_curvature()
-    def points(self, q, k):
+    def _points(self, q, k):
         ball = PoincareBall(self.curvature().to(q.dtype).view(-1, 1, 1))
         return ball.expmap0(q), ball.expmap0(k)
+    def points(self, q, k): return recomputed(self._points, q, k)
     def params(self): return (self.curvature(),)
     fn, score_fn = staticmethod(poincare_attention), staticmethod(poincare_scores_ref)
 
@@ -233,9 +243,10 @@ class HybridAttention(_Fp32Attention):
     def rotate(self, x, pos):
         e = self.hd_e
         return torch.cat([rotary(x[..., :e], pos, self.rope_base), rotary(x[..., e:], pos, self.rope_base)], -1)
-    def points(self, q, k):
+    def _points(self, q, k):
         ball, e = PoincareBall(self.curvature().to(q.dtype).view(-1, 1, 1)), self.hd_e
         return tuple(torch.cat([t[..., :e], ball.expmap0(t[..., e:])], -1) for t in (q, k))
+    def points(self, q, k): return recomputed(self._points, q, k)
     def params(self): return (self.curvature(), self.alpha(), self.hd_e)
     fn, score_fn = staticmethod(hybrid_attention), staticmethod(hybrid_scores_ref)
 

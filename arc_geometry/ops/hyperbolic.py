@@ -11,6 +11,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from torch.utils.checkpoint import checkpoint
+
 from ..manifolds import PoincareBall
 
 # %% auto #0
@@ -186,6 +188,15 @@ def _ball_features(x: Tensor, c: Tensor, query: bool):
     feats = torch.cat([-2 * x, n, one], -1) * (2 * c / al) if query else torch.cat([x, one, n], -1) / al
     return feats, n, al
 
+def _both_features(q: Tensor, k: Tensor, c: Tensor):
+    return (*_ball_features(q, c, True), *_ball_features(k, c, False))
+
+def _lean(fn, *args: Tensor):
+    "`fn(*args)` keeping only `args` for backward (`torch.utils.checkpoint`): the float64 chains are cheap to redo."
+    if torch.is_grad_enabled() and any(a.requires_grad for a in args):
+        return checkpoint(fn, *args, use_reentrant=False)
+    return fn(*args)
+
 def _bounds(qn, al, kn, be, c, kappa_abs, width):
     """Per-row float64 bounds `(B·H, Sq)` for float32 tiles: `ΔR ≤ rerr = 2γ·a(‖q‖² + max‖k‖²)/min β`, `a = 2c/α`;
     forward `F = (|κ|·rerr/τ_f)²`, backward `G = a/min β·(γ(‖q‖ + max‖k‖)/τ_b)²`, float64 noise `ν`."""
@@ -209,8 +220,7 @@ def poincare_cpu(q: Tensor, k: Tensor, v: Tensor, c: Tensor, *, causal: bool = F
     """Poincaré attention `(B, H, Sq, Dv)` in `O(S)` memory; `c (H,)` per-head curvature (inputs validated by the
     caller). `block`: queries per block (default: tiles of about `budget` elements)."""
     B, H, Sq, D = q.shape
-    Qp, qn, al = _ball_features(q, c, True)
-    Kp, kn, be = _ball_features(k, c, False)
+    Qp, qn, al, Kp, kn, be = _lean(_both_features, q, k, c)
     kappa = -scale / c.double().sqrt()                                   # s = κ·arcosh(1 + R)
     F, G, nu, _ = _bounds(qn, al, kn, be, c, kappa.abs()[:, None, None], D + 2)
     out = _HyperbolicCPU.apply(Qp.flatten(0, 1), Kp.flatten(0, 1), None, None, v.flatten(0, 1), _per_bh(kappa, B),
@@ -222,8 +232,7 @@ def hybrid_cpu(q: Tensor, k: Tensor, v: Tensor, c: Tensor, alpha: Tensor, dim_e:
                budget: int = 2 ** 18) -> Tensor:
     "Euclidean × Poincaré attention `(B, H, Sq, Dv)` in `O(S)` memory; the first `dim_e` coordinates are Euclidean."
     B, H, Sq, D = q.shape
-    Qp, qn, al = _ball_features(q[..., dim_e:], c, True)
-    Kp, kn, be = _ball_features(k[..., dim_e:], c, False)
+    Qp, qn, al, Kp, kn, be = _lean(_both_features, q[..., dim_e:], k[..., dim_e:], c)
     qe, ke = q[..., :dim_e].double(), k[..., :dim_e].double()
     Qe = torch.cat([2 * scale * qe, torch.ones_like(qe[..., :1])], -1)            # E = 2·scale·qe·ke − scale‖ke‖²
     Ke = torch.cat([ke, -scale * ke.pow(2).sum(-1, keepdim=True)], -1)            # (−scale‖qe‖²: constant per row)
