@@ -22,11 +22,12 @@ __all__ = ['poincare_cpu', 'hybrid_cpu']
 _TINY = 1e-30                      # R is clamped here: a distance of 0 gets the zero subgradient
 _EPS32, _EPS64 = torch.finfo(torch.float32).eps, torch.finfo(torch.float64).eps
 _TAU_F, _TAU_B = 1e-5, 1e-4        # tolerated score error and relative gradient cancellation of a float32 tile
+_TAU_H = 1e-3                      # the hybrid's worst-case score error (d²: f·f' ≈ 1 where Poincaré has f' ≫ 1)
 _TAU_E = 1e-4                      # tolerated error of the hybrid's Euclidean logit (fp32 dot-product attention's own)
 
 def _gamma(width: int) -> float:
-    "A generous bound on the rounding error of a float32 dot product of `width` terms, relative to `Σ|terms|`."
-    return 8 * math.sqrt(width) * _EPS32
+    "A bound on the rounding error of a float32 dot product of `width` terms relative to `Σ|terms|` (~5σ)."
+    return 3 * math.sqrt(width) * _EPS32
 
 def _blocks(Sq: int, Sk: int, BH: int, causal: bool, budget: int, block: Optional[int] = None):
     """Query blocks `(i0, i1, nk)`, `nk` = keys any query of the block may see (ends aligned), each tile `BH·C·nk`
@@ -75,13 +76,15 @@ class _Operands:
 class _HyperbolicCPU(torch.autograd.Function):
     """FlashAttention-2 in PyTorch over query blocks, for scores `s = κ·f(R)` (Poincaré, `power=1`) or
     `s = κ·(f(R)² + E)` (hybrid, `power=2`), `R = Q'K'ᵀ = 2cδ`, `E = Qe'Ke'ᵀ`, `f(R) = arcosh(1+R)`.
-    Inputs `Qp, Kp, Qe, Ke` float64 `(B·H, S, ·)`, `v (B·H, Sk, Dv)`, `kappa (B·H,)` float64; `rows` per-row
-    bounds of float32 safety (see `_exact`); `nu` per-row rounding level of a float64 `R`. Saves `O(S)` only."""
+    Inputs `Qp, Kp, Qe, Ke` float64 `(B·H, S, ·)`, `v (B·H, Sk, Dv)`, `kappa (B·H,)`, `beta (B·H, Sk)` float64;
+    `tmin (B·H, Sq)`: a block is float32 if every row's minimum of `T = a_i‖q_i−k_j‖²` reaches it (see `_bounds`),
+    else float64; `nu`: per-row rounding level of a float64 `R`. Saves `O(S)` only."""
     @staticmethod
-    def forward(ctx, Qp, Kp, Qe, Ke, v, kappa, rows, nu, power, B, causal, kpm, budget, block):
+    def forward(ctx, Qp, Kp, Qe, Ke, v, kappa, beta, tmin, nu, power, B, causal, kpm, budget, block):
         BH, Sq, _ = Qp.shape
         Sk, dt = Kp.shape[1], v.dtype
-        ops = _Operands(dt, q=Qp, k=Kp, qe=Qe, ke=Ke, v=v, kap=kappa[:, None, None])
+        ops = _Operands(dt, q=Qp, k=Kp, qe=Qe, ke=Ke, v=v, kap=kappa[:, None, None], k0=Kp * beta[..., None],
+                        binv=(1 / beta)[:, None, :])
         out = v.new_zeros(BH, Sq, v.shape[-1])
         lse = Qp.new_full((BH, Sq), math.inf)                                     # float64, O(S)
         blocks = list(_blocks(Sq, Sk, BH, causal, budget, block))
@@ -91,14 +94,17 @@ class _HyperbolicCPU(torch.autograd.Function):
             if nk == 0:                                                           # rows with no key: zeros
                 exact.append(False); continue
             X = ops(False)
-            R, u = tiles(dt, BH, i1 - i0, nk)
-            torch.bmm(X["q"][:, i0:i1], X["k"][:, :nk].transpose(1, 2), out=R)
-            ex = _exact(R, rows, i0, i1, Sq, Sk, causal, kpm, power)
+            T, u = tiles(dt, BH, i1 - i0, nk)                                    # T = a_i‖q_i − k_j‖²
+            torch.bmm(X["q"][:, i0:i1], X["k0"][:, :nk].transpose(1, 2), out=T)
+            Tmin = _mask_(T, i0, i1, Sq, Sk, causal, kpm, math.inf).amin(-1).double()   # no key: inf, fine
+            ex = not bool((Tmin >= tmin[:, i0:i1]).all())                         # float32 unsafe somewhere
             exact.append(ex)
             if ex:
                 X = ops(True)
                 R, u = tiles(torch.float64, BH, i1 - i0, nk)
                 torch.bmm(X["q"][:, i0:i1], X["k"][:, :nk].transpose(1, 2), out=R)
+            else:
+                R = T.mul_(X["binv"][..., :nk])                                   # R = T/β_j
             f = _f_(R.clamp_min_(_TINY), u)
             if power == 1:                 # κ < 0: the row maximum of κ·f is κ·(row minimum of f)
                 m = _mask_(f, i0, i1, Sq, Sk, causal, kpm, math.inf).amin(-1, keepdim=True).mul_(X["kap"])
@@ -165,16 +171,7 @@ class _HyperbolicCPU(torch.autograd.Function):
                for dt0 in [next(iter(acc))]]
         dQ, dK, dQe, dKe, dv, dkap = tot
         cR = kap * (power / math.sqrt(2))                                          # ∂s/∂R = κ·power·f^(power−1)/(√2 u)
-        return (dQ * cR, dK * cR, dQe, dKe, dv.to(v.dtype), dkap.view(BH), None, None, None, None, None, None, None, None)
-
-def _exact(R: Tensor, rows: Tensor, i0, i1, Sq, Sk, causal, kpm, power) -> bool:
-    """Whether a block must be computed in float64. Poincaré: unless the row minima of `R` (over allowed pairs)
-    satisfy `Rmin(Rmin+2) ≥ F_i` (score error `≤ τ_f`) and `Rmin ≥ G_i` (gradient cancellation `≤ τ_b`),
-    `rows (2, B·H, Sq)`; hybrid: unless every row of the block is flagged safe in `rows (B·H, Sq)`."""
-    if power == 2: return not bool(rows[:, i0:i1].all())
-    Rmin = _mask_(R, i0, i1, Sq, Sk, causal, kpm, math.inf).amin(-1).double()
-    Rmin.masked_fill_(torch.isinf(Rmin), 1.0)          # rows with no key: nothing to compute
-    return not bool(((Rmin * (Rmin + 2) >= rows[0, :, i0:i1]) & (Rmin >= rows[1, :, i0:i1])).all())
+        return (dQ * cR, dK * cR, dQe, dKe, dv.to(v.dtype), dkap.view(BH), *[None] * 9)
 
 # %% ../../nbs/06_hyperbolic_fast.ipynb #3b34b367
 def _ball_features(x: Tensor, c: Tensor, query: bool):
@@ -197,18 +194,29 @@ def _lean(fn, *args: Tensor):
         return checkpoint(fn, *args, use_reentrant=False)
     return fn(*args)
 
-def _bounds(qn, al, kn, be, c, kappa_abs, width):
-    """Per-row float64 bounds `(B·H, Sq)` for float32 tiles: `ΔR ≤ rerr = 2γ·a(‖q‖² + max‖k‖²)/min β`, `a = 2c/α`;
-    forward `F = (|κ|·rerr/τ_f)²`, backward `G = a/min β·(γ(‖q‖ + max‖k‖)/τ_b)²`, float64 noise `ν`."""
+def _bounds(qn, al, kn, be, c, kappa_abs, width: int, power: int):
+    """Per-row float64 bounds `(B·H, Sq)`: the least row minimum of `T = a_i‖q_i−k_j‖²` (`a = 2c/α`) for which a
+    float32 tile is safe, and the float64 rounding level `ν` of `R`. The relative error of a float32 `R` is
+    `ΔR/R ≤ 2γ(‖q‖²+‖k‖²)/‖q−k‖²` (the factors `a/β` cancel), and `|f'(R)|·R ≤ 1`, `f·f'·R ≤ f`, so
+    Poincaré: `Δs ≤ |κ|·ΔR/R ≤ τ_f`, and `γ(‖q‖+‖k‖)/‖q−k‖ ≤ τ_b` (the gradient's cancellation);
+    hybrid: `Δs = 2|κ| f f' ΔR ≤ 2|κ|·f(R)·ΔR/R ≤ τ_h`, `R ≤ T/min β`."""
     with torch.no_grad():
         knmax, bmin = kn.amax(2, keepdim=True), be.amin(2, keepdim=True)
         a = 2 * c.double()[:, None, None] / al
-        base = a * (qn + knmax) / bmin
         g = _gamma(width)
-        F = (kappa_abs * 2 * g * base / _TAU_F) ** 2
-        G = a / bmin * (g * (qn.sqrt() + knmax.sqrt()) / _TAU_B) ** 2
-        nu = 2 * g * (_EPS64 / _EPS32) * base
-        return [t.flatten(0, 1).squeeze(-1) for t in (F, G, nu, 2 * g * base)]
+        err = 2 * g * (qn + knmax)                         # ≥ (ΔR/R)·‖q−k‖²
+        if power == 1:
+            tmin = a * torch.maximum(kappa_abs * err / _TAU_F, (g * (qn.sqrt() + knmax.sqrt()) / _TAU_B) ** 2)
+        else:       # f(R_ij)/‖q_i−k_j‖² ≤ a_i·h(T_i,min), h(T) = f(T/min β)/T decreasing: solve h(T) = K by bisection
+            K = _TAU_H / (2 * kappa_abs * err * a)
+            lo, hi = torch.full_like(K, -70.0), torch.full_like(K, 70.0)         # log T
+            for _ in range(60):
+                mid = (lo + hi) / 2
+                ok = torch.acosh(1 + mid.exp() / bmin) / mid.exp() <= K
+                hi, lo = torch.where(ok, mid, hi), torch.where(ok, lo, mid)
+            tmin = hi.exp()
+        nu = err * (_EPS64 / _EPS32) * a / bmin
+        return [t.flatten(0, 1).squeeze(-1) for t in (tmin, nu)]
 
 def _per_bh(x: Tensor, B: int) -> Tensor:
     "A per-head `(H,)` tensor repeated for every batch: `(B·H,)`, index `b·H + h`."
@@ -222,9 +230,10 @@ def poincare_cpu(q: Tensor, k: Tensor, v: Tensor, c: Tensor, *, causal: bool = F
     B, H, Sq, D = q.shape
     Qp, qn, al, Kp, kn, be = _lean(_both_features, q, k, c)
     kappa = -scale / c.double().sqrt()                                   # s = κ·arcosh(1 + R)
-    F, G, nu, _ = _bounds(qn, al, kn, be, c, kappa.abs()[:, None, None], D + 2)
+    tmin, nu = _bounds(qn, al, kn, be, c, kappa.abs()[:, None, None], D + 2, 1)
     out = _HyperbolicCPU.apply(Qp.flatten(0, 1), Kp.flatten(0, 1), None, None, v.flatten(0, 1), _per_bh(kappa, B),
-                               torch.stack([F, G]), nu, 1, B, bool(causal), key_padding_mask, budget, block)
+                               be.detach().flatten(0, 1).squeeze(-1), tmin, nu, 1, B, bool(causal), key_padding_mask,
+                               budget, block)
     return out.view(B, H, Sq, v.shape[-1])
 
 def hybrid_cpu(q: Tensor, k: Tensor, v: Tensor, c: Tensor, alpha: Tensor, dim_e: int, *, causal: bool = False,
@@ -237,12 +246,12 @@ def hybrid_cpu(q: Tensor, k: Tensor, v: Tensor, c: Tensor, alpha: Tensor, dim_e:
     Qe = torch.cat([2 * scale * qe, torch.ones_like(qe[..., :1])], -1)            # E = 2·scale·qe·ke − scale‖ke‖²
     Ke = torch.cat([ke, -scale * ke.pow(2).sum(-1, keepdim=True)], -1)            # (−scale‖qe‖²: constant per row)
     kappa = -scale * alpha.double() / c.double()                                  # s = κ·arcosh(1 + R)² + E
-    *_, rerr = _bounds(qn, al, kn, be, c, 1.0, D - dim_e + 2)
-    with torch.no_grad():   # float32 is safe if Δs ≤ 2|κ|·ΔR ≤ τ_f and the Euclidean logit's error ≤ τ_e
+    tmin, nu = _bounds(qn, al, kn, be, c, kappa.abs()[:, None, None], D - dim_e + 2, 2)
+    with torch.no_grad():   # and the Euclidean logit's float32 error ≤ τ_e, else float64
         qen, ken = qe.pow(2).sum(-1), ke.pow(2).sum(-1)
         eerr = _gamma(dim_e + 1) * scale * 2 * (qen + ken.amax(-1, keepdim=True))
-        ok = (2 * _per_bh(kappa.abs(), B)[:, None] * rerr <= _TAU_F) & (eerr.flatten(0, 1) <= _TAU_E)
+        tmin = tmin.masked_fill(eerr.flatten(0, 1) > _TAU_E, math.inf)
     out = _HyperbolicCPU.apply(Qp.flatten(0, 1), Kp.flatten(0, 1), Qe.flatten(0, 1), Ke.flatten(0, 1),
-                               v.flatten(0, 1), _per_bh(kappa, B), ok, rerr, 2, B, bool(causal), key_padding_mask,
-                               budget, block)
+                               v.flatten(0, 1), _per_bh(kappa, B), be.detach().flatten(0, 1).squeeze(-1), tmin, nu,
+                               2, B, bool(causal), key_padding_mask, budget, block)
     return out.view(B, H, Sq, v.shape[-1])
