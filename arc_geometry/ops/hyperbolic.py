@@ -11,8 +11,6 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from torch.utils.checkpoint import checkpoint
-
 from ..manifolds import PoincareBall
 
 # %% auto #0
@@ -58,6 +56,11 @@ def _f_(R: Tensor, u: Tensor) -> Tensor:
     torch.addcmul(R, R, R, value=0.5, out=u).sqrt_()
     return R.add_(u, alpha=math.sqrt(2)).log1p_()
 
+def _add_bmm_(dst: Tensor, a: Tensor, b: Tensor) -> None:
+    "`dst += a @ b`; in place when `dst` is contiguous (on a strided slice, `baddbmm_` loops over the batch)."
+    if dst.is_contiguous(): dst.baddbmm_(a, b)
+    else: dst += torch.bmm(a, b)
+
 class _Tiles:
     "`n` reusable flat buffers per dtype, viewed as tiles (fresh large allocations page-fault on every block)."
     def __init__(self, n: int, numel: int): self.n, self.numel, self.store = n, numel, {}
@@ -73,20 +76,91 @@ class _Operands:
         if dt not in self.cache: self.cache[dt] = {n: (t.to(dt) if t is not None else None) for n, t in self.ts.items()}
         return self.cache[dt]
 
+class _Features:
+    """Everything a block reads, from the projected points `x (B·H, Sq, Dh)`, `y (B·H, Sk, Dh)`, the Euclidean parts
+    `qe, ke` (hybrid, else None), `c`, `alpha (B·H,)`, in float64: `a = 2c/α`, `Q' = a[−2x, ‖x‖², 1]`, `b = 1/β`,
+    `K' = b[y, 1, ‖y‖²]`, `K'' = K'/b`, `Qe' = [2·scale·qe, 1]`, `Ke' = [ke, −scale‖ke‖²]`, `κ`, and the per-row
+    bounds `tmin, ν` (`_bounds`). No autograd: `_HyperbolicCPU.backward` applies the chain rule itself."""
+    def __init__(self, x, y, qe, ke, c, alpha, scale: float, power: int):
+        x, y = x.double(), y.double()
+        c = c.double()[:, None, None]
+        self.x, self.y, self.c, self.scale, self.power = x, y, c, scale, power
+        self.n, self.m = x.pow(2).sum(-1, keepdim=True), y.pow(2).sum(-1, keepdim=True)
+        self.al, self.be = 1 - c * self.n, 1 - c * self.m
+        self.a, self.b = 2 * c / self.al, 1 / self.be
+        self.Qp = torch.cat([-2 * x, self.n, torch.ones_like(self.n)], -1) * self.a
+        self.K0 = torch.cat([y, torch.ones_like(self.m), self.m], -1)
+        self.Kp = self.K0 * self.b
+        self.Qe = self.Ke = None
+        if power == 1: self.kappa = -scale / c.sqrt()                       # s = κ·arcosh(1 + R)
+        else:                                                                # s = κ·arcosh(1 + R)² + E
+            qe, ke = qe.double(), ke.double()
+            self.qe, self.ke = qe, ke
+            self.Qe = torch.cat([2 * scale * qe, torch.ones_like(qe[..., :1])], -1)   # E = 2·scale·qe·ke − scale‖ke‖²
+            self.Ke = torch.cat([ke, -scale * ke.pow(2).sum(-1, keepdim=True)], -1)   # (−scale‖qe‖²: row constant)
+            self.kappa = -scale * alpha.double()[:, None, None] / c
+        self.tmin, self.nu = _bounds(self, x.shape[-1] + 2)
+
+    def operands(self, v: Tensor, dt: torch.dtype, **more) -> "_Operands":
+        return _Operands(dt, q=self.Qp, k=self.Kp, k0=self.K0, binv=self.b.transpose(1, 2), qe=self.Qe, ke=self.Ke,
+                         v=v, kap=self.kappa, **more)
+
+    def chain(self, dQ, dK, dQe, dKe, dkap):
+        """`∂L/∂x, ∂L/∂y, ∂L/∂qe, ∂L/∂ke, ∂L/∂c, ∂L/∂alpha` from the gradients of the features `Q', K', Qe', Ke', κ`.
+        `Q' = a[−2x, n, 1]`, `n = ‖x‖²`, `a = 2c/(1−cn)`: `∂a/∂n = a²/2`, `∂a/∂c = 2/α²`; `K' = b[y, 1, m]`,
+        `b = 1/(1−cm)`: `∂b/∂m = c b²`, `∂b/∂c = m b²`."""
+        D, x, y, n, m, a, b, c = self.x.shape[-1], self.x, self.y, self.n, self.m, self.a, self.b, self.c
+        P, s1, s2 = dQ[..., :D], dQ[..., D:D + 1], dQ[..., D + 1:]
+        dA = -2 * (x * P).sum(-1, keepdim=True) + s1 * n + s2                  # ∂L/∂a at fixed x, n
+        dx = -2 * a * P + 2 * x * (a * s1 + dA * a * a / 2)
+        Pk, t1, t2 = dK[..., :D], dK[..., D:D + 1], dK[..., D + 1:]
+        dB = (y * Pk).sum(-1, keepdim=True) + t1 + t2 * m                      # ∂L/∂b at fixed y, m
+        dy = b * Pk + 2 * y * (b * t2 + dB * c * b * b)
+        dc = (dA * 2 / self.al ** 2).sum((1, 2)) + (dB * m * b * b).sum((1, 2))
+        kap = self.kappa.view(-1)
+        if self.power == 1: return dx, dy, None, None, dc - dkap * kap / (2 * c.view(-1)), None
+        De = self.qe.shape[-1]
+        dqe = 2 * self.scale * dQe[..., :De]
+        dke = dKe[..., :De] - 2 * self.scale * self.ke * dKe[..., De:]
+        return dx, dy, dqe, dke, dc - dkap * kap / c.view(-1), -dkap * self.scale / c.view(-1)
+
+def _bounds(fe: "_Features", width: int):
+    """Per-row float64 bounds `(B·H, Sq)`: the least row minimum of `T = a_i‖q_i−k_j‖²` for which a float32 tile
+    is safe, and the float64 rounding level `ν` of `R`. The relative error of a float32 `R` is
+    `ΔR/R ≤ 2γ(‖q‖²+‖k‖²)/‖q−k‖²` (the factors `a/β` cancel), and `|f'(R)|·R ≤ 1`, `f·f'·R ≤ f`, so
+    Poincaré: `Δs ≤ |κ|·ΔR/R ≤ τ_f`, and `γ(‖q‖+‖k‖)/‖q−k‖ ≤ τ_b` (the gradient's cancellation);
+    hybrid: `Δs = 2|κ| f f' ΔR ≤ 2|κ|·f(R)·ΔR/R ≤ τ_h`, `R ≤ T/min β`, and the Euclidean logit's error `≤ τ_e`."""
+    mmax, bmin, ka = fe.m.amax(1, keepdim=True), fe.be.amin(1, keepdim=True), fe.kappa.abs()
+    g = _gamma(width)
+    err = 2 * g * (fe.n + mmax)                             # ≥ (ΔR/R)·‖q−k‖²
+    if fe.power == 1:
+        tmin = fe.a * torch.maximum(ka * err / _TAU_F, (g * (fe.n.sqrt() + mmax.sqrt()) / _TAU_B) ** 2)
+    else:           # f(R_ij)/‖q_i−k_j‖² ≤ a_i·h(T_i,min), h(T) = f(T/min β)/T decreasing: solve h(T) = K by bisection
+        K = _TAU_H / (2 * ka * err * fe.a)
+        lo, hi = torch.full_like(K, -70.0), torch.full_like(K, 70.0)      # log T
+        for _ in range(60):
+            mid = (lo + hi) / 2
+            ok = torch.acosh(1 + mid.exp() / bmin) / mid.exp() <= K
+            hi, lo = torch.where(ok, mid, hi), torch.where(ok, lo, mid)
+        eerr = _gamma(fe.qe.shape[-1] + 1) * fe.scale * 2 * (fe.qe.pow(2).sum(-1, keepdim=True)
+                                                         + fe.ke.pow(2).sum(-1, keepdim=True).amax(1, keepdim=True))
+        tmin = hi.exp().masked_fill(eerr > _TAU_E, math.inf)
+    nu = err * (_EPS64 / _EPS32) * fe.a / bmin
+    return tmin.squeeze(-1), nu.squeeze(-1)
+
 class _HyperbolicCPU(torch.autograd.Function):
     """FlashAttention-2 in PyTorch over query blocks, for scores `s = κ·f(R)` (Poincaré, `power=1`) or
-    `s = κ·(f(R)² + E)` (hybrid, `power=2`), `R = Q'K'ᵀ = 2cδ`, `E = Qe'Ke'ᵀ`, `f(R) = arcosh(1+R)`.
-    Inputs `Qp, Kp, Qe, Ke` float64 `(B·H, S, ·)`, `v (B·H, Sk, Dv)`, `kappa (B·H,)`, `beta (B·H, Sk)` float64;
-    `tmin (B·H, Sq)`: a block is float32 if every row's minimum of `T = a_i‖q_i−k_j‖²` reaches it (see `_bounds`),
-    else float64; `nu`: per-row rounding level of a float64 `R`. Saves `O(S)` only."""
+    `s = κ·f(R)² + E` (hybrid, `power=2`), `R = Q'K'ᵀ = 2c‖q−k‖²/(αβ)`, `E = Qe'Ke'ᵀ`, `f(R) = arcosh(1+R)`.
+    Inputs: projected points `x, y (B·H, S, Dh)`, Euclidean parts `qe, ke` (or None), `v (B·H, Sk, Dv)`,
+    `c, alpha (B·H,)`. Saves the inputs and the log-sum-exp of each row, `O(S)`."""
     @staticmethod
-    def forward(ctx, Qp, Kp, Qe, Ke, v, kappa, beta, tmin, nu, power, B, causal, kpm, budget, block):
-        BH, Sq, _ = Qp.shape
-        Sk, dt = Kp.shape[1], v.dtype
-        ops = _Operands(dt, q=Qp, k=Kp, qe=Qe, ke=Ke, v=v, kap=kappa[:, None, None], k0=Kp * beta[..., None],
-                        binv=(1 / beta)[:, None, :])
+    def forward(ctx, x, y, qe, ke, v, c, alpha, scale, power, causal, kpm, budget, block):
+        fe = _Features(x, y, qe, ke, c, alpha, scale, power)
+        BH, Sq, _ = x.shape
+        Sk, dt = y.shape[1], v.dtype
+        ops = fe.operands(v, dt)
         out = v.new_zeros(BH, Sq, v.shape[-1])
-        lse = Qp.new_full((BH, Sq), math.inf)                                     # float64, O(S)
+        lse = fe.Qp.new_full((BH, Sq), math.inf)                                   # float64, O(S)
         blocks = list(_blocks(Sq, Sk, BH, causal, budget, block))
         tiles = _Tiles(2, max(BH * (i1 - i0) * nk for i0, i1, nk in blocks) or 1)
         exact = []
@@ -97,7 +171,7 @@ class _HyperbolicCPU(torch.autograd.Function):
             T, u = tiles(dt, BH, i1 - i0, nk)                                    # T = a_i‖q_i − k_j‖²
             torch.bmm(X["q"][:, i0:i1], X["k0"][:, :nk].transpose(1, 2), out=T)
             Tmin = _mask_(T, i0, i1, Sq, Sk, causal, kpm, math.inf).amin(-1).double()   # no key: inf, fine
-            ex = not bool((Tmin >= tmin[:, i0:i1]).all())                         # float32 unsafe somewhere
+            ex = not bool((Tmin >= fe.tmin[:, i0:i1]).all())                       # float32 unsafe somewhere
             exact.append(ex)
             if ex:
                 X = ops(True)
@@ -118,22 +192,22 @@ class _HyperbolicCPU(torch.autograd.Function):
             l = p.sum(-1, keepdim=True)
             out[:, i0:i1] = (torch.bmm(p, X["v"][:, :nk]) / torch.where(l > 0, l, 1.0)).to(dt)
             lse[:, i0:i1] = torch.where(l > 0, m + torch.log(l), math.inf).squeeze(-1)
-        ctx.save_for_backward(Qp, Kp, Qe, Ke, v, kappa, nu, lse)
-        ctx.args = (power, causal, kpm, blocks, exact)
+        ctx.save_for_backward(x, y, qe, ke, v, c, alpha, lse)
+        ctx.args = (scale, power, causal, kpm, blocks, exact)
         return out
 
     @staticmethod
     def backward(ctx, do):
-        Qp, Kp, Qe, Ke, v, kappa, nu, lse = ctx.saved_tensors
-        power, causal, kpm, blocks, exact = ctx.args
-        BH, Sq, _ = Qp.shape
-        Sk, dt = Kp.shape[1], v.dtype
-        do = do.to(dt).contiguous()
-        ops = _Operands(dt, q=Qp, k=Kp, qe=Qe, ke=Ke, v=v, kap=kappa[:, None, None], do=do, lse=lse)
-        acc = {}                                                                  # gradients per dtype
+        x, y, qe, ke, v, c, alpha, lse = ctx.saved_tensors
+        scale, power, causal, kpm, blocks, exact = ctx.args
+        fe = _Features(x, y, qe, ke, c, alpha, scale, power)
+        BH, Sq, _ = x.shape
+        Sk, dt = y.shape[1], v.dtype
+        ops = fe.operands(v, dt, do=do.to(dt).contiguous(), lse=lse)
+        acc = {}                                                                  # gradients per tile dtype
         def grads(d):
             if d not in acc:
-                acc[d] = [torch.zeros(t.shape, dtype=d) if t is not None else None for t in (Qp, Kp, Qe, Ke, v)]
+                acc[d] = [torch.zeros(t.shape, dtype=d) if t is not None else None for t in (fe.Qp, fe.Kp, fe.Qe, fe.Ke, v)]
                 acc[d].append(torch.zeros(BH, 1, 1, dtype=d))
             return acc[d]
         tiles = _Tiles(4, max(BH * (i1 - i0) * nk for i0, i1, nk in blocks) or 1)
@@ -144,114 +218,63 @@ class _HyperbolicCPU(torch.autograd.Function):
             R, u, p, dp = tiles(tdt, BH, i1 - i0, nk)
             qb, kb = X["q"][:, i0:i1], X["k"][:, :nk]
             torch.bmm(qb, kb.transpose(1, 2), out=R)
-            zero = (R <= nu[:, i0:i1, None]) if ex and power == 1 else None     # R within rounding of 0: d = 0
+            zero = (R <= fe.nu[:, i0:i1, None]) if ex and power == 1 else None   # R within rounding of 0: d = 0
             f = _f_(R.clamp_min_(_TINY), u)
             if power == 1: torch.mul(f, X["kap"], out=p)
             else: torch.mul(f, f, out=p).mul_(X["kap"]).baddbmm_(X["qe"][:, i0:i1], X["ke"][:, :nk].transpose(1, 2))
             p = _mask_(p.sub_(X["lse"][:, i0:i1, None]), i0, i1, Sq, Sk, causal, kpm, -math.inf).exp_()   # P
+            p.div_(p.sum(-1, keepdim=True).clamp_min_(1e-30))   # rows sum to 1 (the forward's s had other roundings)
             dob = X["do"][:, i0:i1]
-            dv[:, :nk].baddbmm_(p.transpose(1, 2), dob)
+            _add_bmm_(dv[:, :nk], p.transpose(1, 2), dob)
             ds = torch.bmm(dob, X["v"][:, :nk].transpose(1, 2), out=dp)
             # dS = P∘(dP − δ) with δ = Σ_j P∘dP from this very P (each block holds whole rows): then Σ_j dS = 0 to
             # rounding, where FlashAttention's δ = dO·O would leave an error ∝ |s|·ε that large scores amplify
             ds.mul_(p).addcmul_(p, ds.sum(-1, keepdim=True), value=-1)
             if power == 2:                                                         # the Euclidean logit: ∂L/∂E = dS
                 dQe[:, i0:i1] = torch.bmm(ds, X["ke"][:, :nk])
-                dKe[:, :nk].baddbmm_(ds.transpose(1, 2), X["qe"][:, i0:i1])
+                _add_bmm_(dKe[:, :nk], ds.transpose(1, 2), X["qe"][:, i0:i1])
                 ds.mul_(f)                                                         # dS·f: ∂(f²)/∂R = 2f·f'
-                dkap.baddbmm_(ds.view(BH, 1, -1), f.view(BH, -1, 1))              # Σ dS·f²
-            else:
-                dkap.baddbmm_(ds.view(BH, 1, -1), f.view(BH, -1, 1))              # Σ dS·f
+            dkap.baddbmm_(ds.view(BH, 1, -1), f.view(BH, -1, 1))                  # Σ dS·f^power
             g = ds.div_(u)                                                         # ∂L/∂R ÷ (κ·power/√2)
             if zero is not None: g.masked_fill_(zero, 0)
             dQ[:, i0:i1] = torch.bmm(g, kb)
-            dK[:, :nk].baddbmm_(g.transpose(1, 2), qb)
-        kap = kappa[:, None, None]
-        tot = [None if acc[dt0][i] is None else sum(a[i].double() for a in acc.values()) for i in range(6)
-               for dt0 in [next(iter(acc))]]
+            _add_bmm_(dK[:, :nk], g.transpose(1, 2), qb)
+        first = next(iter(acc.values()), None)
+        if first is None: return (torch.zeros_like(x), torch.zeros_like(y), *[None if t is None else torch.zeros_like(t) for t in (qe, ke)],
+                                  torch.zeros_like(v), torch.zeros_like(c), None if alpha is None else torch.zeros_like(alpha), *[None] * 6)
+        tot = [None if first[i] is None else sum(a[i].double() for a in acc.values()) for i in range(6)]
         dQ, dK, dQe, dKe, dv, dkap = tot
-        cR = kap * (power / math.sqrt(2))                                          # ∂s/∂R = κ·power·f^(power−1)/(√2 u)
-        return (dQ * cR, dK * cR, dQe, dKe, dv.to(v.dtype), dkap.view(BH), *[None] * 9)
+        cR = fe.kappa * (power / math.sqrt(2))                                      # ∂s/∂R = κ·power·f^(power−1)/(√2 u)
+        dx, dy, dqe, dke, dc, dal = fe.chain(dQ * cR, dK * cR, dQe, dKe, dkap.view(BH))
+        cast = lambda g, t: None if g is None else g.to(t.dtype)
+        return (cast(dx, x), cast(dy, y), cast(dqe, qe), cast(dke, ke), dv.to(v.dtype), cast(dc, c), cast(dal, alpha),
+                *[None] * 6)
 
 # %% ../../nbs/06_hyperbolic_fast.ipynb #3b34b367
-def _ball_features(x: Tensor, c: Tensor, query: bool):
-    """Points `x (B,H,S,D)` projected into the balls `c (H,)` (in `x`'s dtype, as `PoincareBall.proj`), then in
-    float64: the features `Q' = (2c/α)[−2x, ‖x‖², 1]` (queries) or `K' = [x, 1, ‖x‖²]/β` (keys), `α, β = 1 − c‖x‖²`,
-    with `‖x‖²` and `1 − c‖x‖²` (B,H,S,1). `Q'·K'ᵀ = 2c‖q−k‖²/(αβ) = R`."""
-    x = PoincareBall(c.to(x.dtype)[:, None, None]).proj(x).double()
-    c = c.double()[:, None, None]
-    n = x.pow(2).sum(-1, keepdim=True)
-    al, one = 1 - c * n, torch.ones_like(n)
-    feats = torch.cat([-2 * x, n, one], -1) * (2 * c / al) if query else torch.cat([x, one, n], -1) / al
-    return feats, n, al
+def _heads(x: Tensor) -> Tensor:
+    "`(B, H, S, D)` → `(B·H, S, D)`."
+    return x.reshape(-1, *x.shape[2:])
 
-def _both_features(q: Tensor, k: Tensor, c: Tensor):
-    return (*_ball_features(q, c, True), *_ball_features(k, c, False))
-
-def _lean(fn, *args: Tensor):
-    "`fn(*args)` keeping only `args` for backward (`torch.utils.checkpoint`): the float64 chains are cheap to redo."
-    if torch.is_grad_enabled() and any(a.requires_grad for a in args):
-        return checkpoint(fn, *args, use_reentrant=False)
-    return fn(*args)
-
-def _bounds(qn, al, kn, be, c, kappa_abs, width: int, power: int):
-    """Per-row float64 bounds `(B·H, Sq)`: the least row minimum of `T = a_i‖q_i−k_j‖²` (`a = 2c/α`) for which a
-    float32 tile is safe, and the float64 rounding level `ν` of `R`. The relative error of a float32 `R` is
-    `ΔR/R ≤ 2γ(‖q‖²+‖k‖²)/‖q−k‖²` (the factors `a/β` cancel), and `|f'(R)|·R ≤ 1`, `f·f'·R ≤ f`, so
-    Poincaré: `Δs ≤ |κ|·ΔR/R ≤ τ_f`, and `γ(‖q‖+‖k‖)/‖q−k‖ ≤ τ_b` (the gradient's cancellation);
-    hybrid: `Δs = 2|κ| f f' ΔR ≤ 2|κ|·f(R)·ΔR/R ≤ τ_h`, `R ≤ T/min β`."""
-    with torch.no_grad():
-        knmax, bmin = kn.amax(2, keepdim=True), be.amin(2, keepdim=True)
-        a = 2 * c.double()[:, None, None] / al
-        g = _gamma(width)
-        err = 2 * g * (qn + knmax)                         # ≥ (ΔR/R)·‖q−k‖²
-        if power == 1:
-            tmin = a * torch.maximum(kappa_abs * err / _TAU_F, (g * (qn.sqrt() + knmax.sqrt()) / _TAU_B) ** 2)
-        else:       # f(R_ij)/‖q_i−k_j‖² ≤ a_i·h(T_i,min), h(T) = f(T/min β)/T decreasing: solve h(T) = K by bisection
-            K = _TAU_H / (2 * kappa_abs * err * a)
-            lo, hi = torch.full_like(K, -70.0), torch.full_like(K, 70.0)         # log T
-            for _ in range(60):
-                mid = (lo + hi) / 2
-                ok = torch.acosh(1 + mid.exp() / bmin) / mid.exp() <= K
-                hi, lo = torch.where(ok, mid, hi), torch.where(ok, lo, mid)
-            tmin = hi.exp()
-        nu = err * (_EPS64 / _EPS32) * a / bmin
-        return [t.flatten(0, 1).squeeze(-1) for t in (tmin, nu)]
-
-def _per_bh(x: Tensor, B: int) -> Tensor:
-    "A per-head `(H,)` tensor repeated for every batch: `(B·H,)`, index `b·H + h`."
-    return x.repeat(B)
+def _on_ball(x: Tensor, c: Tensor) -> Tensor:
+    "`x (B, H, S, D)` projected into the balls of curvature `−c (H,)` in its own dtype, as `PoincareBall.proj`."
+    return PoincareBall(c.to(x.dtype)[:, None, None]).proj(x)
 
 def poincare_cpu(q: Tensor, k: Tensor, v: Tensor, c: Tensor, *, causal: bool = False,
                  key_padding_mask: Optional[Tensor] = None, scale: float, block: Optional[int] = None,
                  budget: int = 2 ** 18) -> Tensor:
     """Poincaré attention `(B, H, Sq, Dv)` in `O(S)` memory; `c (H,)` per-head curvature (inputs validated by the
     caller). `block`: queries per block (default: tiles of about `budget` elements)."""
-    B, H, Sq, D = q.shape
-    Qp, qn, al, Kp, kn, be = _lean(_both_features, q, k, c)
-    kappa = -scale / c.double().sqrt()                                   # s = κ·arcosh(1 + R)
-    tmin, nu = _bounds(qn, al, kn, be, c, kappa.abs()[:, None, None], D + 2, 1)
-    out = _HyperbolicCPU.apply(Qp.flatten(0, 1), Kp.flatten(0, 1), None, None, v.flatten(0, 1), _per_bh(kappa, B),
-                               be.detach().flatten(0, 1).squeeze(-1), tmin, nu, 1, B, bool(causal), key_padding_mask,
-                               budget, block)
+    B, H, Sq, _ = q.shape
+    out = _HyperbolicCPU.apply(_heads(_on_ball(q, c)), _heads(_on_ball(k, c)), None, None, _heads(v), c.repeat(B),
+                               None, float(scale), 1, bool(causal), key_padding_mask, budget, block)
     return out.view(B, H, Sq, v.shape[-1])
 
 def hybrid_cpu(q: Tensor, k: Tensor, v: Tensor, c: Tensor, alpha: Tensor, dim_e: int, *, causal: bool = False,
                key_padding_mask: Optional[Tensor] = None, scale: float, block: Optional[int] = None,
                budget: int = 2 ** 18) -> Tensor:
     "Euclidean × Poincaré attention `(B, H, Sq, Dv)` in `O(S)` memory; the first `dim_e` coordinates are Euclidean."
-    B, H, Sq, D = q.shape
-    Qp, qn, al, Kp, kn, be = _lean(_both_features, q[..., dim_e:], k[..., dim_e:], c)
-    qe, ke = q[..., :dim_e].double(), k[..., :dim_e].double()
-    Qe = torch.cat([2 * scale * qe, torch.ones_like(qe[..., :1])], -1)            # E = 2·scale·qe·ke − scale‖ke‖²
-    Ke = torch.cat([ke, -scale * ke.pow(2).sum(-1, keepdim=True)], -1)            # (−scale‖qe‖²: constant per row)
-    kappa = -scale * alpha.double() / c.double()                                  # s = κ·arcosh(1 + R)² + E
-    tmin, nu = _bounds(qn, al, kn, be, c, kappa.abs()[:, None, None], D - dim_e + 2, 2)
-    with torch.no_grad():   # and the Euclidean logit's float32 error ≤ τ_e, else float64
-        qen, ken = qe.pow(2).sum(-1), ke.pow(2).sum(-1)
-        eerr = _gamma(dim_e + 1) * scale * 2 * (qen + ken.amax(-1, keepdim=True))
-        tmin = tmin.masked_fill(eerr.flatten(0, 1) > _TAU_E, math.inf)
-    out = _HyperbolicCPU.apply(Qp.flatten(0, 1), Kp.flatten(0, 1), Qe.flatten(0, 1), Ke.flatten(0, 1),
-                               v.flatten(0, 1), _per_bh(kappa, B), be.detach().flatten(0, 1).squeeze(-1), tmin, nu,
-                               2, B, bool(causal), key_padding_mask, budget, block)
+    B, H, Sq, _ = q.shape
+    out = _HyperbolicCPU.apply(_heads(_on_ball(q[..., dim_e:], c)), _heads(_on_ball(k[..., dim_e:], c)),
+                               _heads(q[..., :dim_e]), _heads(k[..., :dim_e]), _heads(v), c.repeat(B), alpha.repeat(B),
+                               float(scale), 2, bool(causal), key_padding_mask, budget, block)
     return out.view(B, H, Sq, v.shape[-1])
