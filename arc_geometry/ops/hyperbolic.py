@@ -11,7 +11,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ..manifolds import PoincareBall
+from ..core import ball_eps, min_norm
 
 # %% auto #0
 __all__ = ['poincare_cpu', 'hybrid_cpu']
@@ -76,12 +76,34 @@ class _Operands:
         if dt not in self.cache: self.cache[dt] = {n: (t.to(dt) if t is not None else None) for n, t in self.ts.items()}
         return self.cache[dt]
 
+def _proj(x: Tensor, c: Tensor):
+    """`PoincareBall(c).proj(x)` in `x`'s dtype (`√c‖x‖ ≤ 1 − ball_eps`), `x (B·H, S, D)`, `c (B·H,)`, and the
+    rows it pulled in."""
+    n = torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(min_norm(x.dtype))
+    maxn = (1 - ball_eps(x.dtype)) / c.to(x.dtype)[:, None, None].sqrt()
+    out = n > maxn
+    return torch.where(out, x / n * maxn, x), out
+
+def _proj_back(x: Tensor, out: Tensor, g: Tensor, c: Tensor):
+    """`∂L/∂x` and `∂L/∂c (B·H,)` through `_proj` from `g = ∂L/∂proj(x)` (float64): on a pulled-in row
+    `p = m·x/‖x‖`, `m = (1 − ball_eps)/√c`, so `dx = (m/‖x‖)(g − x̂ (x̂·g))` and `dc = −(m/2c)·x̂·g`."""
+    if not bool(out.any()): return g, torch.zeros_like(c.view(-1))
+    xd = x.double()
+    n = xd.norm(dim=-1, keepdim=True)
+    m = (1 - ball_eps(x.dtype)) / c.sqrt()
+    xh = xd / n
+    xg = (xh * g).sum(-1, keepdim=True)
+    return (torch.where(out, m / n * (g - xh * xg), g),
+            torch.where(out, -m / (2 * c) * xg, 0.0).sum((1, 2)))
+
 class _Features:
     """Everything a block reads, from the projected points `x (B·H, Sq, Dh)`, `y (B·H, Sk, Dh)`, the Euclidean parts
     `qe, ke` (hybrid, else None), `c`, `alpha (B·H,)`, in float64: `a = 2c/α`, `Q' = a[−2x, ‖x‖², 1]`, `b = 1/β`,
     `K' = b[y, 1, ‖y‖²]`, `K'' = K'/b`, `Qe' = [2·scale·qe, 1]`, `Ke' = [ke, −scale‖ke‖²]`, `κ`, and the per-row
     bounds `tmin, ν` (`_bounds`). No autograd: `_HyperbolicCPU.backward` applies the chain rule itself."""
     def __init__(self, x, y, qe, ke, c, alpha, scale: float, power: int):
+        self.raw = (x, y)
+        (x, self.px), (y, self.py) = _proj(x, c), _proj(y, c)
         x, y = x.double(), y.double()
         c = c.double()[:, None, None]
         self.x, self.y, self.c, self.scale, self.power = x, y, c, scale, power
@@ -118,6 +140,8 @@ class _Features:
         dy = b * Pk + 2 * y * (b * t2 + dB * c * b * b)
         dc = (dA * 2 / self.al ** 2).sum((1, 2)) + (dB * m * b * b).sum((1, 2))
         kap = self.kappa.view(-1)
+        (dx, dcx), (dy, dcy) = _proj_back(self.raw[0], self.px, dx, c), _proj_back(self.raw[1], self.py, dy, c)
+        dc = dc + dcx + dcy
         if self.power == 1: return dx, dy, None, None, dc - dkap * kap / (2 * c.view(-1)), None
         De = self.qe.shape[-1]
         dqe = 2 * self.scale * dQe[..., :De]
@@ -255,17 +279,13 @@ def _heads(x: Tensor) -> Tensor:
     "`(B, H, S, D)` → `(B·H, S, D)`."
     return x.reshape(-1, *x.shape[2:])
 
-def _on_ball(x: Tensor, c: Tensor) -> Tensor:
-    "`x (B, H, S, D)` projected into the balls of curvature `−c (H,)` in its own dtype, as `PoincareBall.proj`."
-    return PoincareBall(c.to(x.dtype)[:, None, None]).proj(x)
-
 def poincare_cpu(q: Tensor, k: Tensor, v: Tensor, c: Tensor, *, causal: bool = False,
                  key_padding_mask: Optional[Tensor] = None, scale: float, block: Optional[int] = None,
                  budget: int = 2 ** 18) -> Tensor:
     """Poincaré attention `(B, H, Sq, Dv)` in `O(S)` memory; `c (H,)` per-head curvature (inputs validated by the
     caller). `block`: queries per block (default: tiles of about `budget` elements)."""
     B, H, Sq, _ = q.shape
-    out = _HyperbolicCPU.apply(_heads(_on_ball(q, c)), _heads(_on_ball(k, c)), None, None, _heads(v), c.repeat(B),
+    out = _HyperbolicCPU.apply(_heads(q), _heads(k), None, None, _heads(v), c.repeat(B),
                                None, float(scale), 1, bool(causal), key_padding_mask, budget, block)
     return out.view(B, H, Sq, v.shape[-1])
 
@@ -274,7 +294,7 @@ def hybrid_cpu(q: Tensor, k: Tensor, v: Tensor, c: Tensor, alpha: Tensor, dim_e:
                budget: int = 2 ** 18) -> Tensor:
     "Euclidean × Poincaré attention `(B, H, Sq, Dv)` in `O(S)` memory; the first `dim_e` coordinates are Euclidean."
     B, H, Sq, _ = q.shape
-    out = _HyperbolicCPU.apply(_heads(_on_ball(q[..., dim_e:], c)), _heads(_on_ball(k[..., dim_e:], c)),
+    out = _HyperbolicCPU.apply(_heads(q[..., dim_e:]), _heads(k[..., dim_e:]),
                                _heads(q[..., :dim_e]), _heads(k[..., :dim_e]), _heads(v), c.repeat(B), alpha.repeat(B),
                                float(scale), 2, bool(causal), key_padding_mask, budget, block)
     return out.view(B, H, Sq, v.shape[-1])
