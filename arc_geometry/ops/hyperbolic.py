@@ -101,7 +101,7 @@ class _Features:
     `qe, ke` (hybrid, else None), `c`, `alpha (B·H,)`, in float64: `a = 2c/α`, `Q' = a[−2x, ‖x‖², 1]`, `b = 1/β`,
     `K' = b[y, 1, ‖y‖²]`, `K'' = K'/b`, `Qe' = [2·scale·qe, 1]`, `Ke' = [ke, −scale‖ke‖²]`, `κ`, and the per-row
     bounds `tmin, ν` (`_bounds`). No autograd: `_HyperbolicCPU.backward` applies the chain rule itself."""
-    def __init__(self, x, y, qe, ke, c, alpha, scale: float, power: int):
+    def __init__(self, x, y, qe, ke, c, alpha, scale: float, power: int, bounds: bool = True):
         self.raw = (x, y)
         (x, self.px), (y, self.py) = _proj(x, c), _proj(y, c)
         x, y = x.double(), y.double()
@@ -121,7 +121,7 @@ class _Features:
             self.Qe = torch.cat([2 * scale * qe, torch.ones_like(qe[..., :1])], -1)   # E = 2·scale·qe·ke − scale‖ke‖²
             self.Ke = torch.cat([ke, -scale * ke.pow(2).sum(-1, keepdim=True)], -1)   # (−scale‖qe‖²: row constant)
             self.kappa = -scale * alpha.double()[:, None, None] / c
-        self.tmin, self.nu = _bounds(self, x.shape[-1] + 2)
+        self.tmin, self.nu = _bounds(self, x.shape[-1] + 2) if bounds else (None, None)
 
     def operands(self, v: Tensor, dt: torch.dtype, **more) -> "_Operands":
         return _Operands(dt, q=self.Qp, k=self.Kp, k0=self.K0, binv=self.b.transpose(1, 2), qe=self.Qe, ke=self.Ke,
@@ -159,16 +159,13 @@ def _bounds(fe: "_Features", width: int):
     err = 2 * g * (fe.n + mmax)                             # ≥ (ΔR/R)·‖q−k‖²
     if fe.power == 1:
         tmin = fe.a * torch.maximum(ka * err / _TAU_F, (g * (fe.n.sqrt() + mmax.sqrt()) / _TAU_B) ** 2)
-    else:           # f(R_ij)/‖q_i−k_j‖² ≤ a_i·h(T_i,min), h(T) = f(T/min β)/T decreasing: solve h(T) = K by bisection
-        K = _TAU_H / (2 * ka * err * fe.a)
-        lo, hi = torch.full_like(K, -70.0), torch.full_like(K, 70.0)      # log T
-        for _ in range(60):
-            mid = (lo + hi) / 2
-            ok = torch.acosh(1 + mid.exp() / bmin) / mid.exp() <= K
-            hi, lo = torch.where(ok, mid, hi), torch.where(ok, lo, mid)
+    else:           # f(R_ij)/‖q_i−k_j‖² ≤ a_i·h(T_i,min), h(T) = f(T/min β)/T: find T with h(T) ≤ K from
+        K = _TAU_H / (2 * ka * err * fe.a)                # f(x) ≤ √(2x) and f(x) ≤ log(2 + 2x); each iterate T
+        T = 2 / (bmin * K * K)                             # satisfies one of the two bounds
+        for _ in range(6): T = torch.minimum(T, torch.log(2 + 2 * T / bmin) / K)
         eerr = _gamma(fe.qe.shape[-1] + 1) * fe.scale * 2 * (fe.qe.pow(2).sum(-1, keepdim=True)
                                                          + fe.ke.pow(2).sum(-1, keepdim=True).amax(1, keepdim=True))
-        tmin = hi.exp().masked_fill(eerr > _TAU_E, math.inf)
+        tmin = T.masked_fill(eerr > _TAU_E, math.inf)
     nu = err * (_EPS64 / _EPS32) * fe.a / bmin
     return tmin.squeeze(-1), nu.squeeze(-1)
 
@@ -224,7 +221,7 @@ class _HyperbolicCPU(torch.autograd.Function):
     def backward(ctx, do):
         x, y, qe, ke, v, c, alpha, lse = ctx.saved_tensors
         scale, power, causal, kpm, blocks, exact = ctx.args
-        fe = _Features(x, y, qe, ke, c, alpha, scale, power)
+        fe = _Features(x, y, qe, ke, c, alpha, scale, power, bounds=any(exact) and power == 1)
         BH, Sq, _ = x.shape
         Sk, dt = y.shape[1], v.dtype
         ops = fe.operands(v, dt, do=do.to(dt).contiguous(), lse=lse)
