@@ -68,14 +68,6 @@ class _Tiles:
         if dtype not in self.store: self.store[dtype] = [torch.empty(self.numel, dtype=dtype) for _ in range(self.n)]
         return [s[:math.prod(shape)].view(shape) for s in self.store[dtype]]
 
-class _Operands:
-    "The float32 (or input-dtype) and the lazily made float64 copies of the tensors a block reads."
-    def __init__(self, dt, **ts): self.dt, self.ts, self.cache = dt, ts, {}
-    def __call__(self, exact: bool) -> dict:
-        dt = torch.float64 if exact else self.dt
-        if dt not in self.cache: self.cache[dt] = {n: (t.to(dt) if t is not None else None) for n, t in self.ts.items()}
-        return self.cache[dt]
-
 def _proj(x: Tensor, c: Tensor):
     """`PoincareBall(c).proj(x)` in `x`'s dtype (`√c‖x‖ ≤ 1 − ball_eps`), `x (B·H, S, D)`, `c (B·H,)`, and the
     rows it pulled in."""
@@ -97,41 +89,46 @@ def _proj_back(x: Tensor, out: Tensor, g: Tensor, c: Tensor):
             torch.where(out, -m / (2 * c) * xg, 0.0).sum((1, 2)))
 
 class _Features:
-    """Everything a block reads, from the projected points `x (B·H, Sq, Dh)`, `y (B·H, Sk, Dh)`, the Euclidean parts
-    `qe, ke` (hybrid, else None), `c`, `alpha (B·H,)`, in float64: `a = 2c/α`, `Q' = a[−2x, ‖x‖², 1]`, `b = 1/β`,
-    `K' = b[y, 1, ‖y‖²]`, `K'' = K'/b`, `Qe' = [2·scale·qe, 1]`, `Ke' = [ke, −scale‖ke‖²]`, `κ`, and the per-row
-    bounds `tmin, ν` (`_bounds`). No autograd: `_HyperbolicCPU.backward` applies the chain rule itself."""
-    def __init__(self, x, y, qe, ke, c, alpha, scale: float, power: int, bounds: bool = True):
+    """What the blocks read, from the points `x (B·H, Sq, Dh)`, `y (B·H, Sk, Dh)` (projected into the ball here), the
+    Euclidean parts `qe, ke` (hybrid, else None), `c`, `alpha (B·H,)`: per row in float64 `n = ‖x‖²`, `α = 1 − cn`,
+    `a = 2c/α`, `m = ‖y‖²`, `β`, `b = 1/β`, `κ`, the bounds `tmin, ν` (`_bounds`); and, built on demand in the tile
+    dtype (`ops`), `Q' = a[−2x, n, 1]`, `K'' = [y, 1, m]`, `K' = bK''`, `Qe' = [2·scale·qe, 1]`,
+    `Ke' = [ke, −scale‖ke‖²]`. No autograd: `_HyperbolicCPU.backward` applies the chain rule itself (`chain`)."""
+    def __init__(self, x, y, qe, ke, c, alpha, scale: float, power: int, bounds: bool = True, **extra):
         self.raw = (x, y)
-        (x, self.px), (y, self.py) = _proj(x, c), _proj(y, c)
-        x, y = x.double(), y.double()
+        (self.xp, self.px), (self.yp, self.py) = _proj(x, c), _proj(y, c)
         c = c.double()[:, None, None]
-        self.x, self.y, self.c, self.scale, self.power = x, y, c, scale, power
-        self.n, self.m = x.pow(2).sum(-1, keepdim=True), y.pow(2).sum(-1, keepdim=True)
+        self.c, self.scale, self.power, self.qe, self.ke, self.extra = c, scale, power, qe, ke, extra
+        self.n, self.m = (t.double().pow(2).sum(-1, keepdim=True) for t in (self.xp, self.yp))
         self.al, self.be = 1 - c * self.n, 1 - c * self.m
         self.a, self.b = 2 * c / self.al, 1 / self.be
-        self.Qp = torch.cat([-2 * x, self.n, torch.ones_like(self.n)], -1) * self.a
-        self.K0 = torch.cat([y, torch.ones_like(self.m), self.m], -1)
-        self.Kp = self.K0 * self.b
-        self.Qe = self.Ke = None
         if power == 1: self.kappa = -scale / c.sqrt()                       # s = κ·arcosh(1 + R)
-        else:                                                                # s = κ·arcosh(1 + R)² + E
-            qe, ke = qe.double(), ke.double()
-            self.qe, self.ke = qe, ke
-            self.Qe = torch.cat([2 * scale * qe, torch.ones_like(qe[..., :1])], -1)   # E = 2·scale·qe·ke − scale‖ke‖²
-            self.Ke = torch.cat([ke, -scale * ke.pow(2).sum(-1, keepdim=True)], -1)   # (−scale‖qe‖²: row constant)
-            self.kappa = -scale * alpha.double()[:, None, None] / c
-        self.tmin, self.nu = _bounds(self, x.shape[-1] + 2) if bounds else (None, None)
+        else: self.kappa = -scale * alpha.double()[:, None, None] / c        # s = κ·arcosh(1 + R)² + E
+        self.tmin, self.nu = _bounds(self, self.xp.shape[-1] + 2) if bounds else (None, None)
+        self.cache = {}
 
-    def operands(self, v: Tensor, dt: torch.dtype, **more) -> "_Operands":
-        return _Operands(dt, q=self.Qp, k=self.Kp, k0=self.K0, binv=self.b.transpose(1, 2), qe=self.Qe, ke=self.Ke,
-                         v=v, kap=self.kappa, **more)
+    def ops(self, exact: bool, dt: torch.dtype) -> dict:
+        "The operands of a block in float64 (`exact`) or `dt`, made once."
+        dt = torch.float64 if exact else dt
+        if dt not in self.cache:
+            x, y, n, m = self.xp.to(dt), self.yp.to(dt), self.n.to(dt), self.m.to(dt)
+            k0 = torch.cat([y, torch.ones_like(m), m], -1)
+            o = dict(q=torch.cat([-2 * x, n, torch.ones_like(n)], -1) * self.a.to(dt), k0=k0, k=k0 * self.b.to(dt),
+                     binv=self.b.transpose(1, 2).to(dt), kap=self.kappa.to(dt), qe=None, ke=None)
+            if self.power == 2:
+                qe, ke = self.qe.to(dt), self.ke.to(dt)
+                o["qe"] = torch.cat([2 * self.scale * qe, torch.ones_like(qe[..., :1])], -1)  # E = 2·scale·qe·ke
+                o["ke"] = torch.cat([ke, -self.scale * ke.pow(2).sum(-1, keepdim=True)], -1)  # − scale‖ke‖²
+            o.update({k: v.to(dt) for k, v in self.extra.items()})
+            self.cache[dt] = o
+        return self.cache[dt]
 
     def chain(self, dQ, dK, dQe, dKe, dkap):
         """`∂L/∂x, ∂L/∂y, ∂L/∂qe, ∂L/∂ke, ∂L/∂c, ∂L/∂alpha` from the gradients of the features `Q', K', Qe', Ke', κ`.
         `Q' = a[−2x, n, 1]`, `n = ‖x‖²`, `a = 2c/(1−cn)`: `∂a/∂n = a²/2`, `∂a/∂c = 2/α²`; `K' = b[y, 1, m]`,
         `b = 1/(1−cm)`: `∂b/∂m = c b²`, `∂b/∂c = m b²`."""
-        D, x, y, n, m, a, b, c = self.x.shape[-1], self.x, self.y, self.n, self.m, self.a, self.b, self.c
+        x, y, n, m, a, b, c = self.xp.double(), self.yp.double(), self.n, self.m, self.a, self.b, self.c
+        D = x.shape[-1]
         P, s1, s2 = dQ[..., :D], dQ[..., D:D + 1], dQ[..., D + 1:]
         dA = -2 * (x * P).sum(-1, keepdim=True) + s1 * n + s2                  # ∂L/∂a at fixed x, n
         dx = -2 * a * P + 2 * x * (a * s1 + dA * a * a / 2)
@@ -145,7 +142,7 @@ class _Features:
         if self.power == 1: return dx, dy, None, None, dc - dkap * kap / (2 * c.view(-1)), None
         De = self.qe.shape[-1]
         dqe = 2 * self.scale * dQe[..., :De]
-        dke = dKe[..., :De] - 2 * self.scale * self.ke * dKe[..., De:]
+        dke = dKe[..., :De] - 2 * self.scale * self.ke.double() * dKe[..., De:]
         return dx, dy, dqe, dke, dc - dkap * kap / c.view(-1), -dkap * self.scale / c.view(-1)
 
 def _bounds(fe: "_Features", width: int):
@@ -163,8 +160,9 @@ def _bounds(fe: "_Features", width: int):
         K = _TAU_H / (2 * ka * err * fe.a)                # f(x) ≤ √(2x) and f(x) ≤ log(2 + 2x); each iterate T
         T = 2 / (bmin * K * K)                             # satisfies one of the two bounds
         for _ in range(6): T = torch.minimum(T, torch.log(2 + 2 * T / bmin) / K)
-        eerr = _gamma(fe.qe.shape[-1] + 1) * fe.scale * 2 * (fe.qe.pow(2).sum(-1, keepdim=True)
-                                                         + fe.ke.pow(2).sum(-1, keepdim=True).amax(1, keepdim=True))
+        qe, ke = fe.qe.double(), fe.ke.double()
+        eerr = _gamma(qe.shape[-1] + 1) * fe.scale * 2 * (qe.pow(2).sum(-1, keepdim=True)
+                                                       + ke.pow(2).sum(-1, keepdim=True).amax(1, keepdim=True))
         tmin = T.masked_fill(eerr > _TAU_E, math.inf)
     nu = err * (_EPS64 / _EPS32) * fe.a / bmin
     return tmin.squeeze(-1), nu.squeeze(-1)
@@ -176,12 +174,12 @@ class _HyperbolicCPU(torch.autograd.Function):
     `c, alpha (B·H,)`. Saves the inputs and the log-sum-exp of each row, `O(S)`."""
     @staticmethod
     def forward(ctx, x, y, qe, ke, v, c, alpha, scale, power, causal, kpm, budget, block):
-        fe = _Features(x, y, qe, ke, c, alpha, scale, power)
+        fe = _Features(x, y, qe, ke, c, alpha, scale, power, v=v)
         BH, Sq, _ = x.shape
         Sk, dt = y.shape[1], v.dtype
-        ops = fe.operands(v, dt)
+        ops = lambda exact: fe.ops(exact, dt)
         out = v.new_zeros(BH, Sq, v.shape[-1])
-        lse = fe.Qp.new_full((BH, Sq), math.inf)                                   # float64, O(S)
+        lse = torch.full((BH, Sq), math.inf, dtype=torch.float64)                                   # float64, O(S)
         blocks = list(_blocks(Sq, Sk, BH, causal, budget, block))
         tiles = _Tiles(2, max(BH * (i1 - i0) * nk for i0, i1, nk in blocks) or 1)
         exact = []
@@ -221,14 +219,16 @@ class _HyperbolicCPU(torch.autograd.Function):
     def backward(ctx, do):
         x, y, qe, ke, v, c, alpha, lse = ctx.saved_tensors
         scale, power, causal, kpm, blocks, exact = ctx.args
-        fe = _Features(x, y, qe, ke, c, alpha, scale, power, bounds=any(exact) and power == 1)
+        fe = _Features(x, y, qe, ke, c, alpha, scale, power, bounds=any(exact) and power == 1, v=v,
+                       do=do.contiguous(), lse=lse)
         BH, Sq, _ = x.shape
         Sk, dt = y.shape[1], v.dtype
-        ops = fe.operands(v, dt, do=do.to(dt).contiguous(), lse=lse)
+        ops = lambda exact: fe.ops(exact, dt)
         acc = {}                                                                  # gradients per tile dtype
         def grads(d):
             if d not in acc:
-                acc[d] = [torch.zeros(t.shape, dtype=d) if t is not None else None for t in (fe.Qp, fe.Kp, fe.Qe, fe.Ke, v)]
+                o = ops(d == torch.float64)
+                acc[d] = [torch.zeros(t.shape, dtype=d) if t is not None else None for t in (o["q"], o["k"], o["qe"], o["ke"], v)]
                 acc[d].append(torch.zeros(BH, 1, 1, dtype=d))
             return acc[d]
         tiles = _Tiles(4, max(BH * (i1 - i0) * nk for i0, i1, nk in blocks) or 1)
