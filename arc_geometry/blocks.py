@@ -40,6 +40,7 @@ class Euclidean:
     "Hidden states in ℝᵈ; residual updates by `+`."
     def embed(self, t: Tensor) -> Tensor: return t
     def tangent(self, x: Tensor) -> Tensor: return x
+    def _tangent(self, x: Tensor) -> Tensor: return self.tangent(x)      # without recomputation of its own
     def update(self, x: Tensor, h: Tensor) -> Tensor: return x + h
     def contains(self, x: Tensor) -> bool: return bool(torch.isfinite(x).all())
 
@@ -61,6 +62,7 @@ class Ball(Euclidean):
     def __init__(self, c: float): self.ball = PoincareBall(float(c))
     def embed(self, t: Tensor) -> Tensor: return recomputed(self.ball.expmap0, t)
     def tangent(self, x: Tensor) -> Tensor: return recomputed(self.ball.logmap0, x)
+    def _tangent(self, x: Tensor) -> Tensor: return self.ball.logmap0(x)
     def _update(self, x: Tensor, h: Tensor) -> Tensor:
         return self.ball.proj(self.ball.mobius_add(x, self.ball.expmap0(h.to(x.dtype))))
     def update(self, x: Tensor, h: Tensor) -> Tensor: return recomputed(self._update, x, h)
@@ -75,6 +77,7 @@ class Product(Euclidean):
         return torch.cat([fe(x[..., :e], *(r[..., :e] for r in rest)), fh(x[..., e:], *(r[..., e:] for r in rest))], -1)
     def embed(self, t): return self._apply(t, lambda a: a, self.h.embed)
     def tangent(self, x): return self._apply(x, lambda a: a, self.h.tangent)
+    def _tangent(self, x): return self._apply(x, lambda a: a, self.h._tangent)
     def update(self, x, h): return self._apply(x, lambda a, b: a + b, self.h.update, h)
     def contains(self, x): return super().contains(x) and self.h.contains(x[..., self.dim_e:])
 
@@ -271,5 +274,10 @@ class GeoBlock(nn.Module):
     def forward(self, x: Tensor, pos: Tensor, cache: Optional[KVCache] = None,
                 key_padding_mask: Optional[Tensor] = None) -> Tensor:
         sp = self.space
-        x = sp.update(x, self.drop(self.attn(self.ln1(sp.tangent(x)), pos, cache, key_padding_mask)))
-        return sp.update(x, self.drop(self.mlp(self.ln2(sp.tangent(x)))))
+        x = sp.update(x, self.drop(self.attn(self._pre(self.ln1, x), pos, cache, key_padding_mask)))
+        return sp.update(x, self.drop(self.mlp(self._pre(self.ln2, x))))
+
+    def _pre(self, ln: nn.Module, x: Tensor) -> Tensor:
+        "`ln(tangent(x))`; where `tangent` is a map, both are recomputed in backward (LayerNorm would keep its input)."
+        if type(self.space).tangent is Euclidean.tangent: return ln(x)
+        return recomputed(lambda x: ln(self.space._tangent(x)), x)
