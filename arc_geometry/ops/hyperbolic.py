@@ -123,26 +123,27 @@ class _Features:
             self.cache[dt] = o
         return self.cache[dt]
 
-    def chain(self, dQ, dK, dQe, dKe, dkap):
-        """`∂L/∂x, ∂L/∂y, ∂L/∂qe, ∂L/∂ke, ∂L/∂c, ∂L/∂alpha` from the gradients of the features `Q', K', Qe', Ke', κ`.
-        `Q' = a[−2x, n, 1]`, `n = ‖x‖²`, `a = 2c/(1−cn)`: `∂a/∂n = a²/2`, `∂a/∂c = 2/α²`; `K' = b[y, 1, m]`,
-        `b = 1/(1−cm)`: `∂b/∂m = c b²`, `∂b/∂c = m b²`."""
-        x, y, n, m, a, b, c = self.xp.double(), self.yp.double(), self.n, self.m, self.a, self.b, self.c
-        D = x.shape[-1]
+    def chain(self, sl: slice, dQ, dK, dQe, dKe, dkap):
+        """`∂L/∂x, ∂L/∂y, ∂L/∂qe, ∂L/∂ke, ∂L/∂c, ∂L/∂alpha` of the heads `sl` from the gradients of the features
+        `Q', K', Qe', Ke', κ` (float64, those heads only: the caller goes through the heads in chunks, so that the
+        float64 temporaries stay small). `Q' = a[−2x, n, 1]`, `n = ‖x‖²`, `a = 2c/(1−cn)`: `∂a/∂n = a²/2`,
+        `∂a/∂c = 2/α²`; `K' = b[y, 1, m]`, `b = 1/(1−cm)`: `∂b/∂m = c b²`, `∂b/∂c = m b²`."""
+        x, y, n, m, a, b, c = (t[sl] for t in (self.xp, self.yp, self.n, self.m, self.a, self.b, self.c))
+        x, y, al, D = x.double(), y.double(), self.al[sl], x.shape[-1]
         P, s1, s2 = dQ[..., :D], dQ[..., D:D + 1], dQ[..., D + 1:]
         dA = -2 * (x * P).sum(-1, keepdim=True) + s1 * n + s2                  # ∂L/∂a at fixed x, n
         dx = -2 * a * P + 2 * x * (a * s1 + dA * a * a / 2)
         Pk, t1, t2 = dK[..., :D], dK[..., D:D + 1], dK[..., D + 1:]
         dB = (y * Pk).sum(-1, keepdim=True) + t1 + t2 * m                      # ∂L/∂b at fixed y, m
         dy = b * Pk + 2 * y * (b * t2 + dB * c * b * b)
-        dc = (dA * 2 / self.al ** 2).sum((1, 2)) + (dB * m * b * b).sum((1, 2))
-        kap = self.kappa.view(-1)
-        (dx, dcx), (dy, dcy) = _proj_back(self.raw[0], self.px, dx, c), _proj_back(self.raw[1], self.py, dy, c)
+        dc = (dA * 2 / al ** 2).sum((1, 2)) + (dB * m * b * b).sum((1, 2))
+        kap = self.kappa[sl].view(-1)
+        (dx, dcx), (dy, dcy) = (_proj_back(r[sl], p[sl], d, c) for r, p, d in zip(self.raw, (self.px, self.py), (dx, dy)))
         dc = dc + dcx + dcy
         if self.power == 1: return dx, dy, None, None, dc - dkap * kap / (2 * c.view(-1)), None
         De = self.qe.shape[-1]
         dqe = 2 * self.scale * dQe[..., :De]
-        dke = dKe[..., :De] - 2 * self.scale * self.ke.double() * dKe[..., De:]
+        dke = dKe[..., :De] - 2 * self.scale * self.ke[sl].double() * dKe[..., De:]
         return dx, dy, dqe, dke, dc - dkap * kap / c.view(-1), -dkap * self.scale / c.view(-1)
 
 def _bounds(fe: "_Features", width: int):
@@ -263,13 +264,17 @@ class _HyperbolicCPU(torch.autograd.Function):
         first = next(iter(acc.values()), None)
         if first is None: return (torch.zeros_like(x), torch.zeros_like(y), *[None if t is None else torch.zeros_like(t) for t in (qe, ke)],
                                   torch.zeros_like(v), torch.zeros_like(c), None if alpha is None else torch.zeros_like(alpha), *[None] * 6)
-        tot = [None if first[i] is None else sum(a[i].double() for a in acc.values()) for i in range(6)]
-        dQ, dK, dQe, dKe, dv, dkap = tot
+        tot = lambda i, sl: None if first[i] is None else sum(a[i][sl].double() for a in acc.values())
         cR = fe.kappa * (power / math.sqrt(2))                                      # ∂s/∂R = κ·power·f^(power−1)/(√2 u)
-        dx, dy, dqe, dke, dc, dal = fe.chain(dQ * cR, dK * cR, dQe, dKe, dkap.view(BH))
-        cast = lambda g, t: None if g is None else g.to(t.dtype)
-        return (cast(dx, x), cast(dy, y), cast(dqe, qe), cast(dke, ke), dv.to(v.dtype), cast(dc, c), cast(dal, alpha),
-                *[None] * 6)
+        grads = [torch.empty_like(t) if t is not None else None for t in (x, y, qe, ke, c, alpha)]
+        step = max(1, 2 ** 20 // (max(Sq, Sk) * x.shape[-1]))                    # heads per chunk of the chain rule
+        for h0 in range(0, BH, step):
+            sl = slice(h0, h0 + step)
+            got = fe.chain(sl, tot(0, sl) * cR[sl], tot(1, sl) * cR[sl], tot(2, sl), tot(3, sl), tot(5, sl).view(-1))
+            for g, r in zip(grads, got):
+                if g is not None: g[sl] = r
+        dx, dy, dqe, dke, dc, dal = grads
+        return dx, dy, dqe, dke, tot(4, slice(None)).to(v.dtype), dc, dal, *[None] * 6
 
 # %% ../../nbs/06_hyperbolic_fast.ipynb #3b34b367
 def _heads(x: Tensor) -> Tensor:
