@@ -11,6 +11,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from .attention import hybrid_attention, metric_attention, poincare_attention, position_metric_attention
 from .core import allowed_mask, causal_mask
@@ -18,9 +19,9 @@ from .manifolds import LowRankMetric, PoincareBall, PositionMetric, _inv_softplu
 from .reference import hybrid_scores_ref, metric_scores_ref, poincare_scores_ref, position_metric_scores_ref
 
 # %% auto #0
-__all__ = ['GEOMETRIES', 'rotary', 'Euclidean', 'Transported', 'Ball', 'Product', 'KVCache', 'register_geometry', 'GeoAttention',
-           'DotAttention', 'MetricAttention', 'PositionMetricAttention', 'HeadCurvature', 'PoincareAttention',
-           'HybridAttention', 'MLP', 'GeoBlock']
+__all__ = ['GEOMETRIES', 'rotary', 'Euclidean', 'Transported', 'recomputed', 'Ball', 'Product', 'KVCache', 'register_geometry',
+           'GeoAttention', 'DotAttention', 'MetricAttention', 'PositionMetricAttention', 'HeadCurvature',
+           'PoincareAttention', 'HybridAttention', 'MLP', 'GeoBlock']
 
 # %% ../nbs/11_blocks.ipynb #a371d005
 def rotary(x: Tensor, pos: Tensor, base: float = 10000.0) -> Tensor:
@@ -39,6 +40,7 @@ class Euclidean:
     "Hidden states in ℝᵈ; residual updates by `+`."
     def embed(self, t: Tensor) -> Tensor: return t
     def tangent(self, x: Tensor) -> Tensor: return x
+    def _tangent(self, x: Tensor) -> Tensor: return self.tangent(x)      # without recomputation of its own
     def update(self, x: Tensor, h: Tensor) -> Tensor: return x + h
     def contains(self, x: Tensor) -> bool: return bool(torch.isfinite(x).all())
 
@@ -48,13 +50,22 @@ class Transported(Euclidean):
         xh = x / x.norm(dim=-1, keepdim=True).clamp_min(1e-6)
         return x + h - (h * xh).sum(-1, keepdim=True) * xh
 
+def recomputed(fn: Callable, *args: Tensor):
+    """`fn(*args)`, keeping only `args` for backward when gradients are on (`torch.utils.checkpoint`): the Möbius
+    and exp/log maps are cheap elementwise chains whose many intermediates would otherwise stay alive."""
+    if torch.is_grad_enabled() and any(isinstance(a, Tensor) and a.requires_grad for a in args):
+        return checkpoint(fn, *args, use_reentrant=False)
+    return fn(*args)
+
 class Ball(Euclidean):
     "Hidden states on the Poincaré ball of curvature `−c`; `update(x, h) = proj(x ⊕_c expmap0(h))`."
     def __init__(self, c: float): self.ball = PoincareBall(float(c))
-    def embed(self, t: Tensor) -> Tensor: return self.ball.expmap0(t)
-    def tangent(self, x: Tensor) -> Tensor: return self.ball.logmap0(x)
-    def update(self, x: Tensor, h: Tensor) -> Tensor:
+    def embed(self, t: Tensor) -> Tensor: return recomputed(self.ball.expmap0, t)
+    def tangent(self, x: Tensor) -> Tensor: return recomputed(self.ball.logmap0, x)
+    def _tangent(self, x: Tensor) -> Tensor: return self.ball.logmap0(x)
+    def _update(self, x: Tensor, h: Tensor) -> Tensor:
         return self.ball.proj(self.ball.mobius_add(x, self.ball.expmap0(h.to(x.dtype))))
+    def update(self, x: Tensor, h: Tensor) -> Tensor: return recomputed(self._update, x, h)
     def contains(self, x: Tensor) -> bool:
         return bool((x.norm(dim=-1) * math.sqrt(self.ball.c) < 1).all())
 
@@ -66,6 +77,7 @@ class Product(Euclidean):
         return torch.cat([fe(x[..., :e], *(r[..., :e] for r in rest)), fh(x[..., e:], *(r[..., e:] for r in rest))], -1)
     def embed(self, t): return self._apply(t, lambda a: a, self.h.embed)
     def tangent(self, x): return self._apply(x, lambda a: a, self.h.tangent)
+    def _tangent(self, x): return self._apply(x, lambda a: a, self.h._tangent)
     def update(self, x, h): return self._apply(x, lambda a, b: a + b, self.h.update, h)
     def contains(self, x): return super().contains(x) and self.h.contains(x[..., self.dim_e:])
 
@@ -214,9 +226,10 @@ class PoincareAttention(_Fp32Attention):
         super().__init__(cfg, layer)
         self.head_curvature = HeadCurvature(cfg.num_heads, cfg.curvature)
     def curvature(self) -> Tensor: return self.head_curvature()
-    def points(self, q, k):
+    def _points(self, q, k):
         ball = PoincareBall(self.curvature().to(q.dtype).view(-1, 1, 1))
         return ball.expmap0(q), ball.expmap0(k)
+    def points(self, q, k): return recomputed(self._points, q, k)
     def params(self): return (self.curvature(),)
     fn, score_fn = staticmethod(poincare_attention), staticmethod(poincare_scores_ref)
 
@@ -233,9 +246,10 @@ class HybridAttention(_Fp32Attention):
     def rotate(self, x, pos):
         e = self.hd_e
         return torch.cat([rotary(x[..., :e], pos, self.rope_base), rotary(x[..., e:], pos, self.rope_base)], -1)
-    def points(self, q, k):
+    def _points(self, q, k):
         ball, e = PoincareBall(self.curvature().to(q.dtype).view(-1, 1, 1)), self.hd_e
         return tuple(torch.cat([t[..., :e], ball.expmap0(t[..., e:])], -1) for t in (q, k))
+    def points(self, q, k): return recomputed(self._points, q, k)
     def params(self): return (self.curvature(), self.alpha(), self.hd_e)
     fn, score_fn = staticmethod(hybrid_attention), staticmethod(hybrid_scores_ref)
 
@@ -260,5 +274,10 @@ class GeoBlock(nn.Module):
     def forward(self, x: Tensor, pos: Tensor, cache: Optional[KVCache] = None,
                 key_padding_mask: Optional[Tensor] = None) -> Tensor:
         sp = self.space
-        x = sp.update(x, self.drop(self.attn(self.ln1(sp.tangent(x)), pos, cache, key_padding_mask)))
-        return sp.update(x, self.drop(self.mlp(self.ln2(sp.tangent(x)))))
+        x = sp.update(x, self.drop(self.attn(self._pre(self.ln1, x), pos, cache, key_padding_mask)))
+        return sp.update(x, self.drop(self.mlp(self._pre(self.ln2, x))))
+
+    def _pre(self, ln: nn.Module, x: Tensor) -> Tensor:
+        "`ln(tangent(x))`; where `tangent` is a map, both are recomputed in backward (LayerNorm would keep its input)."
+        if type(self.space).tangent is Euclidean.tangent: return ln(x)
+        return recomputed(lambda x: ln(self.space._tangent(x)), x)

@@ -5,56 +5,298 @@
 # %% ../../nbs/06_hyperbolic_fast.ipynb #500ff097
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
 from torch import Tensor
 
-from ..manifolds import PoincareBall
-from .chunked import chunked_attention
+from ..core import ball_eps, min_norm
 
 # %% auto #0
-__all__ = ['poincare_dist_tile', 'poincare_cpu', 'hybrid_cpu']
+__all__ = ['poincare_cpu', 'hybrid_cpu']
 
 # %% ../../nbs/06_hyperbolic_fast.ipynb #9651adb1
-_TINY = 1e-30       # below this, √ has a zero gradient: the zero subgradient of a distance at 0
+_TINY = 1e-30                      # R is clamped here: a distance of 0 gets the zero subgradient
+_EPS32, _EPS64 = torch.finfo(torch.float32).eps, torch.finfo(torch.float64).eps
+_TAU_F, _TAU_B = 1e-5, 1e-4        # tolerated score error and relative gradient cancellation of a float32 tile
+_TAU_H = 1e-3                      # the hybrid's worst-case score error (d²: f·f' ≈ 1 where Poincaré has f' ≫ 1)
+_TAU_E = 1e-4                      # tolerated error of the hybrid's Euclidean logit (fp32 dot-product attention's own)
 
-def poincare_dist_tile(qb: Tensor, k: Tensor, qn: Tensor, kn: Tensor, c: Tensor, dtype: torch.dtype) -> Tensor:
-    """`d_c (B,H,C,N)` between float64 query rows `qb (B,H,C,D)` and keys `k (B,H,N,D)`, given `qn = ‖qb‖² (B,H,C,1)`,
-    `kn = ‖k‖² (B,H,N,1)`, `c (1,H,1,1)`; the ratio `cδ` is formed in float64, the rest in `dtype`."""
-    kn = kn.transpose(-1, -2)
-    num = (qn + kn - 2 * qb @ k.transpose(-1, -2)).clamp_min(0)
-    r = (c * num / ((1 - c * qn) * (1 - c * kn))).to(dtype).clamp_min(_TINY)      # r = cδ
-    # 2·arsinh(√r) = arcosh(1 + 2r) = log1p(2(r + √(r(1+r)))): vectorised primitives (torch's CPU asinh is slow)
-    return torch.log1p(2 * (r + (r * (1 + r)).sqrt())) / c.to(dtype).sqrt()
+def _gamma(width: int) -> float:
+    "A bound on the rounding error of a float32 dot product of `width` terms relative to `Σ|terms|` (~5σ)."
+    return 3 * math.sqrt(width) * _EPS32
 
-def _poincare_scores(qb, qn, k, kn, c, scale, dtype):
-    return -scale * poincare_dist_tile(qb, k, qn, kn, c, dtype)
+def _blocks(Sq: int, Sk: int, BH: int, causal: bool, budget: int, block: Optional[int] = None):
+    """Query blocks `(i0, i1, nk)`, `nk` = keys any query of the block may see (ends aligned), each tile `BH·C·nk`
+    about `budget` elements (early causal blocks see fewer keys, so they get more queries); `block` fixes `C`."""
+    off, i0, T = Sk - Sq, 0, max(1, budget // BH)
+    while i0 < Sq:
+        if block: C = block
+        elif causal:                       # the largest C with C·(b + C) ≤ T, b = keys before the block's first row
+            b = max(0, i0 + off)
+            C = max(16, int((-b + math.sqrt(b * b + 4 * T)) / 2))
+        else: C = max(16, T // Sk)
+        i1 = min(Sq, i0 + C)
+        yield i0, i1, (max(0, min(Sk, i1 + off)) if causal else Sk)
+        i0 = i1
 
-def _hybrid_scores(qe, qen, qh, qhn, ke, ken, kh, khn, c, alpha, scale, dtype):
-    eucl = (qen + ken.transpose(-1, -2) - 2 * qe @ ke.transpose(-1, -2)).clamp_min(0)
-    return -scale * (eucl + alpha * poincare_dist_tile(qh, kh, qhn, khn, c, dtype).pow(2))
+def _mask_(t: Tensor, i0: int, i1: int, Sq: int, Sk: int, causal: bool, kpm: Optional[Tensor], value: float) -> Tensor:
+    "Fill the disallowed pairs of a block tile `t (B·H, C, nk)` with `value`; causal touches only the diagonal part."
+    nk = t.shape[-1]
+    if kpm is not None:
+        t.view(kpm.shape[0], -1, i1 - i0, nk).masked_fill_(~kpm[:, None, None, :nk], value)
+    if causal and (j0 := max(0, i0 + Sk - Sq + 1)) < nk:
+        i = torch.arange(i0, i1, device=t.device)[:, None]
+        t[..., j0:].masked_fill_(torch.arange(j0, nk, device=t.device)[None, :] > i + (Sk - Sq), value)
+    return t
 
-def _on_ball(x: Tensor, c: Tensor):
-    "Project `x (B,H,S,D)` into the per-head ball; return it in float64 with its squared norms `(B,H,S,1)`."
-    x = PoincareBall(c).proj(x).double()
-    return x, x.pow(2).sum(-1, keepdim=True)
+def _f_(R: Tensor, u: Tensor) -> Tensor:
+    "`R ← f = arcosh(1 + R) = log1p(R + √(R² + 2R))` in place, and `u ← √(R²/2 + R) = √(R(R+2))/√2` (for `f'`)."
+    torch.addcmul(R, R, R, value=0.5, out=u).sqrt_()
+    return R.add_(u, alpha=math.sqrt(2)).log1p_()
+
+def _add_bmm_(dst: Tensor, a: Tensor, b: Tensor) -> None:
+    "`dst += a @ b`; in place when `dst` is contiguous (on a strided slice, `baddbmm_` loops over the batch)."
+    if dst.is_contiguous(): dst.baddbmm_(a, b)
+    else: dst += torch.bmm(a, b)
+
+class _Tiles:
+    "`n` reusable flat buffers per dtype, viewed as tiles (fresh large allocations page-fault on every block)."
+    def __init__(self, n: int, numel: int): self.n, self.numel, self.store = n, numel, {}
+    def __call__(self, dtype, *shape):
+        if dtype not in self.store: self.store[dtype] = [torch.empty(self.numel, dtype=dtype) for _ in range(self.n)]
+        return [s[:math.prod(shape)].view(shape) for s in self.store[dtype]]
+
+def _proj(x: Tensor, c: Tensor):
+    """`PoincareBall(c).proj(x)` in `x`'s dtype (`√c‖x‖ ≤ 1 − ball_eps`), `x (B·H, S, D)`, `c (B·H,)`, and the
+    rows it pulled in."""
+    n = torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(min_norm(x.dtype))
+    maxn = (1 - ball_eps(x.dtype)) / c.to(x.dtype)[:, None, None].sqrt()
+    out = n > maxn
+    return torch.where(out, x / n * maxn, x), out
+
+def _proj_back(x: Tensor, out: Tensor, g: Tensor, c: Tensor):
+    """`∂L/∂x` and `∂L/∂c (B·H,)` through `_proj` from `g = ∂L/∂proj(x)` (float64): on a pulled-in row
+    `p = m·x/‖x‖`, `m = (1 − ball_eps)/√c`, so `dx = (m/‖x‖)(g − x̂ (x̂·g))` and `dc = −(m/2c)·x̂·g`."""
+    if not bool(out.any()): return g, torch.zeros_like(c.view(-1))
+    xd = x.double()
+    n = xd.norm(dim=-1, keepdim=True)
+    m = (1 - ball_eps(x.dtype)) / c.sqrt()
+    xh = xd / n
+    xg = (xh * g).sum(-1, keepdim=True)
+    return (torch.where(out, m / n * (g - xh * xg), g),
+            torch.where(out, -m / (2 * c) * xg, 0.0).sum((1, 2)))
+
+class _Features:
+    """What the blocks read, from the points `x (B·H, Sq, Dh)`, `y (B·H, Sk, Dh)` (projected into the ball here), the
+    Euclidean parts `qe, ke` (hybrid, else None), `c`, `alpha (B·H,)`: per row in float64 `n = ‖x‖²`, `α = 1 − cn`,
+    `a = 2c/α`, `m = ‖y‖²`, `β`, `b = 1/β`, `κ`, the bounds `tmin, ν` (`_bounds`); and, built on demand in the tile
+    dtype (`ops`), `Q' = a[−2x, n, 1]`, `K'' = [y, 1, m]`, `K' = bK''`, `Qe' = [2·scale·qe, 1]`,
+    `Ke' = [ke, −scale‖ke‖²]`. No autograd: `_HyperbolicCPU.backward` applies the chain rule itself (`chain`)."""
+    def __init__(self, x, y, qe, ke, c, alpha, scale: float, power: int, bounds: bool = True, **extra):
+        self.raw = (x, y)
+        (self.xp, self.px), (self.yp, self.py) = _proj(x, c), _proj(y, c)
+        c = c.double()[:, None, None]
+        self.c, self.scale, self.power, self.qe, self.ke, self.extra = c, scale, power, qe, ke, extra
+        self.n, self.m = (t.double().pow(2).sum(-1, keepdim=True) for t in (self.xp, self.yp))
+        self.al, self.be = 1 - c * self.n, 1 - c * self.m
+        self.a, self.b = 2 * c / self.al, 1 / self.be
+        if power == 1: self.kappa = -scale / c.sqrt()                       # s = κ·arcosh(1 + R)
+        else: self.kappa = -scale * alpha.double()[:, None, None] / c        # s = κ·arcosh(1 + R)² + E
+        self.tmin, self.nu = _bounds(self, self.xp.shape[-1] + 2) if bounds else (None, None)
+        self.cache = {}
+
+    def ops(self, exact: bool, dt: torch.dtype) -> dict:
+        "The operands of a block in float64 (`exact`) or `dt`, made once."
+        dt = torch.float64 if exact else dt
+        if dt not in self.cache:
+            x, y, n, m = self.xp.to(dt), self.yp.to(dt), self.n.to(dt), self.m.to(dt)
+            k0 = torch.cat([y, torch.ones_like(m), m], -1)
+            o = dict(q=torch.cat([-2 * x, n, torch.ones_like(n)], -1) * self.a.to(dt), k0=k0, k=k0 * self.b.to(dt),
+                     binv=self.b.transpose(1, 2).to(dt), kap=self.kappa.to(dt), qe=None, ke=None)
+            if self.power == 2:
+                qe, ke = self.qe.to(dt), self.ke.to(dt)
+                o["qe"] = torch.cat([2 * self.scale * qe, torch.ones_like(qe[..., :1])], -1)  # E = 2·scale·qe·ke
+                o["ke"] = torch.cat([ke, -self.scale * ke.pow(2).sum(-1, keepdim=True)], -1)  # − scale‖ke‖²
+            o.update({k: v.to(dt) for k, v in self.extra.items()})
+            self.cache[dt] = o
+        return self.cache[dt]
+
+    def chain(self, sl: slice, dQ, dK, dQe, dKe, dkap):
+        """`∂L/∂x, ∂L/∂y, ∂L/∂qe, ∂L/∂ke, ∂L/∂c, ∂L/∂alpha` of the heads `sl` from the gradients of the features
+        `Q', K', Qe', Ke', κ` (float64, those heads only: the caller goes through the heads in chunks, so that the
+        float64 temporaries stay small). `Q' = a[−2x, n, 1]`, `n = ‖x‖²`, `a = 2c/(1−cn)`: `∂a/∂n = a²/2`,
+        `∂a/∂c = 2/α²`; `K' = b[y, 1, m]`, `b = 1/(1−cm)`: `∂b/∂m = c b²`, `∂b/∂c = m b²`."""
+        x, y, n, m, a, b, c = (t[sl] for t in (self.xp, self.yp, self.n, self.m, self.a, self.b, self.c))
+        x, y, al, D = x.double(), y.double(), self.al[sl], x.shape[-1]
+        P, s1, s2 = dQ[..., :D], dQ[..., D:D + 1], dQ[..., D + 1:]
+        dA = -2 * (x * P).sum(-1, keepdim=True) + s1 * n + s2                  # ∂L/∂a at fixed x, n
+        dx = -2 * a * P + 2 * x * (a * s1 + dA * a * a / 2)
+        Pk, t1, t2 = dK[..., :D], dK[..., D:D + 1], dK[..., D + 1:]
+        dB = (y * Pk).sum(-1, keepdim=True) + t1 + t2 * m                      # ∂L/∂b at fixed y, m
+        dy = b * Pk + 2 * y * (b * t2 + dB * c * b * b)
+        dc = (dA * 2 / al ** 2).sum((1, 2)) + (dB * m * b * b).sum((1, 2))
+        kap = self.kappa[sl].view(-1)
+        (dx, dcx), (dy, dcy) = (_proj_back(r[sl], p[sl], d, c) for r, p, d in zip(self.raw, (self.px, self.py), (dx, dy)))
+        dc = dc + dcx + dcy
+        if self.power == 1: return dx, dy, None, None, dc - dkap * kap / (2 * c.view(-1)), None
+        De = self.qe.shape[-1]
+        dqe = 2 * self.scale * dQe[..., :De]
+        dke = dKe[..., :De] - 2 * self.scale * self.ke[sl].double() * dKe[..., De:]
+        return dx, dy, dqe, dke, dc - dkap * kap / c.view(-1), -dkap * self.scale / c.view(-1)
+
+def _bounds(fe: "_Features", width: int):
+    """Per-row float64 bounds `(B·H, Sq)`: the least row minimum of `T = a_i‖q_i−k_j‖²` for which a float32 tile
+    is safe, and the float64 rounding level `ν` of `R`. The relative error of a float32 `R` is
+    `ΔR/R ≤ 2γ(‖q‖²+‖k‖²)/‖q−k‖²` (the factors `a/β` cancel), and `|f'(R)|·R ≤ 1`, `f·f'·R ≤ f`, so
+    Poincaré: `Δs ≤ |κ|·ΔR/R ≤ τ_f`, and `γ(‖q‖+‖k‖)/‖q−k‖ ≤ τ_b` (the gradient's cancellation);
+    hybrid: `Δs = 2|κ| f f' ΔR ≤ 2|κ|·f(R)·ΔR/R ≤ τ_h`, `R ≤ T/min β`, and the Euclidean logit's error `≤ τ_e`."""
+    mmax, bmin, ka = fe.m.amax(1, keepdim=True), fe.be.amin(1, keepdim=True), fe.kappa.abs()
+    g = _gamma(width)
+    err = 2 * g * (fe.n + mmax)                             # ≥ (ΔR/R)·‖q−k‖²
+    if fe.power == 1:
+        tmin = fe.a * torch.maximum(ka * err / _TAU_F, (g * (fe.n.sqrt() + mmax.sqrt()) / _TAU_B) ** 2)
+    else:           # f(R_ij)/‖q_i−k_j‖² ≤ a_i·h(T_i,min), h(T) = f(T/min β)/T: find T with h(T) ≤ K from
+        K = _TAU_H / (2 * ka * err * fe.a)                # f(x) ≤ √(2x) and f(x) ≤ log(2 + 2x); each iterate T
+        T = 2 / (bmin * K * K)                             # satisfies one of the two bounds
+        for _ in range(6): T = torch.minimum(T, torch.log(2 + 2 * T / bmin) / K)
+        qe, ke = fe.qe.double(), fe.ke.double()
+        eerr = _gamma(qe.shape[-1] + 1) * fe.scale * 2 * (qe.pow(2).sum(-1, keepdim=True)
+                                                       + ke.pow(2).sum(-1, keepdim=True).amax(1, keepdim=True))
+        tmin = T.masked_fill(eerr > _TAU_E, math.inf)
+    nu = err * (_EPS64 / _EPS32) * fe.a / bmin
+    return tmin.squeeze(-1), nu.squeeze(-1)
+
+class _HyperbolicCPU(torch.autograd.Function):
+    """FlashAttention-2 in PyTorch over query blocks, for scores `s = κ·f(R)` (Poincaré, `power=1`) or
+    `s = κ·f(R)² + E` (hybrid, `power=2`), `R = Q'K'ᵀ = 2c‖q−k‖²/(αβ)`, `E = Qe'Ke'ᵀ`, `f(R) = arcosh(1+R)`.
+    Inputs: projected points `x, y (B·H, S, Dh)`, Euclidean parts `qe, ke` (or None), `v (B·H, Sk, Dv)`,
+    `c, alpha (B·H,)`. Saves the inputs and the log-sum-exp of each row, `O(S)`."""
+    @staticmethod
+    def forward(ctx, x, y, qe, ke, v, c, alpha, scale, power, causal, kpm, budget, block):
+        fe = _Features(x, y, qe, ke, c, alpha, scale, power, v=v)
+        BH, Sq, _ = x.shape
+        Sk, dt = y.shape[1], v.dtype
+        ops = lambda exact: fe.ops(exact, dt)
+        out = v.new_zeros(BH, Sq, v.shape[-1])
+        lse = torch.full((BH, Sq), math.inf, dtype=torch.float64)                                   # float64, O(S)
+        blocks = list(_blocks(Sq, Sk, BH, causal, budget, block))
+        tiles = _Tiles(2, max(BH * (i1 - i0) * nk for i0, i1, nk in blocks) or 1)
+        exact = []
+        for i0, i1, nk in blocks:
+            if nk == 0:                                                           # rows with no key: zeros
+                exact.append(False); continue
+            X = ops(False)
+            T, u = tiles(dt, BH, i1 - i0, nk)                                    # T = a_i‖q_i − k_j‖²
+            torch.bmm(X["q"][:, i0:i1], X["k0"][:, :nk].transpose(1, 2), out=T)
+            Tmin = _mask_(T, i0, i1, Sq, Sk, causal, kpm, math.inf).amin(-1).double()   # no key: inf, fine
+            ex = not bool((Tmin >= fe.tmin[:, i0:i1]).all())                       # float32 unsafe somewhere
+            exact.append(ex)
+            if ex:
+                X = ops(True)
+                R, u = tiles(torch.float64, BH, i1 - i0, nk)
+                torch.bmm(X["q"][:, i0:i1], X["k"][:, :nk].transpose(1, 2), out=R)
+            else:
+                R = T.mul_(X["binv"][..., :nk])                                   # R = T/β_j
+            f = _f_(R.clamp_min_(_TINY), u)
+            if power == 1:                 # κ < 0: the row maximum of κ·f is κ·(row minimum of f)
+                m = _mask_(f, i0, i1, Sq, Sk, causal, kpm, math.inf).amin(-1, keepdim=True).mul_(X["kap"])
+                m.masked_fill_(torch.isinf(m), 0)
+                p = torch.addcmul(-m, f, X["kap"], out=u).exp_()                   # exp(κ·f − m)
+            else:                          # s = κ·f² + E
+                s = f.mul_(f).mul_(X["kap"]).baddbmm_(X["qe"][:, i0:i1], X["ke"][:, :nk].transpose(1, 2))
+                m = _mask_(s, i0, i1, Sq, Sk, causal, kpm, -math.inf).amax(-1, keepdim=True)
+                m.masked_fill_(torch.isinf(m), 0)
+                p = s.sub_(m).exp_()
+            l = p.sum(-1, keepdim=True)
+            out[:, i0:i1] = (torch.bmm(p, X["v"][:, :nk]) / torch.where(l > 0, l, 1.0)).to(dt)
+            lse[:, i0:i1] = torch.where(l > 0, m + torch.log(l), math.inf).squeeze(-1)
+        ctx.save_for_backward(x, y, qe, ke, v, c, alpha, lse)
+        ctx.args = (scale, power, causal, kpm, blocks, exact)
+        return out
+
+    @staticmethod
+    def backward(ctx, do):
+        x, y, qe, ke, v, c, alpha, lse = ctx.saved_tensors
+        scale, power, causal, kpm, blocks, exact = ctx.args
+        fe = _Features(x, y, qe, ke, c, alpha, scale, power, bounds=any(exact) and power == 1, v=v,
+                       do=do.contiguous(), lse=lse)
+        BH, Sq, _ = x.shape
+        Sk, dt = y.shape[1], v.dtype
+        ops = lambda exact: fe.ops(exact, dt)
+        acc = {}                                                                  # gradients per tile dtype
+        def grads(d):
+            if d not in acc:
+                o = ops(d == torch.float64)
+                acc[d] = [torch.zeros(t.shape, dtype=d) if t is not None else None for t in (o["q"], o["k"], o["qe"], o["ke"], v)]
+                acc[d].append(torch.zeros(BH, 1, 1, dtype=d))
+            return acc[d]
+        tiles = _Tiles(4, max(BH * (i1 - i0) * nk for i0, i1, nk in blocks) or 1)
+        for (i0, i1, nk), ex in zip(blocks, exact):
+            if nk == 0: continue
+            X, tdt = ops(ex), (torch.float64 if ex else dt)
+            dQ, dK, dQe, dKe, dv, dkap = grads(tdt)
+            R, u, p, dp = tiles(tdt, BH, i1 - i0, nk)
+            qb, kb = X["q"][:, i0:i1], X["k"][:, :nk]
+            torch.bmm(qb, kb.transpose(1, 2), out=R)
+            zero = (R <= fe.nu[:, i0:i1, None]) if ex and power == 1 else None   # R within rounding of 0: d = 0
+            f = _f_(R.clamp_min_(_TINY), u)
+            if power == 1: torch.mul(f, X["kap"], out=p)
+            else: torch.mul(f, f, out=p).mul_(X["kap"]).baddbmm_(X["qe"][:, i0:i1], X["ke"][:, :nk].transpose(1, 2))
+            p = _mask_(p.sub_(X["lse"][:, i0:i1, None]), i0, i1, Sq, Sk, causal, kpm, -math.inf).exp_()   # P
+            p.div_(p.sum(-1, keepdim=True).clamp_min_(1e-30))   # rows sum to 1 (the forward's s had other roundings)
+            dob = X["do"][:, i0:i1]
+            _add_bmm_(dv[:, :nk], p.transpose(1, 2), dob)
+            ds = torch.bmm(dob, X["v"][:, :nk].transpose(1, 2), out=dp)
+            # dS = P∘(dP − δ) with δ = Σ_j P∘dP from this very P (each block holds whole rows): then Σ_j dS = 0 to
+            # rounding, where FlashAttention's δ = dO·O would leave an error ∝ |s|·ε that large scores amplify
+            ds.mul_(p).addcmul_(p, ds.sum(-1, keepdim=True), value=-1)
+            if power == 2:                                                         # the Euclidean logit: ∂L/∂E = dS
+                dQe[:, i0:i1] = torch.bmm(ds, X["ke"][:, :nk])
+                _add_bmm_(dKe[:, :nk], ds.transpose(1, 2), X["qe"][:, i0:i1])
+                ds.mul_(f)                                                         # dS·f: ∂(f²)/∂R = 2f·f'
+            dkap.baddbmm_(ds.view(BH, 1, -1), f.view(BH, -1, 1))                  # Σ dS·f^power
+            g = ds.div_(u)                                                         # ∂L/∂R ÷ (κ·power/√2)
+            if zero is not None: g.masked_fill_(zero, 0)
+            dQ[:, i0:i1] = torch.bmm(g, kb)
+            _add_bmm_(dK[:, :nk], g.transpose(1, 2), qb)
+        first = next(iter(acc.values()), None)
+        if first is None: return (torch.zeros_like(x), torch.zeros_like(y), *[None if t is None else torch.zeros_like(t) for t in (qe, ke)],
+                                  torch.zeros_like(v), torch.zeros_like(c), None if alpha is None else torch.zeros_like(alpha), *[None] * 6)
+        tot = lambda i, sl: None if first[i] is None else sum(a[i][sl].double() for a in acc.values())
+        cR = fe.kappa * (power / math.sqrt(2))                                      # ∂s/∂R = κ·power·f^(power−1)/(√2 u)
+        grads = [torch.empty_like(t) if t is not None else None for t in (x, y, qe, ke, c, alpha)]
+        step = max(1, 2 ** 20 // (max(Sq, Sk) * x.shape[-1]))                    # heads per chunk of the chain rule
+        for h0 in range(0, BH, step):
+            sl = slice(h0, h0 + step)
+            got = fe.chain(sl, tot(0, sl) * cR[sl], tot(1, sl) * cR[sl], tot(2, sl), tot(3, sl), tot(5, sl).view(-1))
+            for g, r in zip(grads, got):
+                if g is not None: g[sl] = r
+        dx, dy, dqe, dke, dc, dal = grads
+        return dx, dy, dqe, dke, tot(4, slice(None)).to(v.dtype), dc, dal, *[None] * 6
 
 # %% ../../nbs/06_hyperbolic_fast.ipynb #3b34b367
+def _heads(x: Tensor) -> Tensor:
+    "`(B, H, S, D)` → `(B·H, S, D)`."
+    return x.reshape(-1, *x.shape[2:])
+
 def poincare_cpu(q: Tensor, k: Tensor, v: Tensor, c: Tensor, *, causal: bool = False,
-                 key_padding_mask: Optional[Tensor] = None, scale: float, block: Optional[int] = None) -> Tensor:
-    "Poincaré attention `(B, H, Sq, Dv)` in `O(S)` memory; `c (H,)` per-head curvature (inputs validated by the caller)."
-    c4 = c.to(q.dtype)[None, :, None, None]
-    (qb, qn), (kb, kn) = _on_ball(q, c4), _on_ball(k, c4)
-    return chunked_attention(_poincare_scores, (qb, qn), (kb, kn), v, (c4.double(), scale, q.dtype),
-                             causal, key_padding_mask, block=block)
+                 key_padding_mask: Optional[Tensor] = None, scale: float, block: Optional[int] = None,
+                 budget: int = 2 ** 18) -> Tensor:
+    """Poincaré attention `(B, H, Sq, Dv)` in `O(S)` memory; `c (H,)` per-head curvature (inputs validated by the
+    caller). `block`: queries per block (default: tiles of about `budget` elements)."""
+    B, H, Sq, _ = q.shape
+    out = _HyperbolicCPU.apply(_heads(q), _heads(k), None, None, _heads(v), c.repeat(B),
+                               None, float(scale), 1, bool(causal), key_padding_mask, budget, block)
+    return out.view(B, H, Sq, v.shape[-1])
 
 def hybrid_cpu(q: Tensor, k: Tensor, v: Tensor, c: Tensor, alpha: Tensor, dim_e: int, *, causal: bool = False,
-               key_padding_mask: Optional[Tensor] = None, scale: float, block: Optional[int] = None) -> Tensor:
+               key_padding_mask: Optional[Tensor] = None, scale: float, block: Optional[int] = None,
+               budget: int = 2 ** 18) -> Tensor:
     "Euclidean × Poincaré attention `(B, H, Sq, Dv)` in `O(S)` memory; the first `dim_e` coordinates are Euclidean."
-    c4, a4 = c.to(q.dtype)[None, :, None, None], alpha.to(q.dtype)[None, :, None, None]
-    qe, ke = q[..., :dim_e], k[..., :dim_e]
-    (qh, qhn), (kh, khn) = _on_ball(q[..., dim_e:], c4), _on_ball(k[..., dim_e:], c4)
-    qen, ken = qe.pow(2).sum(-1, keepdim=True), ke.pow(2).sum(-1, keepdim=True)
-    return chunked_attention(_hybrid_scores, (qe, qen, qh, qhn), (ke, ken, kh, khn), v,
-                             (c4.double(), a4, scale, q.dtype), causal, key_padding_mask, block=block)
+    B, H, Sq, _ = q.shape
+    out = _HyperbolicCPU.apply(_heads(q[..., dim_e:]), _heads(k[..., dim_e:]),
+                               _heads(q[..., :dim_e]), _heads(k[..., :dim_e]), _heads(v), c.repeat(B), alpha.repeat(B),
+                               float(scale), 2, bool(causal), key_padding_mask, budget, block)
+    return out.view(B, H, Sq, v.shape[-1])
