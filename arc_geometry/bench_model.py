@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from .models import GeoConfig, GeoLM
 
@@ -65,13 +67,19 @@ def run_benchmark(out_csv, geometries: Sequence[str] = GEOMETRY_ORDER, sizes: Op
     bad = [g for g in geometries if g not in GEOMETRY_ORDER]
     if bad: raise ValueError(f"geometries must be among {GEOMETRY_ORDER}, got {bad}")
     geometries = ["dot"] + [g for g in geometries if g != "dot"]
-    rows = []
-    for g in geometries:
-        cmd = [sys.executable, "-m", "arc_geometry.bench_model", "--one", g, "--sizes", json.dumps(sizes)]
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    def one(g: str, sz: dict, env: Optional[dict] = None) -> dict:
+        cmd = [sys.executable, "-m", "arc_geometry.bench_model", "--one", g, "--sizes", json.dumps(sz)]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
         if r.returncode != 0:
             raise RuntimeError(f"benchmark of geometry {g!r} failed (exit {r.returncode}):\n{r.stderr[-2000:]}")
-        rows.append(json.loads(r.stdout.strip().splitlines()[-1]))
+        return json.loads(r.stdout.strip().splitlines()[-1])
+    mem_env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}      # large blocks mmap'd: freed = returned
+    rows = []
+    for g in tqdm(geometries, desc="geometries", leave=False):
+        row = one(g, sizes)                                             # timing, ordinary allocator
+        row["peak_mem_default_malloc_mib"] = row["peak_mem_mib"]
+        row["peak_mem_mib"] = one(g, {**sizes, "steps": 1}, mem_env)["peak_mem_mib"]   # memory, its own process
+        rows.append(row)
     df = pd.DataFrame(rows)
     base = df.set_index("geometry").loc["dot"]
     df["tokens_per_s_vs_dot"] = df.tokens_per_s / base.tokens_per_s

@@ -86,9 +86,9 @@ def _block_f(qb, k, u2, w2, ab, ap, lam, buf):
     if buf is None: return f.add_(_fused()[0](u2, w2, ab, ap)), d2
     t, e = buf[:2]
     for r in range(u2.shape[2]):
-        torch.sigmoid_(torch.add(u2[:, :, r, :, None], w2[:, :, r, None, :], out=t)).sub_(0.5)
-        t.mul_(torch.sub(ab[:, :, r, :, None], ap[:, :, r, None, :], out=e)).mul_(2)
-        f.addcmul_(t, t)
+        torch.sigmoid_(torch.add(u2[:, :, r, :, None], w2[:, :, r, None, :], out=t)).sub_(0.5)    # tanh/2
+        t.mul_(torch.sub(ab[:, :, r, :, None], ap[:, :, r, None, :], out=e))
+        f.addcmul_(t, t, value=4)                                                                  # (tanh·(a−a'))²
     return f, d2
 
 class _PosMetricCPU(torch.autograd.Function):
@@ -152,19 +152,19 @@ class _PosMetricCPU(torch.autograd.Function):
                 du[..., i0:i1], dw[..., :nk], da[..., i0:i1], dap[..., :nk] = gu, dw[..., :nk] + gw, ga, dap[..., :nk] + gap
                 continue
             for r in range(u.shape[2]):
-                torch.sigmoid_(torch.add(ub[:, :, r, :, None], wb[:, :, r, None, :], out=t)).mul_(2).sub_(1)   # tanh
-                torch.sub(ab[:, :, r, :, None], apb[:, :, r, None, :], out=e)
-                torch.mul(e, g, out=ge)                                          # g·e
-                torch.mul(t, t, out=h)                                           # t²
-                h.mul_(ge)                                                       # g·t²·e  → da, da'
-                da[:, :, r, i0:i1] = 2 * h.sum(-1)
-                dap[:, :, r, :nk] -= 2 * h.sum(-2)
-                torch.mul(t, t, out=h).neg_().add_(1).mul_(t).mul_(e).mul_(ge)   # g·e²·t(1−t²) → du, dw
-                du[:, :, r, i0:i1] = 2 * h.sum(-1)
-                dw[:, :, r, :nk] += 2 * h.sum(-2)
+                # with s = tanh/2 = σ(2(u+w)) − ½: g·e·t² = 4·g·e·s², g·e²·t(1−t²) = 2e·(h − 4h·s²), h = g·e·s
+                torch.sigmoid_(torch.add(ub[:, :, r, :, None], wb[:, :, r, None, :], out=t)).sub_(0.5)   # s
+                torch.sub(ab[:, :, r, :, None], apb[:, :, r, None, :], out=e)    # e = a − a'
+                torch.mul(e, g, out=ge).mul_(t)                                  # h = g·e·s
+                torch.mul(ge, t, out=h)                                          # x = g·e·s²  → da, da'
+                da[:, :, r, i0:i1] = 8 * h.sum(-1)
+                dap[:, :, r, :nk] -= 8 * h.sum(-2)
+                torch.addcmul(ge, h, t, value=-4, out=h).mul_(e)                 # e·(h − 4x·s)  → du, dw
+                du[:, :, r, i0:i1] = 4 * h.sum(-1)
+                dw[:, :, r, :nk] += 4 * h.sum(-2)
         return dq, dk, dv, du, dw, da, dap, dlam, None, None, None, None
 
-def block_size(B: int, H: int, Sk: int, budget: int = 2 ** 21) -> int:
+def block_size(B: int, H: int, Sk: int, budget: int = 2 ** 20) -> int:
     "Queries per block of the PyTorch path: about `budget` elements per `(B, H, C, Sk)` tile, at least 8."
     return max(8, budget // max(1, B * H * Sk))
 
