@@ -426,17 +426,17 @@ class TrainingDashboard(Explorer):
         for key, col in (("curvature", 2), ("metric_cond", 3)):
             rs = [r for r in self.rows if key in r]
             if not rs:
-                sub = fig.get_subplot(2, col)
-                fig.add_annotation(text=f"no {key.replace('_', ' ')} in this run", showarrow=False, x=0.5, y=0.5,
-                                   xref=f"{sub.yaxis.anchor} domain", yref=f"{sub.xaxis.anchor} domain")  # x anchors y
+                sub = fig.get_subplot(2, col)       # an empty panel has no drawn axes: place by paper coordinates
+                fig.add_annotation(text=f"no {key.replace('_', ' ')} in this run", showarrow=False, xref="paper",
+                                   yref="paper", x=sum(sub.xaxis.domain) / 2, y=sum(sub.yaxis.domain) / 2)
                 continue
             for l, heads in enumerate(rs[0][key]):
                 for h in range(len(heads)):
                     fig.add_scatter(x=[r["step"] for r in rs], y=[r[key][l][h] for r in rs], mode="lines",
-                                    name=f"{key} L{l}H{h}", row=2, col=col)
+                                    name=f"{key} L{l}H{h}", showlegend=False, row=2, col=col)
         fig.update_yaxes(type="log" if self.log_loss.value else "linear", row=1, col=1)
         fig.update_yaxes(type="log", row=2, col=3)
         fig.update_xaxes(title_text="step", row=2)
-        fig.update_layout(height=560, title=f"{self.title} ({len(self.rows)} steps)", showlegend=False,
-                          margin=dict(t=70, l=50, r=30, b=40))
+        fig.update_layout(height=560, title=f"{self.title} ({len(self.rows)} steps)", margin=dict(t=90, l=50, r=30, b=40),
+                          legend=dict(orientation="h", x=1, xanchor="right", y=1.1))   # curves per head: hover
         return fig
