@@ -18,12 +18,13 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 GEOMETRIES = ("metric", "position_metric", "poincare", "hybrid")
 
 # %% auto #0
-__all__ = ['GEOMETRIES', 'MALLOC_ENV', 'make_inputs', 'attention_fn', 'run_case', 'with_tflops', 'bench_attention',
-           'bench_figure']
+__all__ = ['GEOMETRIES', 'MALLOC_ENV', 'make_inputs', 'poincare_flex', 'attention_fn', 'run_case', 'with_tflops',
+           'bench_attention', 'bench_figure']
 
 # %% ../nbs/10_bench_attention.ipynb #fc6c0f14
 def make_inputs(geometry: str, B: int, H: int, S: int, D: int, R: int, dtype=torch.float32, seed: int = 0):
@@ -38,9 +39,28 @@ def make_inputs(geometry: str, B: int, H: int, S: int, D: int, R: int, dtype=tor
     leaves = [t.requires_grad_() for t in (q, k, v, *params)]
     return leaves[0], leaves[1], leaves[2], tuple(leaves[3:])
 
+_FLEX = {}
+def poincare_flex(q: Tensor, k: Tensor, v: Tensor, c: Tensor, scale: float) -> Tensor:
+    """Causal Poincaré attention by PyTorch's FlexAttention, compiled: the peer a user would write instead.
+    `q, k (B, H, S, D)` (points inside the ball), `v (B, H, S, Dv)`, `c (H,)`; the `score_mod` turns the `q·k` FlexAttention
+    computes into `−scale·d_c` from the row norms (DESIGN §3). Forward only: FlexAttention has no CPU backward."""
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    qn, kn = q.pow(2).sum(-1), k.pow(2).sum(-1)                      # (B, H, S)
+    def score_mod(score, b, h, qi, kj):                              # score = q·k (FlexAttention's scale set to 1)
+        a, bb, ch = qn[b, h, qi], kn[b, h, kj], c[h]
+        r = ch * (a + bb - 2 * score).clamp(min=0) / ((1 - ch * a) * (1 - ch * bb))
+        return -scale * torch.log1p(2 * (r + torch.sqrt(r * (1 + r)))) / torch.sqrt(ch)
+    mask = create_block_mask(lambda b, h, qi, kj: qi >= kj, None, None, q.shape[2], k.shape[2], device=q.device.type)
+    return flex_attention(q, k, v, score_mod=score_mod, block_mask=mask, scale=1.0)
+
 def attention_fn(geometry: str, backend: str = "auto"):
-    "A callable `(q, k, v, params) -> out` for `geometry` ('dot' = SDPA) on `backend` ('reference' = materialised)."
+    """A callable `(q, k, v, params) -> out` for `geometry` ('dot' = SDPA) on `backend` ('reference' = materialised;
+    'flex' = `poincare_flex` under `torch.compile`, Poincaré only)."""
     from arc_geometry import attention as A
+    if backend == "flex":
+        if geometry != "poincare": raise ValueError(f"backend 'flex' is the Poincaré peer only, got geometry {geometry!r}")
+        if "fn" not in _FLEX: _FLEX["fn"] = torch.compile(poincare_flex)
+        return lambda q, k, v, p: _FLEX["fn"](q.detach(), k.detach(), v.detach(), p[0].detach(), q.shape[-1] ** -0.5)  # no CPU backward
     if geometry == "dot":
         return lambda q, k, v, p: F.scaled_dot_product_attention(q, k, v, is_causal=True)
     fn = getattr(A, f"{geometry}_attention")
@@ -63,13 +83,19 @@ def _reset_peak() -> bool:
 
 def run_case(geometry: str, S: int, backend: str = "auto", B: int = 1, H: int = 8, D: int = 64, R: int = 16,
              repeats: int = 3) -> dict:
-    "Measure one case in this process: forward and forward+backward seconds (best of `repeats`), extra peak bytes."
+    """Measure one case in this process: forward and forward+backward seconds (best of `repeats`), extra peak bytes.
+    The 'flex' backend is measured forward only (memory and time)."""
     fn = attention_fn(geometry, backend)
-    fn(*make_inputs(geometry, 1, H, 8, D, R)[:3], make_inputs(geometry, 1, H, 8, D, R)[3]).sum().backward()  # imports
+    fwd_only = backend == "flex"
+    def run(q, k, v, p):
+        if fwd_only:
+            with torch.no_grad(): fn(q, k, v, p)
+        else: fn(q, k, v, p).sum().backward()
+    if not fwd_only: run(*make_inputs(geometry, 1, H, 8, D, R))        # imports, first-call costs
     q, k, v, p = make_inputs(geometry, B, H, S, D, R)
     rss0 = _status_bytes("VmRSS")
     if not _reset_peak(): rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # conservative
-    fn(q, k, v, p).sum().backward()                                   # warm-up, and the memory measurement
+    run(q, k, v, p)                                                   # warm-up (compiles flex), the memory measurement
     peak = _status_bytes("VmHWM")
     def best(f):
         ts = []
@@ -80,7 +106,7 @@ def run_case(geometry: str, S: int, backend: str = "auto", B: int = 1, H: int = 
     if repeats:
         with torch.no_grad():
             out["fwd_s"] = best(lambda: fn(q, k, v, p))
-        out["fwdbwd_s"] = best(lambda: fn(q, k, v, p).sum().backward())
+        if not fwd_only: out["fwdbwd_s"] = best(lambda: fn(q, k, v, p).sum().backward())
     return out
 
 # %% ../nbs/10_bench_attention.ipynb #40fc5085
@@ -102,12 +128,14 @@ def with_tflops(df, B: int = 1, H: int = 8, D: int = 64, causal: bool = True):
 def bench_attention(geometries: Sequence[str] = GEOMETRIES, seqlens: Sequence[int] = (256, 1024, 4096, 16384),
                     B: int = 1, H: int = 8, D: int = 64, R: int = 16, reference: bool = True,
                     ref_max_bytes: int = 3 * 2 ** 30, timeout_s: float = 300, repeats: int = 3,
-                    progress: bool = True):
-    "Benchmark table (pandas) of every geometry vs SDPA (`dot`) and the reference; each case in its own process."
+                    progress: bool = True, flex: bool = True):
+    """Benchmark table (pandas) of every geometry vs SDPA (`dot`) and the reference; each case in its own process.
+    `flex`: also FlexAttention with a Poincaré `score_mod` (`poincare_flex`, forward only) where Poincaré is measured."""
     import pandas as pd
     from tqdm.auto import tqdm
 
     cases = [("dot", "auto", S) for S in seqlens] + [(g, "auto", S) for g in geometries for S in seqlens]
+    if flex and "poincare" in geometries: cases += [("poincare", "flex", S) for S in seqlens]
     if reference:
         cases += [(g, "reference", S) for g in geometries for S in seqlens if _ref_bytes(g, B, H, S, D, R) <= ref_max_bytes]
     rows = []
@@ -158,12 +186,15 @@ def bench_figure(df):
     "Plotly figure: forward+backward time and extra peak memory against sequence length."
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("forward + backward (s)", "extra peak memory (MiB)"))
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("forward + backward (s; FlexAttention: forward)",
+                                                        "extra peak memory (MiB)"))
     ok = df[df.get("status", "ok") == "ok"] if "status" in df else df
     for (g, be), d in ok.groupby(["geometry", "backend"]):
-        name = "SDPA (dot)" if g == "dot" else (f"{g} (reference)" if be == "reference" else g)
-        dash = "dot" if be == "reference" else None
-        fig.add_trace(go.Scatter(x=d.S, y=d.fwdbwd_s, name=name, legendgroup=name, line=dict(dash=dash)), 1, 1)
+        name = ("SDPA (dot)" if g == "dot" else f"{g} (reference)" if be == "reference"
+                else f"{g} (FlexAttention, forward only)" if be == "flex" else g)
+        dash = {"reference": "dot", "flex": "dash"}.get(be)
+        y = d.fwd_s if be == "flex" else d.fwdbwd_s
+        fig.add_trace(go.Scatter(x=d.S, y=y, name=name, legendgroup=name, line=dict(dash=dash)), 1, 1)
         fig.add_trace(go.Scatter(x=d.S, y=d.extra_peak_mib.clip(lower=1), name=name, legendgroup=name,
                                  showlegend=False, line=dict(dash=dash)), 1, 2)
     fig.update_xaxes(type="log", title="sequence length S")
