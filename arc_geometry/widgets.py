@@ -392,7 +392,6 @@ class TrainingDashboard(Explorer):
         return cls(read_run(run_dir), **{"title": f"training: {Path(run_dir).name}", **kwargs})
 
     # -- Trainer callback ------------------------------------------------------------------------------------
-    def on_train_begin(self, trainer): pass
     def on_step_end(self, trainer, metrics: dict):
         self.rows.append(dict(metrics))
         if len(self.rows) % self.every == 0: self.refresh()

@@ -5,6 +5,7 @@
 # %% ../../nbs/05_chunked.ipynb #5cc2b158
 from __future__ import annotations
 
+import math
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -27,6 +28,16 @@ def _allowed(i0: int, i1: int, Sq: int, Sk: int, nk: int, causal: bool, kpm: Opt
         kp = kpm[:, None, None, :nk]
         m = kp if m is None else m & kp
     return m
+
+class _Tiles:
+    """`n` reusable flat buffers of `numel` elements per dtype, viewed as tiles: the blockwise fast paths
+    (`ops.hyperbolic`, `ops.position_metric`) write every block's temporaries into them with `out=`, since a fresh
+    large allocation per operation page-faults on every block."""
+    def __init__(self, n: int, numel: int, device=None): self.n, self.numel, self.device, self.store = n, numel, device, {}
+    def __call__(self, dtype, *shape) -> list:
+        if dtype not in self.store:
+            self.store[dtype] = [torch.empty(self.numel, dtype=dtype, device=self.device) for _ in range(self.n)]
+        return [s[:math.prod(shape)].view(shape) for s in self.store[dtype]]
 
 def chunked_attention(score_fn: Callable, q_feats: Sequence[Tensor], k_feats: Sequence[Tensor], v: Tensor,
                       params: Sequence = (), causal: bool = False, key_padding_mask: Optional[Tensor] = None,

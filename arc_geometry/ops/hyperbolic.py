@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from ..core import ball_eps, min_norm
+from .chunked import _Tiles   # reusable tile buffers (05_chunked)
 
 # %% auto #0
 __all__ = ['poincare_cpu', 'hybrid_cpu']
@@ -60,13 +61,6 @@ def _add_bmm_(dst: Tensor, a: Tensor, b: Tensor) -> None:
     "`dst += a @ b`; in place when `dst` is contiguous (on a strided slice, `baddbmm_` loops over the batch)."
     if dst.is_contiguous(): dst.baddbmm_(a, b)
     else: dst += torch.bmm(a, b)
-
-class _Tiles:
-    "`n` reusable flat buffers per dtype, viewed as tiles (fresh large allocations page-fault on every block)."
-    def __init__(self, n: int, numel: int): self.n, self.numel, self.store = n, numel, {}
-    def __call__(self, dtype, *shape):
-        if dtype not in self.store: self.store[dtype] = [torch.empty(self.numel, dtype=dtype) for _ in range(self.n)]
-        return [s[:math.prod(shape)].view(shape) for s in self.store[dtype]]
 
 def _proj(x: Tensor, c: Tensor):
     """`PoincareBall(c).proj(x)` in `x`'s dtype (`√c‖x‖ ≤ 1 − ball_eps`), `x (B·H, S, D)`, `c (B·H,)`, and the

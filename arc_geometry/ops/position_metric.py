@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+from functools import partial
 from typing import Optional
 
 import torch
@@ -35,7 +36,7 @@ def project(q: Tensor, k: Tensor, A: Tensor, W: Tensor, b: Tensor):
     return u.contiguous(), w.contiguous(), a.contiguous(), ap.contiguous()
 
 # %% ../../nbs/08_position_metric.ipynb #3380da31
-from .chunked import _allowed   # the block mask of the chunked runner (05_chunked)
+from .chunked import _allowed, _Tiles   # block mask and tile buffers of 05_chunked
 
 def _blocks(Sq, Sk, C, causal):
     "Query blocks `(i0, i1, nk)`: nk = keys any query of the block may see (0: none)."
@@ -70,13 +71,6 @@ def use_compile(B: int, H: int, Sq: int, Sk: int, R: int, device) -> bool:
     if os.environ.get("ARC_GEOMETRY_COMPILE") != "1": return False
     return torch.device(device).type == "cpu" and not torch.compiler.is_compiling() and B * H * Sq * Sk * R >= 2 ** 24
 
-class _Tiles:
-    "Reusable `(B, H, C, nk)` buffers (fresh large allocations cost page faults on every block)."
-    def __init__(self, n, numel, like): self.store = [like.new_empty(numel) for _ in range(n)]
-    def __call__(self, *shape):
-        n = math.prod(shape)
-        return [s[:n].view(shape) for s in self.store]
-
 def _block_f(qb, k, u2, w2, ab, ap, lam, buf):
     """`f_ij` of a query block and `‖q_i−k_j‖²`: `qb (B,H,C,D)`, `k (B,H,nk,D)`, `u2 = 2u, ab (B,H,R,C)`,
     `w2 = 2w, ap (B,H,R,nk)`; `tanh(x) = 2σ(2x) − 1`, so `(tanh(u+w)(a−a'))² = ((σ(2u+2w) − ½)·2(a−a'))²`."""
@@ -99,7 +93,7 @@ class _PosMetricCPU(torch.autograd.Function):
         Sk = k.shape[2]
         out = q.new_zeros(B, H, Sq, v.shape[-1])
         lse = q.new_full((B, H, Sq), math.inf)
-        tiles = (lambda *shape: None) if fused else _Tiles(2, B * H * C * Sk, q)
+        tiles = (lambda *shape: None) if fused else partial(_Tiles(2, B * H * C * Sk, q.device), q.dtype)
         u2, w2 = 2 * u, 2 * w
         for i0, i1, nk in _blocks(Sq, Sk, C, causal):
             if nk == 0: continue
@@ -131,7 +125,7 @@ class _PosMetricCPU(torch.autograd.Function):
         dlam = torch.zeros_like(lam)
         l2 = 2 * lam[None, :, None, None]
         u2, w2 = 2 * u, 2 * w
-        tiles = None if fused else _Tiles(4, B * H * C * Sk, q)
+        tiles = None if fused else partial(_Tiles(4, B * H * C * Sk, q.device), q.dtype)
         for i0, i1, nk in _blocks(Sq, Sk, C, causal):
             if nk == 0: continue
             qb, kb, ab, apb = q[:, :, i0:i1], k[:, :, :nk], a[..., i0:i1], ap[..., :nk]
