@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from .core import ball_eps, check_bound, check_shape, min_norm
 
 # %% auto #0
-__all__ = ['artanh', 'PoincareBall', 'LowRankMetric', 'PositionMetric', 'EuclideanPoincare']
+__all__ = ['artanh', 'PoincareBall', 'inv_softplus', 'LowRankMetric', 'PositionMetric', 'EuclideanPoincare']
 
 # %% ../nbs/01_manifolds.ipynb #a0532873
 def _norm(x: Tensor, keepdim: bool = True) -> Tensor:
@@ -103,7 +103,7 @@ class PoincareBall:
         return 2 / (sc * self.lambda_x(x)) * artanh(sc * n) * w / n
 
 # %% ../nbs/01_manifolds.ipynb #540da36a
-def _inv_softplus(y: float) -> float:
+def inv_softplus(y: float) -> float:
     return y + math.log(-math.expm1(-y))
 
 class LowRankMetric(nn.Module):
@@ -116,7 +116,7 @@ class LowRankMetric(nn.Module):
         if not lam_init > lam_min: raise ValueError(f"lam_init must be > lam_min = {lam_min}, got {lam_init}")
         self.dim, self.rank, self.num_heads, self.lam_min = dim, rank, num_heads, lam_min
         self.A = nn.Parameter(torch.randn(num_heads, rank, dim) * (init_scale / math.sqrt(rank)))
-        self.lam_raw = nn.Parameter(torch.full((num_heads,), _inv_softplus(lam_init - lam_min)))
+        self.lam_raw = nn.Parameter(torch.full((num_heads,), inv_softplus(lam_init - lam_min)))
 
     @property
     def lam(self) -> Tensor:

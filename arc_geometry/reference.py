@@ -10,53 +10,14 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .core import allowed_mask, check_attention, check_bound, check_shape, masked_attend
+from .core import (allowed_mask, check_attention, check_hybrid_params, check_metric_params,
+                               check_poincare_params, check_position_params, masked_attend)
 from .manifolds import PoincareBall
 
 # %% auto #0
-__all__ = ['check_metric_params', 'check_position_params', 'check_poincare_params', 'check_hybrid_params', 'metric_scores_ref',
-           'position_metric_scores_ref', 'poincare_dist_ref', 'poincare_scores_ref', 'hybrid_scores_ref',
-           'metric_attention_ref', 'position_metric_attention_ref', 'poincare_attention_ref', 'hybrid_attention_ref',
-           'oracle_errors', 'assert_close_to_oracle']
-
-# %% ../nbs/02_reference.ipynb #7bf7f755
-def _check_param(name: str, x: Tensor, shape, dims: str, q: Tensor) -> None:
-    check_shape(name, x, shape, dims)
-    if not x.is_floating_point():
-        raise ValueError(f"{name} must be floating point, got {x.dtype}")
-    if x.device != q.device:
-        raise ValueError(f"{name} must be on the device of q ({q.device}), got {x.device}")
-
-def check_metric_params(q: Tensor, A: Tensor, lam: Tensor) -> int:
-    "Check `A (H, R, D)` and `lam (H,) > 0` against `q (B, H, S, D)`; return the rank `R`."
-    H, D = q.shape[1], q.shape[3]
-    _check_param("A", A, (H, None, D), "(H, R, D)", q)
-    _check_param("lam", lam, (H,), "(H,)", q)
-    check_bound("lam", lam)
-    if A.shape[1] == 0: raise ValueError("A must have rank R >= 1, got (H, 0, D)")
-    return A.shape[1]
-
-def check_position_params(q: Tensor, A: Tensor, lam: Tensor, W: Tensor, b: Tensor) -> int:
-    "Check `A, W (H, R, D)`, `lam (H,) > 0` and `b (H, R)`; return the rank `R`."
-    R = check_metric_params(q, A, lam)
-    H, D = q.shape[1], q.shape[3]
-    _check_param("W", W, (H, R, D), "(H, R, D)", q)
-    _check_param("b", b, (H, R), "(H, R)", q)
-    return R
-
-def check_poincare_params(q: Tensor, c: Tensor) -> None:
-    "Check the per-head curvature `c (H,) > 0`."
-    _check_param("c", c, (q.shape[1],), "(H,)", q)
-    check_bound("c", c)
-
-def check_hybrid_params(q: Tensor, c: Tensor, alpha: Tensor, dim_e: int) -> None:
-    "Check `c (H,) > 0`, `alpha (H,) >= 0` and `0 < dim_e < D`."
-    check_poincare_params(q, c)
-    _check_param("alpha", alpha, (q.shape[1],), "(H,)", q)
-    check_bound("alpha", alpha, strict=False)
-    D = q.shape[3]
-    if isinstance(dim_e, bool) or not isinstance(dim_e, int) or not 0 < dim_e < D:
-        raise ValueError(f"dim_e must be an int with 0 < dim_e < D = {D}, got {dim_e!r}")
+__all__ = ['metric_scores_ref', 'position_metric_scores_ref', 'poincare_dist_ref', 'poincare_scores_ref', 'hybrid_scores_ref',
+           'dot_scores_ref', 'dot_attention_ref', 'metric_attention_ref', 'position_metric_attention_ref',
+           'poincare_attention_ref', 'hybrid_attention_ref', 'oracle_errors', 'assert_close_to_oracle']
 
 # %% ../nbs/02_reference.ipynb #3a80186d
 def _pairs(q: Tensor, k: Tensor) -> Tensor:
@@ -94,10 +55,20 @@ def hybrid_scores_ref(q, k, c, alpha, dim_e, scale):
     dh = poincare_dist_ref(q[..., dim_e:], k[..., dim_e:], c)
     return -scale * (de + alpha[None, :, None, None] * dh.pow(2))
 
+def dot_scores_ref(q, k, scale):
+    "`scale·q_i·k_j`, the dot-product baseline's scores: `(B, H, Sq, Sk)`."
+    return scale * (q @ k.transpose(-1, -2))
+
 # %% ../nbs/02_reference.ipynb #7a6e3e52
 def _attend(scores, q, v, causal, key_padding_mask):
     B, _, Sq, _ = q.shape
     return masked_attend(scores, v, allowed_mask(B, Sq, scores.shape[-1], causal, key_padding_mask, q.device))
+
+def dot_attention_ref(q: Tensor, k: Tensor, v: Tensor, causal: bool = False,
+                      key_padding_mask: Optional[Tensor] = None, scale: Optional[float] = None) -> Tensor:
+    "Reference dot-product attention (the baseline): `q, k (B, H, S, D)`, `v (B, H, Sk, Dv)` → `(B, H, Sq, Dv)`."
+    *_, scale = check_attention(q, k, v, key_padding_mask, scale)
+    return _attend(dot_scores_ref(q, k, scale), q, v, causal, key_padding_mask)
 
 def metric_attention_ref(q: Tensor, k: Tensor, v: Tensor, A: Tensor, lam: Tensor, causal: bool = False,
                          key_padding_mask: Optional[Tensor] = None, scale: Optional[float] = None) -> Tensor:

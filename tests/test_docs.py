@@ -19,7 +19,7 @@ import pytest
 from build_docs import build
 from conftest import ROOT, notebooks
 
-WIDGETS_PAGE = "27_explore.html"
+WIDGETS_PAGE = "61_explore.html"
 DOCS = ROOT / "_docs"
 SHOTS = DOCS / "screenshots"
 
@@ -112,7 +112,7 @@ def test_widgets_page_in_browser(site):
                 assert colours > 20 and ink > 0.02, f"figure {i} of {WIDGETS_PAGE} looks blank ({colours} colours, {ink:.1%} ink)"
                 assert f.query_selector(".cartesianlayer .trace, .hm, .heatmaplayer image, .barlayer .trace"), \
                     f"figure {i}: plotly drew no trace"
-            shot = page.screenshot(path=str(SHOTS / "27_explore.png"), full_page=True)
+            shot = page.screenshot(path=str(SHOTS / "61_explore.png"), full_page=True)
             colours, ink = drawn(shot)
             assert colours > 100 and ink > 0.05, f"the page screenshot looks blank ({colours} colours, {ink:.1%} ink)"
             assert not errors, "\n".join(errors)

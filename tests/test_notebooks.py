@@ -19,9 +19,9 @@ from conftest import ROOT, notebooks, subprocess_env
 # Small sizes injected into a notebook's `parameters` cell; notebooks not listed run with their own values.
 SMALL = {
     "index.ipynb": {"S": 16},
-    "10_bench_attention.ipynb": {"QUICK": True},
-    "15_bench_model.ipynb": {"QUICK": True},
-    "27_explore.ipynb": {"STEPS": 20},
+    "90_bench_attention.ipynb": {"QUICK": True},
+    "91_bench_model.ipynb": {"QUICK": True},
+    "61_explore.ipynb": {"STEPS": 20},
 }
 
 _cfg = configparser.ConfigParser()
