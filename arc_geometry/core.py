@@ -14,8 +14,8 @@ from torch import Tensor
 
 # %% auto #0
 __all__ = ['check_shape', 'check_bound', 'check_attention', 'check_finite', 'check_metric_params', 'check_position_params',
-           'check_poincare_params', 'check_hybrid_params', 'require', 'causal_mask', 'allowed_mask', 'masked_attend',
-           'ball_eps', 'min_norm']
+           'check_poincare_params', 'check_hybrid_params', 'require', 'causal_mask', 'allowed_mask', 'nonfinite_rows',
+           'propagate_nonfinite', 'masked_attend', 'ball_eps', 'min_norm']
 
 # %% ../nbs/00_core.ipynb #1aa677f4
 def _fmt_shape(shape) -> str:
@@ -150,6 +150,26 @@ def allowed_mask(B: int, Sq: int, Sk: int, causal: bool = False, key_padding_mas
         kp = key_padding_mask[:, None, None, :]
         m = kp.expand(B, 1, Sq, Sk) if m is None else m & kp
     return m
+
+# %% ../nbs/00_core.ipynb #f3207e89
+def nonfinite_rows(q: Tensor, k: Tensor, v: Tensor, causal: bool = False,
+                   key_padding_mask: Optional[Tensor] = None) -> Tensor:
+    "Boolean `(B, H, Sq)`: the output rows a NaN or infinity in `q (B, H, Sq, D)`, `k`, `v (B, H, Sk, ·)` reaches."
+    Sq, Sk = q.shape[2], k.shape[2]
+    bad_k = ~(torch.isfinite(k).all(-1) & torch.isfinite(v).all(-1))               # (B, H, Sk)
+    if key_padding_mask is not None: bad_k = bad_k & key_padding_mask[:, None, :]
+    if causal:
+        j = torch.arange(Sk, device=k.device)
+        first = torch.where(bad_k, j, Sk).amin(-1, keepdim=True)                    # (B, H, 1): first bad key
+        sees = first <= torch.arange(Sq, device=q.device) + (Sk - Sq)              # query i sees keys j <= i + Sk − Sq
+    else:
+        sees = bad_k.any(-1, keepdim=True).expand(*bad_k.shape[:2], Sq)
+    return ~torch.isfinite(q).all(-1) | sees
+
+def propagate_nonfinite(out: Tensor, q: Tensor, k: Tensor, v: Tensor, causal: bool = False,
+                        key_padding_mask: Optional[Tensor] = None) -> Tensor:
+    "`out (B, H, Sq, Dv)` with NaN in exactly the rows of `nonfinite_rows`, whatever the path computed there."
+    return out.masked_fill(nonfinite_rows(q, k, v, causal, key_padding_mask)[..., None], float("nan"))
 
 # %% ../nbs/00_core.ipynb #1bfd6bd2
 def masked_attend(scores: Tensor, v: Tensor, allowed: Optional[Tensor] = None) -> Tensor:

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from .core import (check_attention, check_hybrid_params, check_metric_params, check_poincare_params,
-                               check_position_params)
+                               check_position_params, propagate_nonfinite)
 from .ops.common import triton_available, triton_interpret
 from .ops.hyperbolic import hybrid_cpu, poincare_cpu
 from .ops.metric import dot_cpu, metric_cpu
@@ -121,7 +121,9 @@ class Geometry:
             raise TypeError(f"{self.name} attention takes parameters {self.params}, got {len(params)} values")
         if self.validate is not None: self.validate(q, *params)
         fn = self.implementation(self.resolve(q, backend), q)
-        return fn(q, k, v, *params, causal=causal, key_padding_mask=key_padding_mask, scale=scale)
+        vf = v.nan_to_num(0.0, 0.0, 0.0)      # a zero weight times NaN would spread it to rows that never see it
+        out = fn(q, k, vf, *params, causal=causal, key_padding_mask=key_padding_mask, scale=scale)
+        return propagate_nonfinite(out, q, k, v, causal, key_padding_mask)   # the rule of `core`, on every path
 
     def example(self, B: int = 2, H: int = 2, Sq: int = 8, Sk: Optional[int] = None, D: int = 8,
                 Dv: Optional[int] = None, R: int = 2, dtype: torch.dtype = torch.float64, seed: int = 0,
@@ -135,22 +137,21 @@ def _rows() -> dict[str, Geometry]:
     rows = [
         Geometry("dot", "the baseline: scaled dot product", "−q·k (dot product: not a distance)", (), None,
                  dot_attention_ref, dot_scores_ref, dot_cpu, None,
-                 "SDPA runs dot-product attention on every device, CUDA included", blocks.DotAttention,
-                ),
+                 "SDPA runs dot-product attention on every device, CUDA included", blocks.DotAttention),
         Geometry("metric", "a learned, per-head notion of close", "(q−k)ᵀ G (q−k)", ("A", "lam"), check_metric_params,
                  metric_attention_ref, metric_scores_ref, metric_cpu, flash.metric_triton if T else None, _NO_TRITON,
                  blocks.MetricAttention, ("metric",),
                  (lambda: flash.aot_configs(geometries=("metric",))) if T else None),
-        Geometry("position_metric", "a metric that changes across the space", "‖σ⊙A(q−k)‖² + λ‖q−k‖²",
+        Geometry("position_metric", "a metric that changes across the space", "(q−k)ᵀ G(m) (q−k)",
                  ("A", "lam", "W", "b"), check_position_params, position_metric_attention_ref,
                  position_metric_scores_ref, position_metric_cpu, _pmt.position_metric_triton if T else None, _NO_TRITON,
                  blocks.PositionMetricAttention, ("metric",),
                  _pmt.aot_configs if T else None),
-        Geometry("poincare", "hierarchies and trees", "d_c(q, k) on the Poincaré ball", ("c",), check_poincare_params,
+        Geometry("poincare", "hierarchies and trees", "d_c(q, k)", ("c",), check_poincare_params,
                  poincare_attention_ref, poincare_scores_ref, poincare_cpu, flash.poincare_triton if T else None,
                  _NO_TRITON, blocks.PoincareAttention, ("ball",),
                  (lambda: flash.aot_configs(geometries=("poincare",))) if T else None),
-        Geometry("hybrid", "flat and hierarchical structure at once", "‖qe−ke‖² + α d_c(qh, kh)²",
+        Geometry("hybrid", "flat and hierarchical structure at once", "‖qₑ−kₑ‖² + α d_c(qₕ, kₕ)²",
                  ("c", "alpha", "dim_e"), check_hybrid_params, hybrid_attention_ref, hybrid_scores_ref, hybrid_cpu,
                  flash.hybrid_triton if T else None, _NO_TRITON, blocks.HybridAttention, ("ball",),
                  (lambda: flash.aot_configs(geometries=("hybrid",))) if T else None),

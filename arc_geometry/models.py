@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .blocks import GEOMETRIES, GeoAttention, GeoBlock, KVCache
+from .blocks import GeoAttention, GeoBlock, KVCache
+from .geometries import GEOMETRIES
 
 # %% auto #0
 __all__ = ['POSITIONS', 'GeoConfig', 'GeoPreTrained', 'GeoModel', 'GeoLM', 'GeoForSequenceClassification']
@@ -178,21 +179,36 @@ class GeoModel(GeoPreTrained):
         self.ln_f = nn.LayerNorm(c.dim, bias=c.bias)
         self.space = self.blocks[0].space
 
+    def embed(self, input_ids: Tensor, start: int = 0) -> tuple[Tensor, Tensor]:
+        """`input_ids (B, S)` at positions `start…start+S−1` → hidden states `(B, S, dim)` in the model's space (token and
+        learned position embeddings, dropout, `space.embed`) and the positions `(S,)`. Bad ids are refused by name."""
+        c = self.config
+        if not isinstance(input_ids, Tensor) or input_ids.ndim != 2:
+            shape = tuple(input_ids.shape) if isinstance(input_ids, Tensor) else type(input_ids).__name__
+            raise ValueError(f"input_ids must be a (B, S) tensor of token ids, got {shape}")
+        if input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool:
+            raise ValueError(f"input_ids must hold integer token ids, got {input_ids.dtype}")
+        S = input_ids.shape[1]
+        if start + S > c.max_seq_len:
+            raise ValueError(f"input_ids: sequence length {start + S} exceeds max_seq_len = {c.max_seq_len}")
+        if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= c.vocab_size):
+            raise ValueError(f"input_ids must be token ids in [0, vocab_size = {c.vocab_size}), "
+                             f"got values from {int(input_ids.min())} to {int(input_ids.max())}")
+        pos = torch.arange(start, start + S, device=input_ids.device)
+        t = self.tok_emb(input_ids)
+        if self.pos_emb is not None: t = t + self.pos_emb(pos)
+        return self.space.embed(self.drop(t)), pos
+
     def forward(self, input_ids: Tensor, attention_mask: Optional[Tensor] = None,
                 cache: Optional[KVCache] = None) -> Tensor:
-        B, S = input_ids.shape
         start = 0 if cache is None else cache.length
-        if start + S > self.config.max_seq_len:
-            raise ValueError(f"input_ids: sequence length {start + S} exceeds max_seq_len = {self.config.max_seq_len}")
-        pos = torch.arange(start, start + S, device=input_ids.device)
+        x, pos = self.embed(input_ids, start)
+        B, S = input_ids.shape
         kpm = None
         if attention_mask is not None:
             if attention_mask.shape != (B, start + S):
                 raise ValueError(f"attention_mask must be (B, S_cached + S) = {(B, start + S)}, got {tuple(attention_mask.shape)}")
             kpm = attention_mask.bool()
-        t = self.tok_emb(input_ids)
-        if self.pos_emb is not None: t = t + self.pos_emb(pos)
-        x = self.space.embed(self.drop(t))
         for blk in self.blocks: x = blk(x, pos, cache, kpm)
         return self.ln_f(self.space.tangent(x))
 
@@ -200,11 +216,7 @@ class GeoModel(GeoPreTrained):
         "Pre-softmax causal scores `(B, H, S, S)` of block `layer`'s attention for `input_ids (B, S)` (materialised; for inspection)."
         if not 0 <= layer < self.config.depth:
             raise ValueError(f"layer must be in [0, depth = {self.config.depth}), got {layer}")
-        S = input_ids.shape[1]
-        pos = torch.arange(S, device=input_ids.device)
-        t = self.tok_emb(input_ids)
-        if self.pos_emb is not None: t = t + self.pos_emb(pos)
-        x = self.space.embed(t)
+        x, pos = self.embed(input_ids)
         for blk in self.blocks[:layer]: x = blk(x, pos)
         blk = self.blocks[layer]
         return blk.attn.attention_scores(blk.ln1(self.space.tangent(x)), pos)

@@ -11,7 +11,8 @@ import torch
 from torch import Tensor
 
 from .core import (allowed_mask, check_attention, check_hybrid_params, check_metric_params,
-                               check_poincare_params, check_position_params, masked_attend)
+                               check_poincare_params, check_position_params, masked_attend,
+                               propagate_nonfinite)
 from .manifolds import PoincareBall
 
 # %% auto #0
@@ -60,22 +61,25 @@ def dot_scores_ref(q, k, scale):
     return scale * (q @ k.transpose(-1, -2))
 
 # %% ../nbs/02_reference.ipynb #7a6e3e52
-def _attend(scores, q, v, causal, key_padding_mask):
+def _attend(scores, q, k, v, causal, key_padding_mask):
+    "Masked softmax of `scores` times `v`; rows reached by a non-finite input are NaN (the rule of `core`)."
     B, _, Sq, _ = q.shape
-    return masked_attend(scores, v, allowed_mask(B, Sq, scores.shape[-1], causal, key_padding_mask, q.device))
+    vf = v.nan_to_num(0.0, 0.0, 0.0)          # a zero weight times NaN would spread it to rows that never see it
+    out = masked_attend(scores, vf, allowed_mask(B, Sq, scores.shape[-1], causal, key_padding_mask, q.device))
+    return propagate_nonfinite(out, q, k, v, causal, key_padding_mask)
 
 def dot_attention_ref(q: Tensor, k: Tensor, v: Tensor, causal: bool = False,
                       key_padding_mask: Optional[Tensor] = None, scale: Optional[float] = None) -> Tensor:
     "Reference dot-product attention (the baseline): `q, k (B, H, S, D)`, `v (B, H, Sk, Dv)` → `(B, H, Sq, Dv)`."
     *_, scale = check_attention(q, k, v, key_padding_mask, scale)
-    return _attend(dot_scores_ref(q, k, scale), q, v, causal, key_padding_mask)
+    return _attend(dot_scores_ref(q, k, scale), q, k, v, causal, key_padding_mask)
 
 def metric_attention_ref(q: Tensor, k: Tensor, v: Tensor, A: Tensor, lam: Tensor, causal: bool = False,
                          key_padding_mask: Optional[Tensor] = None, scale: Optional[float] = None) -> Tensor:
     "Reference metric attention: `q, k (B, H, S, D)`, `v (B, H, Sk, Dv)`, `A (H, R, D)`, `lam (H,)` → `(B, H, Sq, Dv)`."
     *_, scale = check_attention(q, k, v, key_padding_mask, scale)
     check_metric_params(q, A, lam)
-    return _attend(metric_scores_ref(q, k, A, lam, scale), q, v, causal, key_padding_mask)
+    return _attend(metric_scores_ref(q, k, A, lam, scale), q, k, v, causal, key_padding_mask)
 
 def position_metric_attention_ref(q: Tensor, k: Tensor, v: Tensor, A: Tensor, lam: Tensor, W: Tensor, b: Tensor,
                                   causal: bool = False, key_padding_mask: Optional[Tensor] = None,
@@ -83,14 +87,14 @@ def position_metric_attention_ref(q: Tensor, k: Tensor, v: Tensor, A: Tensor, la
     "Reference position-dependent metric attention; `W (H, R, D)`, `b (H, R)` → `(B, H, Sq, Dv)`."
     *_, scale = check_attention(q, k, v, key_padding_mask, scale)
     check_position_params(q, A, lam, W, b)
-    return _attend(position_metric_scores_ref(q, k, A, lam, W, b, scale), q, v, causal, key_padding_mask)
+    return _attend(position_metric_scores_ref(q, k, A, lam, W, b, scale), q, k, v, causal, key_padding_mask)
 
 def poincare_attention_ref(q: Tensor, k: Tensor, v: Tensor, c: Tensor, causal: bool = False,
                            key_padding_mask: Optional[Tensor] = None, scale: Optional[float] = None) -> Tensor:
     "Reference Poincaré attention with per-head curvature `c (H,)` → `(B, H, Sq, Dv)`."
     *_, scale = check_attention(q, k, v, key_padding_mask, scale)
     check_poincare_params(q, c)
-    return _attend(poincare_scores_ref(q, k, c, scale), q, v, causal, key_padding_mask)
+    return _attend(poincare_scores_ref(q, k, c, scale), q, k, v, causal, key_padding_mask)
 
 def hybrid_attention_ref(q: Tensor, k: Tensor, v: Tensor, c: Tensor, alpha: Tensor, dim_e: int,
                          causal: bool = False, key_padding_mask: Optional[Tensor] = None,
@@ -98,7 +102,7 @@ def hybrid_attention_ref(q: Tensor, k: Tensor, v: Tensor, c: Tensor, alpha: Tens
     "Reference Euclidean × Poincaré attention; `c, alpha (H,)`, `0 < dim_e < D` → `(B, H, Sq, Dv)`."
     *_, scale = check_attention(q, k, v, key_padding_mask, scale)
     check_hybrid_params(q, c, alpha, dim_e)
-    return _attend(hybrid_scores_ref(q, k, c, alpha, dim_e, scale), q, v, causal, key_padding_mask)
+    return _attend(hybrid_scores_ref(q, k, c, alpha, dim_e, scale), q, k, v, causal, key_padding_mask)
 
 # %% ../nbs/02_reference.ipynb #e18bdee1
 def oracle_errors(fast, ref, args: dict, dtype: torch.dtype = torch.float32, seed: int = 0, floor: float = 1e-2,

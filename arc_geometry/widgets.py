@@ -10,23 +10,24 @@ import math
 from pathlib import Path
 from typing import Optional, Sequence
 
-import ipywidgets as W
-import plotly.graph_objects as go
 import torch
-from plotly.subplots import make_subplots
 from torch import Tensor
 
-from .core import causal_mask
+from .core import causal_mask, require
+from .geometries import GEOMETRIES
 from .manifolds import PoincareBall
 
+W = require("ipywidgets", "widgets", "arc_geometry.widgets")
+go = require("plotly.graph_objects", "widgets", "arc_geometry.widgets")
+make_subplots = require("plotly.subplots", "widgets", "arc_geometry.widgets").make_subplots
+
 # %% auto #0
-__all__ = ['DISTANCE', 'trace', 'distances', 'Explorer', 'MetricExplorer', 'disk_points', 'PoincareExplorer', 'AttentionExplorer',
-           'read_run', 'TrainingDashboard']
+__all__ = ['W', 'go', 'make_subplots', 'DISTANCE', 'trace', 'distances', 'Explorer', 'MetricExplorer', 'disk_points',
+           'PoincareExplorer', 'AttentionExplorer', 'read_run', 'TrainingDashboard']
 
 # %% ../nbs/60_widgets.ipynb #a83f877f
-DISTANCE = {"dot": "−q·k (dot product: not a distance)", "metric": "(q−k)ᵀ G (q−k)",
-            "position_metric": "(q−k)ᵀ G(m) (q−k)", "poincare": "d_c(q, k)", "hybrid": "‖qₑ−kₑ‖² + α d_c(qₕ, kₕ)²"}
-"What `−√D_h · score` is for each geometry: the distance behind the attention scores."
+DISTANCE = {name: g.distance for name, g in GEOMETRIES.items()}
+"What `−√D_h · score` is for each geometry: the distance behind the attention scores (from the registry)."
 
 def _check_model(model, arg: str = "model"):
     "A `GeoLM` (or a model built on `GeoModel`): it has `.config` and `.model.blocks`."
@@ -40,12 +41,7 @@ def _check_ids(input_ids, model, arg: str = "input_ids") -> Tensor:
     if t.dim() == 1: t = t[None]
     if t.dim() != 2 or t.numel() == 0 or t.dtype.is_floating_point or t.dtype == torch.bool:
         raise ValueError(f"{arg} must be integer token ids of shape (S,) or (B, S), got {tuple(t.shape)} {t.dtype}")
-    cfg = model.config
-    if t.shape[1] > cfg.max_seq_len:
-        raise ValueError(f"{arg}: sequence length {t.shape[1]} exceeds max_seq_len = {cfg.max_seq_len}")
-    if t.min() < 0 or t.max() >= cfg.vocab_size:
-        raise ValueError(f"{arg} must be token ids in [0, vocab_size = {cfg.vocab_size}), got values in [{t.min()}, {t.max()}]")
-    return t.long()
+    return t.long()                      # ranges and lengths: checked by the model's own `embed`
 
 @torch.no_grad()
 def trace(model, input_ids) -> dict:
@@ -59,13 +55,10 @@ def trace(model, input_ids) -> dict:
     dev = next(model.parameters()).device
     ids = ids.to(dev)
     S = ids.shape[1]
-    pos = torch.arange(S, device=dev)
     was = model.training
     model.eval()
     try:
-        t = m.tok_emb(ids)
-        if m.pos_emb is not None: t = t + m.pos_emb(pos)
-        x = m.space.embed(t)
+        x, pos = m.embed(ids)
         out = dict(ids=ids.cpu(), hidden=[x.cpu()], q=[], k=[], scores=[])
         for blk in m.blocks:
             q, k, _ = blk.attn.heads(blk.ln1(m.space.tangent(x)), pos)
@@ -244,12 +237,15 @@ def disk_points(x: Tensor, c: float) -> Tensor:
 class PoincareExplorer(Explorer):
     """Hidden states of a `poincare` model (or the hyperbolic part of a `hybrid` one) on the Poincaré disk:
     layer slider (0 = embeddings, `i` = after block `i`), colour dropdown; bars of each head's curvature.
-    `input_ids (B, S)`; `position`: draw only that token of each sequence; `labels (B,)` or `(B, S)`: a colouring."""
-    def __init__(self, model, input_ids, labels=None, position: Optional[int] = None, tokens=None):
+    `input_ids (B, S)`, or `None`: the whole token embedding table (layer 0 only, each token without position);
+    `position`: draw only that token of each sequence; `labels (B,)` or `(B, S)`: a colouring."""
+    def __init__(self, model, input_ids=None, labels=None, position: Optional[int] = None, tokens=None):
         _check_model(model)
         g = model.config.geometry
-        if g not in ("poincare", "hybrid"):
+        if "ball" not in GEOMETRIES[g].figures:
             raise ValueError(f"model has geometry {g!r}: PoincareExplorer needs a 'poincare' or 'hybrid' model")
+        table = input_ids is None
+        if table: input_ids = torch.arange(model.config.vocab_size)[None]
         self.model, self.ids = model, _check_ids(input_ids, model)
         B, S = self.ids.shape
         if position is not None and not -S <= position < S:
@@ -263,9 +259,15 @@ class PoincareExplorer(Explorer):
                 raise ValueError(f"labels must have shape (B,) = ({B},) or (B, S) = {(B, S)}, got {tuple(lab.shape)}")
             self.labels = lab
         self.tokens = tokens
-        self.tr = trace(model, self.ids)
-        self.layer = W.IntSlider(value=model.config.depth, min=0, max=model.config.depth, description="layer",
-                                 continuous_update=False)
+        if table:                                            # every token once: the embedding table on the ball
+            with torch.no_grad():
+                emb = model.model.space.embed(model.model.tok_emb.weight.detach())[None]
+            self.tr = {"hidden": [emb.cpu()]}
+        else:
+            self.tr = trace(model, self.ids)
+        depth = len(self.tr["hidden"]) - 1
+        self.layer = W.IntSlider(value=depth, min=0, max=depth, description="layer", continuous_update=False,
+                                 disabled=table)
         self.color = W.Dropdown(options=["token", "position"] + (["label"] if labels is not None else []),
                                 value="label" if labels is not None else "token", description="colour")
         super().__init__([self.layer, self.color])
