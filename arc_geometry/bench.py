@@ -20,11 +20,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-GEOMETRIES = ("metric", "position_metric", "poincare", "hybrid")
+from .geometries import ATTENTION_GEOMETRIES as GEOMETRIES, GEOMETRIES as ROWS
 
 # %% auto #0
-__all__ = ['GEOMETRIES', 'MALLOC_ENV', 'make_inputs', 'poincare_flex', 'attention_fn', 'run_case', 'with_tflops',
-           'bench_attention', 'bench_figure']
+__all__ = ['MALLOC_ENV', 'make_inputs', 'poincare_flex', 'attention_fn', 'run_case', 'with_tflops', 'bench_attention',
+           'bench_figure']
 
 # %% ../nbs/90_bench_attention.ipynb #fc6c0f14
 def make_inputs(geometry: str, B: int, H: int, S: int, D: int, R: int, dtype=torch.float32, seed: int = 0):
@@ -43,7 +43,7 @@ _FLEX = {}
 def poincare_flex(q: Tensor, k: Tensor, v: Tensor, c: Tensor, scale: float) -> Tensor:
     """Causal Poincaré attention by PyTorch's FlexAttention, compiled: the peer a user would write instead.
     `q, k (B, H, S, D)` (points inside the ball), `v (B, H, S, Dv)`, `c (H,)`; the `score_mod` turns the `q·k` FlexAttention
-    computes into `−scale·d_c` from the row norms (DESIGN §3). Forward only: FlexAttention has no CPU backward."""
+    computes into `−scale·d_c` from the row norms (the identity of `13_hyperbolic_fast`). Forward only: FlexAttention has no CPU backward."""
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
     qn, kn = q.pow(2).sum(-1), k.pow(2).sum(-1)                      # (B, H, S)
     def score_mod(score, b, h, qi, kj):                              # score = q·k (FlexAttention's scale set to 1)
@@ -56,17 +56,16 @@ def poincare_flex(q: Tensor, k: Tensor, v: Tensor, c: Tensor, scale: float) -> T
 def attention_fn(geometry: str, backend: str = "auto"):
     """A callable `(q, k, v, params) -> out` for `geometry` ('dot' = SDPA) on `backend` ('reference' = materialised;
     'flex' = `poincare_flex` under `torch.compile`, Poincaré only)."""
-    from arc_geometry import attention as A
     if backend == "flex":
         if geometry != "poincare": raise ValueError(f"backend 'flex' is the Poincaré peer only, got geometry {geometry!r}")
         if "fn" not in _FLEX: _FLEX["fn"] = torch.compile(poincare_flex)
         return lambda q, k, v, p: _FLEX["fn"](q.detach(), k.detach(), v.detach(), p[0].detach(), q.shape[-1] ** -0.5)  # no CPU backward
     if geometry == "dot":
         return lambda q, k, v, p: F.scaled_dot_product_attention(q, k, v, is_causal=True)
-    fn = getattr(A, f"{geometry}_attention")
+    row = ROWS[geometry]
     if geometry == "hybrid":
-        return lambda q, k, v, p: fn(q, k, v, *p, q.shape[-1] // 2, causal=True, backend=backend)
-    return lambda q, k, v, p: fn(q, k, v, *p, causal=True, backend=backend)
+        return lambda q, k, v, p: row(q, k, v, *p, q.shape[-1] // 2, causal=True, backend=backend)
+    return lambda q, k, v, p: row(q, k, v, *p, causal=True, backend=backend)
 
 def _status_bytes(field: str) -> int:
     "A memory figure of this process from /proc/self/status (VmRSS: now, VmHWM: peak since the last reset)."

@@ -19,13 +19,14 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .geometries import GEOMETRIES
 from .models import GeoConfig, GeoLM
 
 # %% auto #0
 __all__ = ['GEOMETRY_ORDER', 'FULL', 'TINY', 'bench_one', 'run_benchmark', 'figure', 'main']
 
 # %% ../nbs/91_bench_model.ipynb #9a4464bf
-GEOMETRY_ORDER = ("dot", "metric", "position_metric", "poincare", "hybrid")
+GEOMETRY_ORDER = tuple(GEOMETRIES)           # the registry's order: the baseline first
 FULL = dict(dim=256, depth=4, num_heads=8, seq_len=512, batch=8, steps=5, warmup=1, vocab_size=256, threads=None)
 TINY = dict(dim=32, depth=1, num_heads=2, seq_len=16, batch=2, steps=2, warmup=1, vocab_size=32, threads=1)
 

@@ -18,7 +18,7 @@ from .ops.common import triton_available, triton_interpret
 from .ops.hyperbolic import hybrid_cpu, poincare_cpu
 from .ops.metric import dot_cpu, metric_cpu
 from .ops.position_metric import position_metric_cpu
-from .reference import (dot_attention_ref, dot_scores_ref, hybrid_attention_ref, hybrid_scores_ref,
+from .reference import (oracle_case, dot_attention_ref, dot_scores_ref, hybrid_attention_ref, hybrid_scores_ref,
                                     metric_attention_ref, metric_scores_ref, poincare_attention_ref, poincare_scores_ref,
                                     position_metric_attention_ref, position_metric_scores_ref)
 from . import blocks
@@ -33,31 +33,6 @@ if triton_available():
 else:
     flash = _pmt = None
     _NO_TRITON = 'Triton is not installed: pip install "arc_geometry[kernels]"'
-
-# %% ../nbs/03_geometries.ipynb #2d3c15ab
-def _points(g: torch.Generator, B: int, H: int, S: int, D: int, c: Tensor, radius: float, dtype) -> Tensor:
-    "`(B, H, S, D)` points in the balls of curvature `−c (H,)`, at up to `radius` of the way to each boundary."
-    u = torch.randn(B, H, S, D, generator=g, dtype=torch.float64)
-    r = torch.rand(B, H, S, 1, generator=g, dtype=torch.float64) * radius
-    return (u / u.norm(dim=-1, keepdim=True) * r / c.double().sqrt()[None, :, None, None]).to(dtype)
-
-def _example(name: str, B: int, H: int, Sq: int, Sk: int, D: int, Dv: Optional[int], R: int, dtype, seed: int,
-             radius: float, scale: float) -> tuple[Tensor, Tensor, Tensor, tuple]:
-    g = torch.Generator().manual_seed(seed)
-    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64).to(dtype)
-    v = r(B, H, Sk, Dv or D)
-    c = torch.linspace(0.5, 2.0, H, dtype=torch.float64).to(dtype)
-    if name in ("poincare", "hybrid"):
-        De = D // 2 if name == "hybrid" else 0
-        q = torch.cat([r(B, H, Sq, De) * scale, _points(g, B, H, Sq, D - De, c, radius, dtype)], -1)
-        k = torch.cat([r(B, H, Sk, De) * scale, _points(g, B, H, Sk, D - De, c, radius, dtype)], -1)
-        params = (c,) if name == "poincare" else (c, torch.linspace(0.0, 2.0, H, dtype=torch.float64).to(dtype), De)
-        return q, k, v, params
-    q, k = r(B, H, Sq, D) * scale, r(B, H, Sk, D) * scale
-    lam = (torch.rand(H, generator=g, dtype=torch.float64) + 0.5).to(dtype)
-    if name == "dot": return q, k, v, ()
-    if name == "metric": return q, k, v, (r(H, R, D) * 0.5, lam)
-    return q, k, v, (r(H, R, D) * 0.5, lam, r(H, R, D) * 0.5, r(H, R))
 
 # %% ../nbs/03_geometries.ipynb #c2e38bef
 BACKENDS = ("auto", "triton", "cpu", "reference")
@@ -126,10 +101,10 @@ class Geometry:
         return propagate_nonfinite(out, q, k, v, causal, key_padding_mask)   # the rule of `core`, on every path
 
     def example(self, B: int = 2, H: int = 2, Sq: int = 8, Sk: Optional[int] = None, D: int = 8,
-                Dv: Optional[int] = None, R: int = 2, dtype: torch.dtype = torch.float64, seed: int = 0,
-                radius: float = 0.9, scale: float = 0.5) -> tuple[Tensor, Tensor, Tensor, tuple]:
-        "Inputs `(q, k, v, params)` for tests and benchmarks; hyperbolic points within `radius` of the boundary."
-        return _example(self.name, B, H, Sq, Sk or Sq, D, Dv, R, dtype, seed, radius, scale)
+                Dv: Optional[int] = None, **kw) -> tuple[Tensor, Tensor, Tensor, tuple]:
+        "Inputs `(q, k, v, params)` for tests and benchmarks (`reference.oracle_case`'s, whose keywords `kw` takes)."
+        a = oracle_case(self.name, Sq, Sk, B=B, H=H, D=D, Dv=Dv or D, **kw)
+        return a["q"], a["k"], a["v"], tuple(a[n] for n in self.params)
 
 # %% ../nbs/03_geometries.ipynb #96ef05d7
 def _rows() -> dict[str, Geometry]:

@@ -18,7 +18,8 @@ from .manifolds import PoincareBall
 # %% auto #0
 __all__ = ['metric_scores_ref', 'position_metric_scores_ref', 'poincare_dist_ref', 'poincare_scores_ref', 'hybrid_scores_ref',
            'dot_scores_ref', 'dot_attention_ref', 'metric_attention_ref', 'position_metric_attention_ref',
-           'poincare_attention_ref', 'hybrid_attention_ref', 'oracle_errors', 'assert_close_to_oracle']
+           'poincare_attention_ref', 'hybrid_attention_ref', 'padding_mask', 'oracle_case', 'oracle_errors',
+           'assert_close_to_oracle']
 
 # %% ../nbs/02_reference.ipynb #3a80186d
 def _pairs(q: Tensor, k: Tensor) -> Tensor:
@@ -103,6 +104,49 @@ def hybrid_attention_ref(q: Tensor, k: Tensor, v: Tensor, c: Tensor, alpha: Tens
     *_, scale = check_attention(q, k, v, key_padding_mask, scale)
     check_hybrid_params(q, c, alpha, dim_e)
     return _attend(hybrid_scores_ref(q, k, c, alpha, dim_e, scale), q, k, v, causal, key_padding_mask)
+
+# %% ../nbs/02_reference.ipynb #87af1198
+def padding_mask(B: int, Sk: int, keep: int = 2) -> Tensor:
+    "Key padding `(B, Sk)`: batch 0 attends to every key, the others only to their last `keep` (causal: early queries see none)."
+    first = torch.tensor([0] + [max(0, Sk - keep)] * (B - 1))[:, None]
+    return torch.arange(Sk)[None].expand(B, Sk) >= first
+
+def _ball_points(g: torch.Generator, shape: tuple, c: Tensor, radius: float) -> Tensor:
+    "Points `shape = (B, H, S, D)` uniform in direction, radius uniform up to `radius/√c_h` (float64)."
+    u = torch.randn(*shape, dtype=torch.float64, generator=g)
+    r = torch.rand(*shape[:-1], 1, dtype=torch.float64, generator=g) * radius
+    return u / u.norm(dim=-1, keepdim=True) * r / c.double().sqrt()[None, :, None, None]
+
+def oracle_case(geometry: str, Sq: int, Sk: Optional[int] = None, *, B: int = 2, H: int = 3, D: int = 8, Dv: int = 5,
+                R: int = 2, c: Optional[Tensor] = None, alpha: Optional[Tensor] = None, dim_e: Optional[int] = None,
+                radius: float = 0.9, equal: bool = False, scale: float = 0.5, seed: int = 0,
+                dtype: torch.dtype = torch.float64) -> dict:
+    """Arguments `dict(q, k, v, <parameters>)` of `geometry`'s attention (`dot`, `metric`, `position_metric`, `poincare`,
+    `hybrid`): `q (B, H, Sq, D)`, `k (B, H, Sk, D)`, `v (B, H, Sk, Dv)`. Flat coordinates are `N(0, scale²)`; ball
+    points reach `radius` of the boundary of curvature `−c (H,)` (default `0.5…2`); `equal`: keys `0…min(Sq,Sk)−1` equal
+    the queries. `hybrid`: the first `dim_e` (default `D // 2`) coordinates flat, `alpha (H,)` default `0…2`."""
+    Sk = Sq if Sk is None else Sk
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, dtype=torch.float64, generator=g)
+    c = torch.linspace(0.5, 2.0, H, dtype=torch.float64) if c is None else c.double()
+    if geometry in ("poincare", "hybrid"):
+        De = (D // 2 if dim_e is None else dim_e) if geometry == "hybrid" else 0
+        q = torch.cat([r(B, H, Sq, De) * scale, _ball_points(g, (B, H, Sq, D - De), c, radius)], -1)
+        k = torch.cat([r(B, H, Sk, De) * scale, _ball_points(g, (B, H, Sk, D - De), c, radius)], -1)
+    else:
+        q, k = r(B, H, Sq, D) * scale, r(B, H, Sk, D) * scale
+    if equal:
+        n = min(Sq, Sk); k[:, :, :n] = q[:, :, :n]
+    args = dict(q=q, k=k, v=r(B, H, Sk, Dv))
+    if geometry in ("metric", "position_metric"):
+        args.update(A=r(H, R, D) * 0.5, lam=torch.rand(H, dtype=torch.float64, generator=g) + 0.1)
+        if geometry == "position_metric": args.update(W=r(H, R, D) * 0.5, b=r(H, R))
+    elif geometry == "poincare": args.update(c=c)
+    elif geometry == "hybrid":
+        args.update(c=c, alpha=torch.linspace(0.0, 2.0, H, dtype=torch.float64) if alpha is None else alpha.double(),
+                    dim_e=De)
+    elif geometry != "dot": raise ValueError(f"geometry must be one of dot, metric, position_metric, poincare, hybrid, got {geometry!r}")
+    return {n: (a.to(dtype) if isinstance(a, Tensor) else a) for n, a in args.items()}
 
 # %% ../nbs/02_reference.ipynb #e18bdee1
 def oracle_errors(fast, ref, args: dict, dtype: torch.dtype = torch.float32, seed: int = 0, floor: float = 1e-2,

@@ -12,8 +12,7 @@ from hypothesis import strategies as st
 
 from arc_geometry.core import causal_mask
 from arc_geometry.manifolds import LowRankMetric, PoincareBall
-from arc_geometry.reference import (hybrid_attention_ref, metric_attention_ref, poincare_attention_ref,
-                                    position_metric_attention_ref)
+from arc_geometry.geometries import ATTENTION_GEOMETRIES, GEOMETRIES
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 curvatures = st.sampled_from([1e-4, 1e-2, 0.3, 1.0, 3.0, 10.0])
@@ -79,22 +78,13 @@ def test_metric_is_positive_definite_and_triangle(seed, d, r, h):
     assert (met.sqdist(x, y) >= met.lam[:, None] * (x - y).pow(2).sum(-1) - 1e-12).all()
 
 
-def _random_case(seed, geometry, Sq, Sk, D=6, H=2, B=2):
-    g = torch.Generator().manual_seed(seed)
-    f = dict(dtype=torch.float64, generator=g)
-    q, k, v = torch.randn(B, H, Sq, D, **f) * 0.3, torch.randn(B, H, Sk, D, **f) * 0.3, torch.randn(B, H, Sk, 3, **f)
-    params = {
-        "metric": (torch.randn(H, 2, D, **f), torch.rand(H, **f) + 0.1),
-        "position_metric": (torch.randn(H, 2, D, **f), torch.rand(H, **f) + 0.1, torch.randn(H, 2, D, **f),
-                            torch.randn(H, 2, **f)),
-        "poincare": (torch.rand(H, **f) * 3 + 0.01,),
-        "hybrid": (torch.rand(H, **f) * 3 + 0.01, torch.rand(H, **f) * 2, 2),
-    }[geometry]
-    return q, k, v, params
+def _random_case(seed, geometry, Sq, Sk):
+    "The registry row's example inputs (float64; hyperbolic points well inside their balls)."
+    c = torch.rand(2, dtype=torch.float64, generator=torch.Generator().manual_seed(seed)) * 3 + 0.01
+    return GEOMETRIES[geometry].example(B=2, H=2, Sq=Sq, Sk=Sk, D=6, Dv=3, seed=seed, scale=0.3, c=c)
 
 
-REFS = {"metric": metric_attention_ref, "position_metric": position_metric_attention_ref,
-        "poincare": poincare_attention_ref, "hybrid": hybrid_attention_ref}
+REFS = {name: GEOMETRIES[name].reference for name in ATTENTION_GEOMETRIES}
 geometries = st.sampled_from(sorted(REFS))
 
 
