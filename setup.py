@@ -20,7 +20,9 @@ min_python = cfg["min_python"]
 py_versions = "3.10 3.11 3.12 3.13".split()
 
 requirements = cfg.get("requirements", "").split()
-dev_requirements = cfg.get("dev_requirements", "").split()
+extras = {k[len("extra_"):]: v.split() for k, v in cfg.items() if k.startswith("extra_")}   # kernels, widgets, ...
+extras["all"] = sorted({r for reqs in extras.values() for r in reqs})
+extras["dev"] = extras["all"] + cfg.get("dev_requirements", "").split()
 console_scripts = [s for s in cfg.get("console_scripts", "").split("\n") if s.strip()]
 
 setuptools.setup(
@@ -35,11 +37,10 @@ setuptools.setup(
     + [f"Programming Language :: Python :: {v}" for v in py_versions[py_versions.index(min_python):]]
     + ([f"License :: {lic[1]}"] if lic[1] else []),
     url=cfg["git_url"],
-    # find_namespace_packages: nbdev writes no __init__.py into sub-packages such as arc_geometry/ops
-    packages=setuptools.find_namespace_packages(include=[cfg["lib_name"], cfg["lib_name"] + ".*"]),
-    include_package_data=True,
+    packages=setuptools.find_packages(include=[cfg["lib_name"], cfg["lib_name"] + ".*"]),
+    package_data={cfg["lib_name"]: ["py.typed"]},       # PEP 561: the package ships its type hints
     install_requires=requirements,
-    extras_require={"dev": dev_requirements},
+    extras_require=extras,
     python_requires=">=" + min_python,
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",

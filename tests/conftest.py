@@ -1,10 +1,11 @@
 """pytest set-up shared by every test in tests/.
 
-Triton reads TRITON_INTERPRET when a kernel's decorator runs, so it must be set before anything imports
-arc_geometry. On a machine without CUDA, tests here run the Triton kernels in Triton's interpreter on CPU
-tensors (`backend="auto"` resolves to "triton"); tests that want the PyTorch CPU path ask for it by name.
-The notebook runners start fresh processes without this variable: notebooks that test kernels set it
-themselves, so the others keep the fast CPU path.
+Triton reads TRITON_INTERPRET when a kernel's decorator runs, that is when `arc_geometry.geometries` imports the
+kernel modules, so the variable must be set before anything imports arc_geometry: here, once for the whole session
+(on a machine without CUDA), so that the kernel tests can run Triton's interpreter on CPU tensors. Every test names
+the path it checks (a registry row's `cpu` / `triton` / `reference`, or `backend=`); none relies on what
+`backend="auto"` resolves to, which is what differs between this process and a notebook's.
+The notebook runner starts fresh kernels without this variable: notebooks that test kernels set it themselves.
 """
 import os
 from pathlib import Path

@@ -1,4 +1,4 @@
-"""The local docs build (tests/build_docs.py): a page per notebook and a navigation that links them; and a real
+"""The local docs build (`python -m arc_geometry.docs`): a page per notebook and a navigation that links them; and a real
 browser that opens the rendered widgets page and finds every plotly figure drawn, with no console errors.
 
 The browser tests need Debian's Chromium (`apt-get install chromium`; `.ci/run` installs it). Without it they are
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from build_docs import build
+from arc_geometry.docs import build
 from conftest import ROOT, notebooks
 
 WIDGETS_PAGE = "61_explore.html"
@@ -36,7 +36,7 @@ def site():
             pages = [DOCS / "index.html"] + sorted(p for p in DOCS.glob("*.html") if p.name != "index.html")
         else:
             before = (ROOT / "README.md").read_text()
-            pages = build("_docs")
+            pages = build("_docs", ROOT)
             readme_changed = (ROOT / "README.md").read_text() != before
             stamp.write_text(json.dumps({"run": run, "readme_changed": readme_changed}))
     return pages, readme_changed
@@ -45,7 +45,7 @@ def site():
 def test_docs_build(site):
     pages, readme_changed = site
     assert not readme_changed, \
-        "README.md is stale: run `python tests/build_docs.py` and commit README.md"
+        "README.md is stale: run `python -m arc_geometry.docs` and commit README.md"
     names = {p.name for p in pages}
     expected = {("index" if nb.stem == "index" else nb.stem) + ".html" for nb in notebooks()}
     assert names == expected, (names ^ expected)
