@@ -40,20 +40,6 @@ _DIRECTIVE = re.compile(r"^\s*#\s*\|\s*([\w-]+)\s*:?\s*(.*?)\s*$")
 _QUARTO_ATTRS = re.compile(r"\{(?:target|style|\.)[^{}]*\}")     # Quarto-only `[text](url){target=...}` attributes
 
 
-def _frontmatter(nb) -> dict:
-    "Title and description from the raw frontmatter cell nbdev's processing writes."
-    for cell in nb.cells:
-        if cell.cell_type == "raw" and cell.source.startswith("---"):
-            import yaml
-            meta = yaml.safe_load(cell.source.strip().strip("-")) or {}
-            return {k: str(v) for k, v in meta.items()}
-    return {}
-
-
-_DIRECTIVE = re.compile(r"^\s*#\s*\|\s*([\w-]+)\s*:?\s*(.*?)\s*$")
-_QUARTO_ATTRS = re.compile(r"\{(?:target|style|\.)[^{}]*\}")     # Quarto-only `[text](url){target=...}` attributes
-
-
 def quarto_to_nbconvert(nb) -> None:
     "Apply what Quarto would do with nbdev's cell directives: `echo: false` hides the code, directives vanish."
     for cell in nb.cells:
@@ -200,4 +186,4 @@ def main(argv: Optional[list[str]] = None) -> int:
     print(f"wrote {len(pages)} pages to {pages[0].parent}: " + ", ".join(p.name for p in pages))
     return 0
 
-if __name__ == "__main__" and "ipykernel" not in sys.modules: sys.exit(main())   # not when a notebook runs it
+if __name__ == "__main__" and "IPython" not in sys.modules: sys.exit(main())   # not when a notebook runs this cell
