@@ -108,7 +108,7 @@ class GeoConfig:
             if k not in names: raise ValueError(f"unknown GeoConfig key {k!r}; known keys: {sorted(names)}")
         return cls(**d)
 
-# %% ../nbs/21_model.ipynb #b8b37c8d
+# %% ../nbs/21_model.ipynb #5aaec6eb
 class GeoPreTrained(nn.Module):
     "Base of every model built on `GeoModel`: construction from a `GeoConfig`, init, checkpoints."
     def __init__(self, config: GeoConfig):
@@ -167,6 +167,7 @@ class GeoPreTrained(nn.Module):
         from arc_geometry.checkpoints import from_pretrained
         return from_pretrained(cls, save_dir, map_location)
 
+# %% ../nbs/21_model.ipynb #76f9ffd2
 class GeoModel(GeoPreTrained):
     "The trunk: embeddings, `depth` `GeoBlock`s, final LayerNorm; `input_ids (B, S)` → tangent features `(B, S, dim)`."
     def __init__(self, config: GeoConfig):
@@ -221,6 +222,7 @@ class GeoModel(GeoPreTrained):
         blk = self.blocks[layer]
         return blk.attn.attention_scores(blk.ln1(self.space.tangent(x)), pos)
 
+# %% ../nbs/21_model.ipynb #03aa956d
 class GeoLM(GeoPreTrained):
     "Causal LM: `GeoModel` + LM head (tied to the token embedding if `tie_embeddings`); `(B, S)` → logits `(B, S, vocab)`."
     def __init__(self, config: GeoConfig):
@@ -251,6 +253,7 @@ class GeoLM(GeoPreTrained):
         from arc_geometry.generation import generate
         return generate(self, input_ids, max_new_tokens, temperature, top_k, top_p, generator)
 
+# %% ../nbs/21_model.ipynb #e074408c
 class GeoForSequenceClassification(GeoPreTrained):
     "`GeoModel` + a linear head on the last attended token's features: `(B, S)` → `(B, num_classes)`."
     def __init__(self, config: GeoConfig):

@@ -17,7 +17,7 @@ from .common import Tiles, mask_block_, query_blocks
 # %% auto #0
 __all__ = ['poincare_cpu', 'hybrid_cpu']
 
-# %% ../../nbs/13_hyperbolic_fast.ipynb #9651adb1
+# %% ../../nbs/13_hyperbolic_fast.ipynb #a7c666fd
 _TINY = 1e-30                      # R is clamped here: a distance of 0 gets the zero subgradient
 _EPS32, _EPS64 = torch.finfo(torch.float32).eps, torch.finfo(torch.float64).eps
 _TAU_F, _TAU_B = 1e-5, 1e-4        # tolerated score error and relative gradient cancellation of a float32 tile
@@ -38,6 +38,7 @@ def _add_bmm_(dst: Tensor, a: Tensor, b: Tensor) -> None:
     if dst.is_contiguous(): dst.baddbmm_(a, b)
     else: dst += torch.bmm(a, b)
 
+# %% ../../nbs/13_hyperbolic_fast.ipynb #181dfd02
 def _proj(x: Tensor, c: Tensor):
     """`PoincareBall(c).proj(x)` in `x`'s dtype (`√c‖x‖ ≤ 1 − ball_eps`), `x (B·H, S, D)`, `c (B·H,)`, and the
     rows it pulled in."""
@@ -58,6 +59,7 @@ def _proj_back(x: Tensor, out: Tensor, g: Tensor, c: Tensor):
     return (torch.where(out, m / n * (g - xh * xg), g),
             torch.where(out, -m / (2 * c) * xg, 0.0).sum((1, 2)))
 
+# %% ../../nbs/13_hyperbolic_fast.ipynb #c325b621
 class _Features:
     """What the blocks read, from the points `x (B·H, Sq, Dh)`, `y (B·H, Sk, Dh)` (projected into the ball here), the
     Euclidean parts `qe, ke` (hybrid, else None), `c`, `alpha (B·H,)`: per row in float64 `n = ‖x‖²`, `α = 1 − cn`,
@@ -116,6 +118,7 @@ class _Features:
         dke = dKe[..., :De] - 2 * self.scale * self.ke[sl].double() * dKe[..., De:]
         return dx, dy, dqe, dke, dc - dkap * kap / c.view(-1), -dkap * self.scale / c.view(-1)
 
+# %% ../../nbs/13_hyperbolic_fast.ipynb #e7c1bea6
 def _bounds(fe: "_Features", width: int):
     """Per-row float64 bounds `(B·H, Sq)`: the least row minimum of `T = a_i‖q_i−k_j‖²` for which a float32 tile
     is safe, and the float64 rounding level `ν` of `R`. The relative error of a float32 `R` is
@@ -138,6 +141,7 @@ def _bounds(fe: "_Features", width: int):
     nu = err * (_EPS64 / _EPS32) * fe.a / bmin
     return tmin.squeeze(-1), nu.squeeze(-1)
 
+# %% ../../nbs/13_hyperbolic_fast.ipynb #6808832c
 class _HyperbolicCPU(torch.autograd.Function):
     """FlashAttention-2 in PyTorch over query blocks, for scores `s = κ·f(R)` (Poincaré, `power=1`) or
     `s = κ·f(R)² + E` (hybrid, `power=2`), `R = Q'K'ᵀ = 2c‖q−k‖²/(αβ)`, `E = Qe'Ke'ᵀ`, `f(R) = arcosh(1+R)`.

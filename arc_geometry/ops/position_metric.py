@@ -29,7 +29,7 @@ def project(q: Tensor, k: Tensor, A: Tensor, W: Tensor, b: Tensor):
     ap = torch.einsum("hrd,bhsd->bhrs", A, kf)
     return u.contiguous(), w.contiguous(), a.contiguous(), ap.contiguous()
 
-# %% ../../nbs/14_position_metric.ipynb #3380da31
+# %% ../../nbs/14_position_metric.ipynb #5163707e
 def _gate_f(u2, w2, a, ap):
     "`Σ_r tanh(u+w)²(a−a')²` as one broadcast expression `(B,H,R,C,nk)` summed over `r`: for `torch.compile`."
     t = torch.tanh((u2[..., :, None] + w2[..., None, :]) / 2)
@@ -57,6 +57,7 @@ def use_compile(B: int, H: int, Sq: int, Sk: int, R: int, device) -> bool:
     if os.environ.get("ARC_GEOMETRY_COMPILE") != "1": return False
     return torch.device(device).type == "cpu" and not torch.compiler.is_compiling() and B * H * Sq * Sk * R >= 2 ** 24
 
+# %% ../../nbs/14_position_metric.ipynb #b2471ac6
 def _block_f(qb, k, u2, w2, ab, ap, lam, buf):
     """`f_ij` of a query block and `‖q_i−k_j‖²`: `qb (B,H,C,D)`, `k (B,H,nk,D)`, `u2 = 2u, ab (B,H,R,C)`,
     `w2 = 2w, ap (B,H,R,nk)`; `tanh(x) = 2σ(2x) − 1`, so `(tanh(u+w)(a−a'))² = ((σ(2u+2w) − ½)·2(a−a'))²`."""
@@ -71,6 +72,7 @@ def _block_f(qb, k, u2, w2, ab, ap, lam, buf):
         f.addcmul_(t, t, value=4)                                                                  # (tanh·(a−a'))²
     return f, d2
 
+# %% ../../nbs/14_position_metric.ipynb #57cc0684
 class _PosMetricCPU(torch.autograd.Function):
     "Scores `s = −f`, `f = λ‖q−k‖² + Σ_r tanh(u+w)²(a−a')²` (scale already folded into `λ, a, a'`)."
     @staticmethod
@@ -142,6 +144,7 @@ class _PosMetricCPU(torch.autograd.Function):
                 dw[:, :, r, :nk] += 4 * h.sum(-2)
         return dq, dk, dv, du, dw, da, dap, dlam, None, None, None, None
 
+# %% ../../nbs/14_position_metric.ipynb #f57f08e7
 def block_size(B: int, H: int, Sk: int, budget: int = 2 ** 20) -> int:
     "Queries per block of the PyTorch path: about `budget` elements per `(B, H, C, Sk)` tile, at least 8."
     return max(8, budget // max(1, B * H * Sk))
@@ -165,4 +168,3 @@ def position_metric_cpu(q: Tensor, k: Tensor, v: Tensor, A: Tensor, lam: Tensor,
     C = block or min(Sq, block_size(B, H, Sk))
     out = _PosMetricCPU.apply(q.to(dt), k.to(dt), v.to(dt), *feats, bool(causal), key_padding_mask, C, fused)
     return out.to(q.dtype)
-
