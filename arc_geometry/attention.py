@@ -22,7 +22,7 @@ def resolve_backend(q: Tensor, backend: str = "auto", geometry: str = "metric") 
     "The backend that runs `geometry` for `q`: `triton` on CUDA or under `TRITON_INTERPRET=1` (where it has kernels), else `cpu`."
     return GEOMETRIES[geometry].resolve(q, backend)
 
-def implementation(geometry: str, backend: str) -> Callable:
+def implementation(geometry: str, backend: str) -> Callable[..., Tensor]:
     "The function that computes `geometry` on the resolved `backend` (`triton`, `cpu` or `reference`)."
     return GEOMETRIES[geometry].implementation(backend)
 

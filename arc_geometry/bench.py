@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -39,7 +39,7 @@ def make_inputs(geometry: str, B: int, H: int, S: int, D: int, R: int, dtype=tor
     leaves = [t.requires_grad_() for t in (q, k, v, *params)]
     return leaves[0], leaves[1], leaves[2], tuple(leaves[3:])
 
-_FLEX = {}
+_FLEX: dict[str, Any] = {}
 def poincare_flex(q: Tensor, k: Tensor, v: Tensor, c: Tensor, scale: float) -> Tensor:
     """Causal Poincaré attention by PyTorch's FlexAttention, compiled: the peer a user would write instead.
     `q, k (B, H, S, D)` (points inside the ball), `v (B, H, S, Dv)`, `c (H,)`; the `score_mod` turns the `q·k` FlexAttention

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -61,7 +61,7 @@ def bench_one(geometry: str, dim: int, depth: int, num_heads: int, seq_len: int,
 
 # %% ../nbs/91_bench_model.ipynb #5632f730
 def run_benchmark(out_csv, geometries: Sequence[str] = GEOMETRY_ORDER, sizes: Optional[dict] = None,
-                  timeout: float = 1800) -> "pd.DataFrame":
+                  timeout: float = 1800) -> Any:
     "Benchmark `geometries` (dot first, as the baseline) at `sizes` (default `FULL`); write and return the table."
     import pandas as pd
     sizes = {**FULL, **(sizes or {})}

@@ -112,8 +112,8 @@ class GeoAttention(nn.Module):
         self.rotary, self.rope_base = cfg.positions == "rotary", cfg.rope_base
         self.qkv = nn.Linear(cfg.dim, 3 * cfg.dim, bias=cfg.bias)
         self.proj = nn.Linear(cfg.dim, cfg.dim, bias=cfg.bias)
-        self.proj.is_residual_out = True          # GPT-2 init: scaled by 1/√(2·depth)
-        self.metric: Optional[nn.Module] = None   # LowRankMetric / PositionMetric for the metric geometries
+        setattr(self.proj, "is_residual_out", True)   # GPT-2 init: scaled by 1/√(2·depth)
+        self.metric: Optional[LowRankMetric] = None     # LowRankMetric / PositionMetric for the metric geometries
 
     def curvature(self) -> Optional[Tensor]:
         "Per-head curvatures `c_h (H,)`, or `None` where the geometry has no ball."
@@ -250,7 +250,7 @@ class MLP(nn.Sequential):
     def __init__(self, cfg):
         super().__init__(nn.Linear(cfg.dim, cfg.mlp_ratio * cfg.dim, bias=cfg.bias), nn.GELU(),
                          nn.Linear(cfg.mlp_ratio * cfg.dim, cfg.dim, bias=cfg.bias))
-        self[2].is_residual_out = True
+        setattr(self[2], "is_residual_out", True)
 
 class GeoBlock(nn.Module):
     "Pre-norm block `x → update(x, Attn(LN(tangent x))) → update(x, MLP(LN(tangent x)))` on `x (B, S, dim)`."

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import math
+from types import ModuleType
 from typing import Optional, Sequence
 
 import torch
@@ -18,7 +19,7 @@ __all__ = ['check_shape', 'check_bound', 'check_attention', 'check_finite', 'che
            'propagate_nonfinite', 'masked_attend', 'ball_eps', 'min_norm']
 
 # %% ../nbs/00_core.ipynb #1aa677f4
-def _fmt_shape(shape) -> str:
+def _fmt_shape(shape: Sequence[Optional[int]]) -> str:
     return "(" + ", ".join("?" if s is None else str(s) for s in shape) + (",)" if len(shape) == 1 else ")")
 
 def check_shape(name: str, x: Tensor, shape: Sequence[Optional[int]], dims: Optional[str] = None) -> None:
@@ -42,7 +43,7 @@ def check_bound(name: str, x: Tensor, lower: float = 0.0, strict: bool = True) -
 
 # %% ../nbs/00_core.ipynb #5fb4577c
 def check_attention(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Optional[Tensor] = None,
-                    scale: Optional[float] = None):
+                    scale: Optional[float] = None) -> tuple[int, int, int, int, int, int, float]:
     "Validate `q, k: (B, H, Sq|Sk, D)`, `v: (B, H, Sk, Dv)` and the mask; return `(B, H, Sq, Sk, D, Dv, scale)`."
     for name, x in (("q", q), ("k", k), ("v", v)):
         if not isinstance(x, Tensor):
@@ -84,7 +85,7 @@ def check_finite(name: str, x: Tensor) -> None:
             shown = x.detach().cpu() if x.numel() <= 16 else f"{int(bad.sum())} non-finite of {x.numel()} elements"
             raise ValueError(f"{name} must be finite, got {shown}")
 
-def _check_param(name: str, x: Tensor, shape, dims: str, q: Tensor) -> None:
+def _check_param(name: str, x: Tensor, shape: Sequence[Optional[int]], dims: str, q: Tensor) -> None:
     check_shape(name, x, shape, dims)
     if not x.is_floating_point():
         raise ValueError(f"{name} must be floating point, got {x.dtype}")
@@ -124,7 +125,7 @@ def check_hybrid_params(q: Tensor, c: Tensor, alpha: Tensor, dim_e: int) -> None
         raise ValueError(f"dim_e must be an int with 0 < dim_e < D = {D}, got {dim_e!r}")
 
 # %% ../nbs/00_core.ipynb #9bab3cfe
-def require(module: str, extra: str, what: str = "this feature"):
+def require(module: str, extra: str, what: str = "this feature") -> ModuleType:
     "Import and return `module`, or raise `ImportError` naming the extra to install: `pip install \"arc_geometry[extra]\"`."
     try:
         return importlib.import_module(module)
@@ -134,14 +135,14 @@ def require(module: str, extra: str, what: str = "this feature"):
                           f'pip install "arc_geometry[{extra}]"') from e
 
 # %% ../nbs/00_core.ipynb #044131e6
-def causal_mask(Sq: int, Sk: int, device=None) -> Tensor:
+def causal_mask(Sq: int, Sk: int, device: Optional[torch.device] = None) -> Tensor:
     "Boolean `(Sq, Sk)`: `True` where query `i` may see key `j`, i.e. `j <= i + Sk - Sq` (ends aligned)."
     i = torch.arange(Sq, device=device)[:, None]
     j = torch.arange(Sk, device=device)[None, :]
     return j <= i + (Sk - Sq)
 
 def allowed_mask(B: int, Sq: int, Sk: int, causal: bool = False, key_padding_mask: Optional[Tensor] = None,
-                 device=None) -> Optional[Tensor]:
+                 device: Optional[torch.device] = None) -> Optional[Tensor]:
     "Boolean `(B, 1, Sq, Sk)` of allowed (query, key) pairs, or `None` when every pair is allowed."
     m = None
     if causal:

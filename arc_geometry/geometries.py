@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from torch import Tensor
@@ -31,7 +31,7 @@ if triton_available():
     from arc_geometry.ops import flash, position_metric_triton as _pmt
     _NO_TRITON = ""
 else:
-    flash = _pmt = None
+    flash = _pmt = None                                  # type: ignore[assignment]
     _NO_TRITON = 'Triton is not installed: pip install "arc_geometry[kernels]"'
 
 # %% ../nbs/03_geometries.ipynb #c2e38bef
@@ -44,17 +44,17 @@ class Geometry:
     summary: str                     # what it can express, one line
     distance: str                    # what its scores measure, as figures label them
     params: tuple[str, ...]          # the attention function's arguments after q, k, v
-    validate: Optional[Callable]     # (q, *params) -> None, raising ValueError naming the parameter; None: no parameters
-    reference: Callable              # materialised attention (q, k, v, *params, causal, key_padding_mask, scale)
-    scores: Callable                 # materialised scores (q, k, *params, scale) -> (B, H, Sq, Sk)
-    cpu: Callable                    # the fast PyTorch path, same arguments as `reference`, validated input
-    triton: Optional[Callable]       # the Triton path, or None ...
+    validate: Optional[Callable[..., object]]  # (q, *params) -> None, raising ValueError naming the parameter; None: no parameters
+    reference: Callable[..., Tensor] # materialised attention (q, k, v, *params, causal, key_padding_mask, scale)
+    scores: Callable[..., Tensor]    # materialised scores (q, k, *params, scale) -> (B, H, Sq, Sk)
+    cpu: Callable[..., Tensor]       # the fast PyTorch path, same arguments as `reference`, validated input
+    triton: Optional[Callable[..., Tensor]]  # the Triton path, or None ...
     no_triton: str                   # ... and why there is none
-    block: type                      # the model's attention module (its `space(cfg)`: the residual space)
+    block: type[blocks.GeoAttention]  # the model's attention module (its `space(cfg)`: the residual space)
     figures: tuple[str, ...] = ()    # explorers that apply: "metric" (a learned G), "ball" (points on the disk)
-    aot: Optional[Callable] = None   # () -> the Triton kernel configurations `kernels.compile_all` compiles
+    aot: Optional[Callable[[], list[Any]]] = None   # () -> the Triton kernel configurations `kernels.compile_all` compiles
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         for part in ("reference", "scores", "cpu", "block"):
             if not callable(getattr(self, part)):
                 raise TypeError(f"geometry {self.name!r} must provide {part} (a callable), got {getattr(self, part)!r}")
@@ -74,7 +74,7 @@ class Geometry:
         if backend != "auto": return backend
         return "triton" if self.triton is not None and (q.is_cuda or triton_interpret()) else "cpu"
 
-    def implementation(self, backend: str, q: Optional[Tensor] = None) -> Callable:
+    def implementation(self, backend: str, q: Optional[Tensor] = None) -> Callable[..., Tensor]:
         "The function that computes this geometry on the resolved `backend` (checked against `q`'s device if given)."
         if backend == "reference": return self.reference
         if backend == "cpu": return self.cpu
@@ -86,7 +86,7 @@ class Geometry:
                              f"interpreter on CPU (set it before importing arc_geometry); q is on {q.device}")
         return self.triton
 
-    def __call__(self, q: Tensor, k: Tensor, v: Tensor, *params, causal: bool = False,
+    def __call__(self, q: Tensor, k: Tensor, v: Tensor, *params: Any, causal: bool = False,
                  key_padding_mask: Optional[Tensor] = None, scale: Optional[float] = None,
                  backend: str = "auto") -> Tensor:
         "Attention `(B, H, Sq, Dv)` of `q, k (B, H, Sq|Sk, D)`, `v (B, H, Sk, Dv)` with this geometry's `params`."
@@ -101,7 +101,7 @@ class Geometry:
         return propagate_nonfinite(out, q, k, v, causal, key_padding_mask)   # the rule of `core`, on every path
 
     def example(self, B: int = 2, H: int = 2, Sq: int = 8, Sk: Optional[int] = None, D: int = 8,
-                Dv: Optional[int] = None, **kw) -> tuple[Tensor, Tensor, Tensor, tuple]:
+                Dv: Optional[int] = None, **kw: Any) -> tuple[Tensor, Tensor, Tensor, tuple[Any, ...]]:
         "Inputs `(q, k, v, params)` for tests and benchmarks (`reference.oracle_case`'s, whose keywords `kw` takes)."
         a = oracle_case(self.name, Sq, Sk, B=B, H=H, D=D, Dv=Dv or D, **kw)
         return a["q"], a["k"], a["v"], tuple(a[n] for n in self.params)

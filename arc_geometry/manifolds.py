@@ -34,13 +34,13 @@ class PoincareBall:
         check_bound("c", ct)
         self.c = c
 
-    def __repr__(self): return f"PoincareBall(c={self.c})"
+    def __repr__(self) -> str: return f"PoincareBall(c={self.c})"
 
     def _c(self, x: Tensor) -> Tensor:
         "Curvature as a tensor of `x`'s dtype and device, checked to broadcast against `x[..., :1]`."
         c = torch.as_tensor(self.c, dtype=x.dtype, device=x.device)
         tgt = x.shape[:-1] + (1,)
-        try: ok = torch.broadcast_shapes(c.shape, tgt) == tgt
+        try: ok = torch.broadcast_shapes(c.shape, tgt) == tgt          # type: ignore[no-untyped-call]
         except RuntimeError: ok = False
         if not ok:
             raise ValueError(f"c must broadcast against x[..., :1] of shape {tuple(tgt)}, got shape {tuple(c.shape)}")
@@ -141,7 +141,7 @@ class LowRankMetric(nn.Module):
         eye = torch.eye(self.dim, dtype=self.A.dtype, device=self.A.device)
         return torch.linalg.matrix_norm(self() - eye).mean()
 
-    def extra_repr(self): return f"dim={self.dim}, rank={self.rank}, num_heads={self.num_heads}"
+    def extra_repr(self) -> str: return f"dim={self.dim}, rank={self.rank}, num_heads={self.num_heads}"
 
 # %% ../nbs/01_manifolds.ipynb #962c40e1
 class PositionMetric(LowRankMetric):
@@ -177,11 +177,11 @@ class EuclideanPoincare:
             raise ValueError(f"dim_e must be a positive int, got {dim_e!r}")
         self.dim_e, self.ball = dim_e, PoincareBall(c)
 
-    def _check(self, x: Tensor):
+    def _check(self, x: Tensor) -> None:
         if not self.dim_e < x.shape[-1]:
             raise ValueError(f"dim_e must satisfy 0 < dim_e < D = {x.shape[-1]}, got {self.dim_e}")
 
-    def split(self, x: Tensor):
+    def split(self, x: Tensor) -> tuple[Tensor, Tensor]:
         "`(x_e, x_h)`: the Euclidean and the hyperbolic coordinates."
         self._check(x)
         return x[..., :self.dim_e], x[..., self.dim_e:]

@@ -8,13 +8,13 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .blocks import GeoAttention, GeoBlock, KVCache
+from .blocks import Euclidean, GeoAttention, GeoBlock, KVCache
 from .geometries import GEOMETRIES
 
 # %% auto #0
@@ -178,7 +178,7 @@ class GeoModel(GeoPreTrained):
         self.drop = nn.Dropout(c.dropout)
         self.blocks = nn.ModuleList(GeoBlock(c, i) for i in range(c.depth))
         self.ln_f = nn.LayerNorm(c.dim, bias=c.bias)
-        self.space = self.blocks[0].space
+        self.space: Euclidean = cast(GeoBlock, self.blocks[0]).space
 
     def embed(self, input_ids: Tensor, start: int = 0) -> tuple[Tensor, Tensor]:
         """`input_ids (B, S)` at positions `start…start+S−1` → hidden states `(B, S, dim)` in the model's space (token and
@@ -218,8 +218,8 @@ class GeoModel(GeoPreTrained):
         if not 0 <= layer < self.config.depth:
             raise ValueError(f"layer must be in [0, depth = {self.config.depth}), got {layer}")
         x, pos = self.embed(input_ids)
-        for blk in self.blocks[:layer]: x = blk(x, pos)
-        blk = self.blocks[layer]
+        for b in self.blocks[:layer]: x = b(x, pos)
+        blk = cast(GeoBlock, self.blocks[layer])
         return blk.attn.attention_scores(blk.ln1(self.space.tangent(x)), pos)
 
 # %% ../nbs/21_model.ipynb #03aa956d

@@ -5,7 +5,7 @@
 # %% ../nbs/02_reference.ipynb #135413bb
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import torch
 from torch import Tensor
@@ -26,13 +26,13 @@ def _pairs(q: Tensor, k: Tensor) -> Tensor:
     "All differences `q_i − k_j`: `(B, H, Sq, Sk, D)`."
     return q[:, :, :, None, :] - k[:, :, None, :, :]
 
-def metric_scores_ref(q, k, A, lam, scale):
+def metric_scores_ref(q: Tensor, k: Tensor, A: Tensor, lam: Tensor, scale: float) -> Tensor:
     "`−scale·(q_i−k_j)ᵀ G (q_i−k_j)` with `G = AᵀA + λI` built as a matrix: `(B, H, Sq, Sk)`."
     G = A.transpose(-1, -2) @ A + lam[:, None, None] * torch.eye(A.shape[-1], dtype=A.dtype, device=A.device)
     d = _pairs(q, k)
     return -scale * torch.einsum("bhijd,hde,bhije->bhij", d, G, d)
 
-def position_metric_scores_ref(q, k, A, lam, W, b, scale):
+def position_metric_scores_ref(q: Tensor, k: Tensor, A: Tensor, lam: Tensor, W: Tensor, b: Tensor, scale: float) -> Tensor:
     "`−scale·(‖σ_ij ⊙ A(q_i−k_j)‖² + λ‖q_i−k_j‖²)`, `σ_ij = tanh(W (q_i+k_j)/2 + b)`: `(B, H, Sq, Sk)`."
     d = _pairs(q, k)
     m = (q[:, :, :, None, :] + k[:, :, None, :, :]) / 2
@@ -40,29 +40,29 @@ def position_metric_scores_ref(q, k, A, lam, W, b, scale):
     Ad = torch.einsum("hrd,bhijd->bhijr", A, d)
     return -scale * ((sigma * Ad).pow(2).sum(-1) + lam[None, :, None, None] * d.pow(2).sum(-1))
 
-def poincare_dist_ref(q, k, c):
+def poincare_dist_ref(q: Tensor, k: Tensor, c: Tensor) -> Tensor:
     "`d_c(q_i, k_j)` per head after projecting both into the ball: `(B, H, Sq, Sk)`."
     ball = PoincareBall(c.view(1, -1, 1, 1, 1))
     qp = ball.proj(q[:, :, :, None, :])
     kp = ball.proj(k[:, :, None, :, :])
     return ball.dist(qp, kp)
 
-def poincare_scores_ref(q, k, c, scale):
+def poincare_scores_ref(q: Tensor, k: Tensor, c: Tensor, scale: float) -> Tensor:
     "`−scale·d_c(q_i, k_j)`: `(B, H, Sq, Sk)`."
     return -scale * poincare_dist_ref(q, k, c)
 
-def hybrid_scores_ref(q, k, c, alpha, dim_e, scale):
+def hybrid_scores_ref(q: Tensor, k: Tensor, c: Tensor, alpha: Tensor, dim_e: int, scale: float) -> Tensor:
     "`−scale·(‖qe_i−ke_j‖² + α d_c(qh_i, kh_j)²)`: `(B, H, Sq, Sk)`."
     de = _pairs(q[..., :dim_e], k[..., :dim_e]).pow(2).sum(-1)
     dh = poincare_dist_ref(q[..., dim_e:], k[..., dim_e:], c)
     return -scale * (de + alpha[None, :, None, None] * dh.pow(2))
 
-def dot_scores_ref(q, k, scale):
+def dot_scores_ref(q: Tensor, k: Tensor, scale: float) -> Tensor:
     "`scale·q_i·k_j`, the dot-product baseline's scores: `(B, H, Sq, Sk)`."
     return scale * (q @ k.transpose(-1, -2))
 
 # %% ../nbs/02_reference.ipynb #7a6e3e52
-def _attend(scores, q, k, v, causal, key_padding_mask):
+def _attend(scores: Tensor, q: Tensor, k: Tensor, v: Tensor, causal: bool, key_padding_mask: Optional[Tensor]) -> Tensor:
     "Masked softmax of `scores` times `v`; rows reached by a non-finite input are NaN (the rule of `core`)."
     B, _, Sq, _ = q.shape
     vf = v.nan_to_num(0.0, 0.0, 0.0)          # a zero weight times NaN would spread it to rows that never see it
@@ -111,7 +111,7 @@ def padding_mask(B: int, Sk: int, keep: int = 2) -> Tensor:
     first = torch.tensor([0] + [max(0, Sk - keep)] * (B - 1))[:, None]
     return torch.arange(Sk)[None].expand(B, Sk) >= first
 
-def _ball_points(g: torch.Generator, shape: tuple, c: Tensor, radius: float) -> Tensor:
+def _ball_points(g: torch.Generator, shape: tuple[int, ...], c: Tensor, radius: float) -> Tensor:
     "Points `shape = (B, H, S, D)` uniform in direction, radius uniform up to `radius/√c_h` (float64)."
     u = torch.randn(*shape, dtype=torch.float64, generator=g)
     r = torch.rand(*shape[:-1], 1, dtype=torch.float64, generator=g) * radius
@@ -120,14 +120,14 @@ def _ball_points(g: torch.Generator, shape: tuple, c: Tensor, radius: float) -> 
 def oracle_case(geometry: str, Sq: int, Sk: Optional[int] = None, *, B: int = 2, H: int = 3, D: int = 8, Dv: int = 5,
                 R: int = 2, c: Optional[Tensor] = None, alpha: Optional[Tensor] = None, dim_e: Optional[int] = None,
                 radius: float = 0.9, equal: bool = False, scale: float = 0.5, seed: int = 0,
-                dtype: torch.dtype = torch.float64) -> dict:
+                dtype: torch.dtype = torch.float64) -> dict[str, Any]:
     """Arguments `dict(q, k, v, <parameters>)` of `geometry`'s attention (`dot`, `metric`, `position_metric`, `poincare`,
     `hybrid`): `q (B, H, Sq, D)`, `k (B, H, Sk, D)`, `v (B, H, Sk, Dv)`. Flat coordinates are `N(0, scale²)`; ball
     points reach `radius` of the boundary of curvature `−c (H,)` (default `0.5…2`); `equal`: keys `0…min(Sq,Sk)−1` equal
     the queries. `hybrid`: the first `dim_e` (default `D // 2`) coordinates flat, `alpha (H,)` default `0…2`."""
     Sk = Sq if Sk is None else Sk
     g = torch.Generator().manual_seed(seed)
-    r = lambda *s: torch.randn(*s, dtype=torch.float64, generator=g)
+    def r(*s: int) -> Tensor: return torch.randn(*s, dtype=torch.float64, generator=g)
     c = torch.linspace(0.5, 2.0, H, dtype=torch.float64) if c is None else c.double()
     if geometry in ("poincare", "hybrid"):
         De = (D // 2 if dim_e is None else dim_e) if geometry == "hybrid" else 0
@@ -137,7 +137,7 @@ def oracle_case(geometry: str, Sq: int, Sk: Optional[int] = None, *, B: int = 2,
         q, k = r(B, H, Sq, D) * scale, r(B, H, Sk, D) * scale
     if equal:
         n = min(Sq, Sk); k[:, :, :n] = q[:, :, :n]
-    args = dict(q=q, k=k, v=r(B, H, Sk, Dv))
+    args: dict[str, Any] = dict(q=q, k=k, v=r(B, H, Sk, Dv))
     if geometry in ("metric", "position_metric"):
         args.update(A=r(H, R, D) * 0.5, lam=torch.rand(H, dtype=torch.float64, generator=g) + 0.1)
         if geometry == "position_metric": args.update(W=r(H, R, D) * 0.5, b=r(H, R))
@@ -149,12 +149,12 @@ def oracle_case(geometry: str, Sq: int, Sk: Optional[int] = None, *, B: int = 2,
     return {n: (a.to(dtype) if isinstance(a, Tensor) else a) for n, a in args.items()}
 
 # %% ../nbs/02_reference.ipynb #e18bdee1
-def oracle_errors(fast, ref, args: dict, dtype: torch.dtype = torch.float32, seed: int = 0, floor: float = 1e-2,
-                  **kwargs) -> dict:
+def oracle_errors(fast: Callable[..., Tensor], ref: Callable[..., Tensor], args: dict[str, Any],
+                  dtype: torch.dtype = torch.float32, seed: int = 0, floor: float = 1e-2, **kwargs: Any) -> dict[str, float]:
     """Max relative errors of `fast(**args)` in `dtype` vs `ref(**args)` in float64: the output and each gradient.
     Errors are relative to the largest magnitude of the float64 value, or to `floor` when that is smaller (a
     gradient that vanishes, e.g. to q when each query sees one key, is judged by its absolute error / `floor`)."""
-    def cast(dt):
+    def cast(dt: torch.dtype) -> dict[str, Any]:
         return {n: (a.detach().to(dt).requires_grad_() if isinstance(a, Tensor) and a.is_floating_point() else a)
                 for n, a in args.items()}
     a64, ax = cast(torch.float64), cast(dtype)
@@ -163,7 +163,8 @@ def oracle_errors(fast, ref, args: dict, dtype: torch.dtype = torch.float32, see
     names = [n for n, a in a64.items() if isinstance(a, Tensor) and a.requires_grad]
     g64 = torch.autograd.grad(o64, [a64[n] for n in names], cot, allow_unused=True)
     gx = torch.autograd.grad(ox, [ax[n] for n in names], cot.to(ox.dtype), allow_unused=True)
-    rel = lambda x, y: float((x.detach().double() - y.detach()).abs().max() / y.detach().abs().max().clamp_min(floor))
+    def rel(x: Tensor, y: Tensor) -> float:
+        return float((x.detach().double() - y.detach()).abs().max() / y.detach().abs().max().clamp_min(floor))
     errs = {"out": rel(ox, o64)}
     for n, a, b in zip(names, gx, g64):
         if (a is None) != (b is None): raise AssertionError(f"gradient of {n} is missing on one side")
@@ -173,7 +174,8 @@ def oracle_errors(fast, ref, args: dict, dtype: torch.dtype = torch.float32, see
     return errs
 
 # %% ../nbs/02_reference.ipynb #ed143210
-def assert_close_to_oracle(fast, ref, args: dict, dtype: torch.dtype, tol: float, **kwargs) -> dict:
+def assert_close_to_oracle(fast: Callable[..., Tensor], ref: Callable[..., Tensor], args: dict[str, Any], dtype: torch.dtype,
+                           tol: float, **kwargs: Any) -> dict[str, float]:
     """Assert `fast` matches the float64 oracle: output error `< tol`; each gradient error `< grad_tol` (default
     `tol`, `10·tol` below float64), or no worse than 4× the same materialised reference computed in `dtype`.
 

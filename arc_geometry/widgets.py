@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -17,13 +17,18 @@ from .core import causal_mask, require
 from .geometries import GEOMETRIES
 from .manifolds import PoincareBall
 
-W = require("ipywidgets", "widgets", "arc_geometry.widgets")
-go = require("plotly.graph_objects", "widgets", "arc_geometry.widgets")
-make_subplots = require("plotly.subplots", "widgets", "arc_geometry.widgets").make_subplots
+if TYPE_CHECKING:
+    import ipywidgets as W
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+else:                                                   # the `widgets` extra: a clear message where it is missing
+    W = require("ipywidgets", "widgets", "arc_geometry.widgets")
+    go = require("plotly.graph_objects", "widgets", "arc_geometry.widgets")
+    make_subplots = require("plotly.subplots", "widgets", "arc_geometry.widgets").make_subplots
 
 # %% auto #0
-__all__ = ['W', 'go', 'make_subplots', 'DISTANCE', 'trace', 'distances', 'Explorer', 'MetricExplorer', 'disk_points',
-           'PoincareExplorer', 'AttentionExplorer', 'read_run', 'TrainingDashboard']
+__all__ = ['DISTANCE', 'trace', 'distances', 'Explorer', 'MetricExplorer', 'disk_points', 'PoincareExplorer', 'AttentionExplorer',
+           'read_run', 'TrainingDashboard']
 
 # %% ../nbs/60_widgets.ipynb #a83f877f
 DISTANCE = {name: g.distance for name, g in GEOMETRIES.items()}
@@ -59,7 +64,7 @@ def trace(model, input_ids) -> dict:
     model.eval()
     try:
         x, pos = m.embed(ids)
-        out = dict(ids=ids.cpu(), hidden=[x.cpu()], q=[], k=[], scores=[])
+        out: dict[str, Any] = dict(ids=ids.cpu(), hidden=[x.cpu()], q=[], k=[], scores=[])
         for blk in m.blocks:
             q, k, _ = blk.attn.heads(blk.ln1(m.space.tangent(x)), pos)
             s = blk.attn.scores(q, k).masked_fill(~causal_mask(S, S, dev), float("-inf"))
@@ -208,6 +213,7 @@ class MetricExplorer(Explorer):
             fig.update_yaxes(title_text="direction 2", scaleanchor=f"x{n + i + 1}", row=2, col=i + 1)
             if rows == 3 and spectra[i] is not None:
                 s = spectra[i]
+                assert s is not None
                 fig.add_heatmap(z=s.T.log10().tolist(), row=3, col=i + 1, colorscale="Viridis", showscale=(i == 0),
                                 colorbar=dict(title="log₁₀ λ", len=0.3, y=0.12),
                                 hovertemplate="token %{x}, eigenvalue %{y}: 10^%{z:.3f}<extra></extra>")
@@ -354,7 +360,8 @@ class AttentionExplorer(Explorer):
 # %% ../nbs/60_widgets.ipynb #1c87b9da
 def _ema(y: list, a: float) -> list:
     "Exponential moving average (weight `a` on the past) of a list that may hold `None`s (kept)."
-    out, s = [], None
+    out: list[Optional[float]] = []
+    s: Optional[float] = None
     for v in y:
         if v is None: out.append(None); continue
         s = v if s is None else a * s + (1 - a) * v

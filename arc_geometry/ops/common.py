@@ -37,13 +37,13 @@ def query_blocks(Sq: int, Sk: int, causal: bool, *, block: Optional[int] = None,
     if (block is None) == (budget is None):
         raise ValueError("query_blocks needs exactly one of block and budget")
     if block is not None and block < 1: raise ValueError(f"block must be >= 1, got {block}")
-    off, i0 = Sk - Sq, 0
+    off, i0, T = Sk - Sq, 0, budget or 1
     while i0 < Sq:
         if block is not None: C = block
         elif causal:
             b = max(0, i0 + off)
-            C = max(16, int((-b + math.sqrt(b * b + 4 * budget)) / 2))
-        else: C = max(16, budget // max(1, Sk))
+            C = max(16, int((-b + math.sqrt(b * b + 4 * T)) / 2))
+        else: C = max(16, T // max(1, Sk))
         i1 = min(Sq, i0 + C)
         yield i0, i1, (max(0, min(Sk, i1 + off)) if causal else Sk)
         i0 = i1
@@ -63,8 +63,9 @@ def mask_block_(t: Tensor, i0: int, i1: int, Sq: int, Sk: int, causal: bool, kpm
 # %% ../../nbs/10_common.ipynb #7e73dda1
 class Tiles:
     "`n` reusable flat buffers of `numel` elements per dtype; `tiles(dtype, *shape)` returns `n` views of `shape` into them."
-    def __init__(self, n: int, numel: int, device=None):
-        self.n, self.numel, self.device, self.store = n, numel, device, {}
+    def __init__(self, n: int, numel: int, device: Optional[torch.device] = None):
+        self.n, self.numel, self.device = n, numel, device
+        self.store: dict[torch.dtype, list[Tensor]] = {}
 
     def __call__(self, dtype: torch.dtype, *shape: int) -> list[Tensor]:
         if math.prod(shape) > self.numel:

@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from torch import Tensor
@@ -76,8 +76,9 @@ class _Features:
         self.a, self.b = 2 * c / self.al, 1 / self.be
         if power == 1: self.kappa = -scale / c.sqrt()                       # s = κ·arcosh(1 + R)
         else: self.kappa = -scale * alpha.double()[:, None, None] / c        # s = κ·arcosh(1 + R)² + E
-        self.tmin, self.nu = _bounds(self, self.xp.shape[-1] + 2) if bounds else (None, None)
-        self.cache = {}
+        self.tmin: Optional[Tensor] = None; self.nu: Optional[Tensor] = None
+        if bounds: self.tmin, self.nu = _bounds(self, self.xp.shape[-1] + 2)
+        self.cache: dict[Any, Any] = {}
 
     def ops(self, exact: bool, dt: torch.dtype) -> dict:
         "The operands of a block in float64 (`exact`) or `dt`, made once."
@@ -119,7 +120,7 @@ class _Features:
         return dx, dy, dqe, dke, dc - dkap * kap / c.view(-1), -dkap * self.scale / c.view(-1)
 
 # %% ../../nbs/13_hyperbolic_fast.ipynb #e7c1bea6
-def _bounds(fe: "_Features", width: int):
+def _bounds(fe: "_Features", width: int) -> tuple[Tensor, Tensor]:
     """Per-row float64 bounds `(B·H, Sq)`: the least row minimum of `T = a_i‖q_i−k_j‖²` for which a float32 tile
     is safe, and the float64 rounding level `ν` of `R`. The relative error of a float32 `R` is
     `ΔR/R ≤ 2γ(‖q‖²+‖k‖²)/‖q−k‖²` (the factors `a/β` cancel), and `|f'(R)|·R ≤ 1`, `f·f'·R ≤ f`, so

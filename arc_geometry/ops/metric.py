@@ -50,8 +50,9 @@ def sdpa_attend(q: Tensor, k: Tensor, v: Tensor, causal: bool = False,
         mask = key_padding_mask[:, None, None, :]
         has_key = key_padding_mask.any(-1)[:, None, None, None]
     elif causal or key_padding_mask is not None:
-        mask = allowed_mask(B, Sq, Sk, causal, key_padding_mask, q.device)
-        has_key = mask.any(-1, keepdim=True)
+        full = allowed_mask(B, Sq, Sk, causal, key_padding_mask, q.device)
+        assert full is not None                       # causal or padded: there is a mask
+        mask, has_key = full, full.any(-1, keepdim=True)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, scale=scale)[..., :Dv]
     return out if has_key is None else out * has_key   # a query with no key returns 0, with 0 gradient
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import os
 from functools import partial
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from torch import Tensor
@@ -45,7 +45,7 @@ def _gate_grads(u2, w2, a, ap, g):
     h2 = ge * e * t * (1 - t * t)
     return 2 * h2.sum(-1), 2 * h2.sum(-2), 2 * h1.sum(-1), -2 * h1.sum(-2)
 
-_FUSED = []
+_FUSED: list[Any] = []
 def _fused():
     "`_gate_f`, `_gate_grads` compiled by inductor (dynamic shapes), once per process."
     if not _FUSED: _FUSED.extend(torch.compile(fn, dynamic=True) for fn in (_gate_f, _gate_grads))
