@@ -27,7 +27,7 @@ def rotary(x: Tensor, pos: Tensor, base: float = 10000.0) -> Tensor:
     "Rotate pairs `(x[..., i], x[..., i + D/2])` of `x (B, H, S, D)` by angles `pos · base^(−2i/D)`; `pos (S,)`."
     D = x.shape[-1]
     if D % 2: raise ValueError(f"rotary positions need an even dimension, got D = {D}")
-    dt = torch.float64 if x.dtype == torch.float64 else torch.float32
+    dt = acc_dtype(x.dtype)
     inv = base ** (-torch.arange(0, D // 2, device=x.device, dtype=dt) * 2 / D)
     ang = pos.to(dt)[:, None] * inv[None, :]                                        # (S, D/2)
     cos, sin = ang.cos().to(x.dtype), ang.sin().to(x.dtype)
