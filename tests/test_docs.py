@@ -81,7 +81,7 @@ def drawn(png_bytes: bytes) -> tuple[int, float]:
     return len(set(px)), sum(p != (255, 255, 255) for p in px) / len(px)
 
 
-# Headless Chromium as root on a machine without network (TOOLCHAIN.md).
+# Headless Chromium as root on a machine without network.
 ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
         "--disable-component-update", "--disable-sync"]
 
