@@ -96,6 +96,9 @@ class Geometry:
             raise TypeError(f"{self.name} attention takes parameters {self.params}, got {len(params)} values")
         if self.validate is not None: self.validate(q, *params)
         fn = self.implementation(self.resolve(q, backend), q)
+        if not q.is_cuda:                     # on CPU a check costs no synchronisation: one pass over each input
+            with torch.no_grad(): finite = bool(torch.isfinite(q.sum() + k.sum() + v.sum()))
+            if finite: return fn(q, k, v, *params, causal=causal, key_padding_mask=key_padding_mask, scale=scale)
         vf = v.nan_to_num(0.0, 0.0, 0.0)      # a zero weight times NaN would spread it to rows that never see it
         out = fn(q, k, vf, *params, causal=causal, key_padding_mask=key_padding_mask, scale=scale)
         return propagate_nonfinite(out, q, k, v, causal, key_padding_mask)   # the rule of `core`, on every path
