@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import html
+import os
 import re
 import shutil
 import sys
@@ -115,6 +116,9 @@ def build(out: str = "_docs", root: Optional[Path] = None) -> list[Path]:
     from nbdev.config import get_config
     from nbdev.serve import proc_nbs
 
+    import torch
+    if not torch.cuda.is_available():      # the notebooks' import cells run here; their kernels, in Triton's interpreter
+        os.environ.setdefault("TRITON_INTERPRET", "1")
     cfg = get_config(path=root) if root is not None else get_config()
     ROOT = Path(cfg.config_path)
     cache = proc_nbs(str(cfg.nbs_path), n_workers=0, force=True)
