@@ -258,6 +258,7 @@ def cmd_train(a) -> int:
         if started:
             dist.barrier(); dist.destroy_process_group()
 
+# %% ../nbs/23_cli.ipynb #7a41ffad
 def cmd_eval(a) -> int:
     run = Path(a.run)
     saved = read_run_config(run)
@@ -278,6 +279,7 @@ def cmd_eval(a) -> int:
     res = tr.evaluate(rc.task.val if a.split == "val" else rc.task.train, prefix=a.split)
     print(json.dumps({"split": a.split, "source": source, **res})); return 0
 
+# %% ../nbs/23_cli.ipynb #bfa8cb30
 def cmd_tune(a) -> int:
     base = apply_overrides(load_config(a.config), a.set)
     t = build_config(base).tune
@@ -309,6 +311,7 @@ def cmd_tune(a) -> int:
     print(json.dumps({"best_value": study.best_value, "best_params": study.best_params,
                       "complete": len(done), "failed": failed})); return 0
 
+# %% ../nbs/23_cli.ipynb #b0380d60
 BENCHMARKS = {"attention": "arc_geometry.bench", "model": "arc_geometry.bench_model"}
 EXTENSIONS = {"arc": ("arc_geometry.study", "arc_main"), "study": ("arc_geometry.study", "study_main"),
               "export": ("arc_geometry.export", "export_main")}
@@ -334,6 +337,7 @@ def cmd_passthrough(command: str, argv: list) -> int:
         return _call(f"bench {argv[0]}", BENCHMARKS[argv[0]], "main", argv[1:])
     return _call(command, *EXTENSIONS[command], argv)
 
+# %% ../nbs/23_cli.ipynb #dc7cad90
 HELP = """Train, evaluate, tune and benchmark arc_geometry models.
 
   arc-geometry train --out runs/add97              the default job: a small model learns a+b mod 97
@@ -399,6 +403,7 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("export", help="ONNX export of a run or model (arc_geometry.export)", add_help=False)
     return p
 
+# %% ../nbs/23_cli.ipynb #838c1955
 def _one_line(e: BaseException) -> str:
     if isinstance(e, OSError) and e.filename is not None: return f"{e.strerror or e}: {e.filename}"
     return " ".join(str(e).split()) or type(e).__name__

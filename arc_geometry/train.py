@@ -264,8 +264,8 @@ def _to(x, device):
     if isinstance(x, dict): return {k: _to(v, device) for k, v in x.items()}
     return x
 
-class Trainer:
-    "Train `model` on `task` (`train`, `val`, `split_batch`, `loss`) as `config` says, logging to `out_dir`."
+class _TrainerBase:
+    "The objects of a run: `model` on its device (DDP-wrapped as `net` under torchrun), AdamW, the schedule, the sampler."
     def __init__(self, model: nn.Module, task, config: TrainConfig, out_dir=None,
                  callbacks: Sequence = (), run_config: Optional[dict] = None):
         if not isinstance(config, TrainConfig): raise ValueError(f"config must be a TrainConfig, got {type(config).__name__}")
@@ -309,7 +309,9 @@ class Trainer:
         if self.world > 1: dist.all_reduce(x)
         return x
 
-    # -- one step ------------------------------------------------------------------------------------------
+# %% ../nbs/21_trainer.ipynb #4cc48ca6
+class _TrainerStep(_TrainerBase):
+    "`_TrainerBase` + one optimizer step and the evaluation."
     def train_step(self) -> dict:
         "One optimizer step on this rank's share of the next global batch; returns its metrics (not logged)."
         cfg, B = self.cfg, self.cfg.batch_size
@@ -356,7 +358,6 @@ class Trainer:
         return head + (f"Last good checkpoint: {last} — continue from it with --resume (optionally "
                        "--set train.nan_policy=skip), or start again with a smaller train.lr")
 
-    # -- evaluation ----------------------------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self, data=None, prefix: str = "val") -> dict:
         "The task's loss and accuracy on `data` (default: the validation split), sharded over ranks: `{prefix}_loss`, `{prefix}_acc`."
@@ -374,7 +375,9 @@ class Trainer:
         n = max(s[2].item(), 1.0)
         return {f"{prefix}_loss": s[0].item() / n, f"{prefix}_acc": s[1].item() / n}
 
-    # -- checkpoints ---------------------------------------------------------------------------------------
+# %% ../nbs/21_trainer.ipynb #36b0a480
+class _TrainerCheckpoints(_TrainerStep):
+    "`_TrainerStep` + checkpoints in `out_dir/checkpoints`."
     def last_checkpoint(self) -> Optional[Path]:
         "The newest checkpoint file of `out_dir` (None if there is none)."
         found = list_checkpoints(self.ckpt_dir) if self.ckpt_dir else []
@@ -409,7 +412,9 @@ class Trainer:
         if self.is_main: print(f"resumed from {path.name} (step {self.step})", file=sys.stderr)
         return True
 
-    # -- the loop ------------------------------------------------------------------------------------------
+# %% ../nbs/21_trainer.ipynb #e4ada259
+class Trainer(_TrainerCheckpoints):
+    "Train `model` on `task` (`train`, `val`, `split_batch`, `loss`) as `config` says, logging to `out_dir`."
     def default_callbacks(self) -> list:
         "The side concerns the config asks for, in the order they run (before the user's callbacks)."
         cbs: list = [StopOnSignal(), EarlyStopping()]
