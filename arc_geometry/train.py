@@ -257,6 +257,10 @@ def dist_info() -> tuple[int, int]:
     "`(rank, world_size)`; `(0, 1)` without torch.distributed."
     return (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
 
+def _take(data, idx: Tensor):
+    "Examples `idx` of `data`: `data[idx]` for a tensor, else the list `[data[i] for i in idx]` (for `split_batch` to collate)."
+    return data[idx] if isinstance(data, Tensor) else [data[i] for i in idx.tolist()]
+
 def _to(x, device):
     "Move a batch (a tensor, or a tuple/list/dict of them) to `device`."
     if isinstance(x, Tensor): return x.to(device)
@@ -322,7 +326,7 @@ class _TrainerStep(_TrainerBase):
         for i, mi in enumerate(micro):
             sync = self.world == 1 or i == len(micro) - 1
             with (contextlib.nullcontext() if sync else self.net.no_sync()):
-                inp, tgt = self.task.split_batch(_to(self.task.train[mi], self.device))
+                inp, tgt = self.task.split_batch(_to(_take(self.task.train, mi), self.device))
                 with self._autocast():
                     loss, correct = self.task.loss(self.net(inp), tgt)
                 total = loss * (len(mi) / B)
@@ -366,7 +370,7 @@ class _TrainerStep(_TrainerBase):
         s = torch.zeros(3, device=self.device)
         shard = torch.arange(len(data))[self.rank::self.world]
         for i in shard.split(self.cfg.eval_batch_size):
-            inp, tgt = self.task.split_batch(_to(data[i], self.device))
+            inp, tgt = self.task.split_batch(_to(_take(data, i), self.device))
             with self._autocast():
                 loss, correct = self.task.loss(self.model(inp), tgt)
             s += torch.stack([loss.float() * len(i), correct.float(), torch.tensor(float(len(i)), device=self.device)])
