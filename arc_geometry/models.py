@@ -150,7 +150,7 @@ class GeoPreTrained(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def save_pretrained(self, save_dir, max_shard_size="2GB"):
-        "Write `config.json` and safetensors weights to `save_dir` (see `arc_geometry.checkpoints`)."
+        "Write `config.json` and safetensors weights to `save_dir` (see `arc_geometry.pretrained`)."
         from arc_geometry.pretrained import save_pretrained
         return save_pretrained(self, save_dir, max_shard_size)
 
