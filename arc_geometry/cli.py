@@ -14,7 +14,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Optional
 
 import torch
 import torch.distributed as dist
@@ -82,7 +82,7 @@ DEFAULT_CONFIG = {
 }
 "The built-in default job (`arc-geometry train --out DIR` with no CONFIG): addition mod 97 to 99 % validation accuracy."
 
-def apply_overrides(cfg: dict, sets: list[str]) -> dict:
+def apply_overrides(cfg: dict, sets: Optional[list[str]]) -> dict:
     "Apply `section.key=value` overrides (values parsed as YAML) to a copy of `cfg`."
     cfg = copy.deepcopy(cfg)
     for s in sets or []:
@@ -205,7 +205,7 @@ def resume_config(run, cfg: Optional[dict] = None, sets: Optional[list] = None) 
     saved = build_config(read_run_config(run)).to_dict()
     raw = apply_overrides(cfg if cfg is not None else saved, sets)
     def diff(want: dict, fixed_only: bool) -> tuple[list, list]:
-        changes, refused = [], []
+        changes: list[str] = []; refused: list[str] = []
         for sec in ("model", "data", "train"):
             for k, b in (want.get(sec) or {}).items():
                 a = saved[sec].get(k, b)
@@ -370,7 +370,7 @@ def parser() -> argparse.ArgumentParser:
     p = _Parser(prog="arc-geometry", description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"arc-geometry {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="{train,eval,tune,bench,arc,study,export}")
-    sets = dict(action="append", default=[], metavar="SECTION.KEY=VALUE",
+    sets: dict[str, Any] = dict(action="append", default=[], metavar="SECTION.KEY=VALUE",
                 help="override one config key, e.g. --set train.max_steps=5000 (repeatable)")
     t = sub.add_parser("train", help="train a model (the default job if no CONFIG)",
                        description="Train a GeoLM. Writes config.json, metrics.jsonl, checkpoints/, model/ and summary.json to --out.")

@@ -92,7 +92,7 @@ def unique_state_dict(model: torch.nn.Module) -> dict:
 
 def _shards(sd: dict, limit: int) -> list:
     "Greedy split of `sd` (in order) into dicts of at most `limit` bytes (a bigger tensor alone)."
-    shards, cur, size = [], {}, 0
+    shards: list[dict] = []; cur: dict = {}; size = 0
     for name, t in sd.items():
         n = t.numel() * t.element_size()
         if cur and size + n > limit: shards.append(cur); cur, size = {}, 0
@@ -117,7 +117,8 @@ def save_pretrained(model: torch.nn.Module, save_dir, max_shard_size: Union[int,
         index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for t in sd.values())},
                  "weight_map": {k: f for f, s in zip(names, shards) for k in s}}
         atomic_write(d / INDEX_NAME, json.dumps(index, indent=2))
-    cfg = {**model.config.to_dict(), "architecture": type(model).__name__}
+    config: GeoConfig = getattr(model, "config")
+    cfg = {**config.to_dict(), "architecture": type(model).__name__}
     atomic_write(d / CONFIG_NAME, json.dumps(cfg, indent=2))
     return d
 

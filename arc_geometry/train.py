@@ -19,7 +19,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 import torch.distributed as dist
@@ -114,7 +114,7 @@ def decays(name: str, p: Tensor) -> bool:
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     "Two AdamW groups: decayed matrices and everything else (tied parameters appear once)."
-    dec, rest = [], []
+    dec: list[Tensor] = []; rest: list[Tensor] = []
     for n, p in model.named_parameters():
         if p.requires_grad: (dec if decays(n, p) else rest).append(p)
     return [{"params": dec, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
@@ -131,7 +131,8 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
 class EpochSampler:
     "Indices of positions `[start, start+count)` in the endless sequence of seeded per-epoch permutations of `range(n)`."
     def __init__(self, n: int, seed: int):
-        self.n, self.seed, self._cache = n, seed, {}
+        self.n, self.seed = n, seed
+        self._cache: dict[int, Tensor] = {}
     def perm(self, epoch: int) -> Tensor:
         if epoch not in self._cache:
             self._cache = {epoch: torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + epoch))}
@@ -313,6 +314,11 @@ class _TrainerBase:
         if self.world > 1: dist.all_reduce(x)
         return x
 
+    def last_checkpoint(self) -> Optional[Path]:
+        "The newest checkpoint file of `out_dir` (None if there is none)."
+        found = list_checkpoints(self.ckpt_dir) if self.ckpt_dir else []
+        return found[-1] if found else None
+
 # %% ../nbs/21_trainer.ipynb #4cc48ca6
 class _TrainerStep(_TrainerBase):
     "`_TrainerBase` + one optimizer step and the evaluation."
@@ -339,10 +345,11 @@ class _TrainerStep(_TrainerBase):
         stats = self._allreduce(stats)
         loss, acc, reg = stats[0].item() / self.world, stats[1].item() / (B * self.world), stats[2].item() / self.world
         self.scaler.unscale_(self.optimizer)
-        gn = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
-        gn = self._allreduce(gn.detach().float().reshape(1)).item() / self.world
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+        gn = self._allreduce(norm.detach().float().reshape(1)).item() / self.world
         step = self.step + 1
-        row = {"step": step, "loss": loss, "train_acc": acc, "lr": self.scheduler.get_last_lr()[0], "grad_norm": gn}
+        row: dict[str, Any] = {"step": step, "loss": loss, "train_acc": acc, "lr": self.scheduler.get_last_lr()[0],
+                               "grad_norm": gn}
         if cfg.reg_weight: row["reg"] = reg
         bad = not math.isfinite(loss) or (not math.isfinite(gn) and not self.scaler.is_enabled())
         if bad and cfg.nan_policy == "stop": raise NonFiniteLossError(self._divergence(step, loss, gn))
@@ -382,11 +389,6 @@ class _TrainerStep(_TrainerBase):
 # %% ../nbs/21_trainer.ipynb #36b0a480
 class _TrainerCheckpoints(_TrainerStep):
     "`_TrainerStep` + checkpoints in `out_dir/checkpoints`."
-    def last_checkpoint(self) -> Optional[Path]:
-        "The newest checkpoint file of `out_dir` (None if there is none)."
-        found = list_checkpoints(self.ckpt_dir) if self.ckpt_dir else []
-        return found[-1] if found else None
-
     def save(self) -> Optional[Path]:
         "Checkpoint the whole training state (rank 0; atomic); keep the newest `keep_checkpoints`."
         if not self.is_main or self.ckpt_dir is None: return None

@@ -63,7 +63,8 @@ def list_checkpoints(ckpt_dir) -> list[Path]:
     "Complete checkpoint files in `ckpt_dir`, oldest first (temporary files excluded)."
     d = Path(ckpt_dir)
     if not d.is_dir(): return []
-    return sorted((p for p in d.iterdir() if _NAME.match(p.name)), key=lambda p: int(_NAME.match(p.name)[1]))
+    steps = {p: int(m[1]) for p in d.iterdir() if (m := _NAME.match(p.name))}
+    return sorted(steps, key=steps.__getitem__)
 
 def prune_checkpoints(ckpt_dir, keep: int) -> None:
     "Delete all but the newest `keep` checkpoints, and stale temporary files."
