@@ -24,7 +24,7 @@ from .geometries import ATTENTION_GEOMETRIES as GEOMETRIES, GEOMETRIES as ROWS
 
 # %% auto #0
 __all__ = ['MALLOC_ENV', 'make_inputs', 'poincare_flex', 'attention_fn', 'run_case', 'with_tflops', 'bench_attention',
-           'bench_figure']
+           'fresh_dir', 'bench_csv_path', 'main', 'bench_figure']
 
 # %% ../nbs/90_bench_attention.ipynb #fc6c0f14
 def make_inputs(geometry: str, B: int, H: int, S: int, D: int, R: int, dtype=torch.float32, seed: int = 0):
@@ -161,24 +161,53 @@ def bench_attention(geometries: Sequence[str] = GEOMETRIES, seqlens: Sequence[in
     if "extra_peak_mib" in df: df["extra_peak_minus_sdpa_mib"] = df.extra_peak_mib - df.S.map(floor.extra_peak_mib)
     return df
 
-def _main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m arc_geometry.bench",
+def fresh_dir(prefix: str) -> Path:
+    "A new directory `prefix-YYYYmmdd-HHMMSS[-n]` under the current directory (never an existing one)."
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for n in range(1000):
+        d = Path(f"{prefix}-{stamp}" + (f"-{n}" if n else ""))
+        try: d.mkdir(parents=True); return d
+        except FileExistsError: continue
+    raise FileExistsError(f"no free directory name {prefix}-{stamp}-N")
+
+def bench_csv_path(out: str | None, name: str, kind: str) -> Path:
+    "Where a benchmark writes its table: `out` if it ends in `.csv`, else `out/name`; by default `name` in a fresh directory."
+    if out and out.endswith(".csv"): return Path(out)
+    return (Path(out) if out else fresh_dir(f"bench-{kind}")) / name
+
+def main(argv: list | None = None) -> int:
+    "`arc-geometry bench attention …` / `python -m arc_geometry.bench …`: run the benchmark, write the CSV, print the table."
+    ap = argparse.ArgumentParser(prog="arc-geometry bench attention",
                                  description="Benchmark every attention geometry against SDPA on this machine.")
-    ap.add_argument("--case", help="internal: run one JSON-described case and print its JSON result")
-    ap.add_argument("--out", default="attention_bench.csv", help="CSV file to write (default: %(default)s)")
+    ap.add_argument("--case", help=argparse.SUPPRESS)        # internal: run one JSON-described case, print its JSON result
+    ap.error = lambda msg: ap.exit(2, f"{ap.prog}: error: {msg} (see {ap.prog} -h)\n")   # one line
+    ap.add_argument("--out", default=None, help="directory for attention.csv, or a .csv file (default: a fresh directory "
+                    "bench-attention-<time> here)")
     ap.add_argument("--seqlens", default="256,1024,4096,16384", help="comma-separated lengths")
+    ap.add_argument("--geometries", default=",".join(GEOMETRIES), help="comma-separated geometries (default: all)")
+    ap.add_argument("--repeats", type=int, default=3, help="timed runs per short case (best is kept)")
+    ap.add_argument("--reference", action=argparse.BooleanOptionalAction, default=True,
+                    help="also time the materialised reference where it fits in memory")
     ap.add_argument("--timeout", type=float, default=300, help="seconds per case before it is marked 'timeout'")
     a = ap.parse_args(argv)
     if a.case:
         print(json.dumps(run_case(**json.loads(a.case))))
-        return
-    df = bench_attention(seqlens=[int(s) for s in a.seqlens.split(",")], timeout_s=a.timeout)
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    df.to_csv(a.out, index=False)
+        return 0
+    geoms = [g for g in a.geometries.split(",") if g]
+    bad = [g for g in geoms if g not in GEOMETRIES]
+    if bad: ap.error(f"--geometries must be among {', '.join(GEOMETRIES)}, got {', '.join(bad)}")
+    try: seqlens = [int(s) for s in a.seqlens.split(",")]
+    except ValueError: ap.error(f"--seqlens must be comma-separated integers, got {a.seqlens!r}")
+    path = bench_csv_path(a.out, "attention.csv", "attention")
+    df = bench_attention(geometries=geoms, seqlens=seqlens, timeout_s=a.timeout, repeats=a.repeats, reference=a.reference)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    df.to_csv(path, index=False)
     print(df.to_string(index=False, float_format=lambda x: f"{x:.3g}"))
+    print(f"wrote {path}", file=sys.stderr)
+    return 0
 
 if __name__ == "__main__" and sys.argv[0].endswith("bench.py"):   # `python -m arc_geometry.bench`, not a notebook
-    _main()
+    sys.exit(main())
 
 # %% ../nbs/90_bench_attention.ipynb #bd1e6bdd
 def bench_figure(df):

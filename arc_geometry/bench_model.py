@@ -106,18 +106,30 @@ def figure(df):
                       f"heads={r.num_heads}, S={r.seq_len}, batch={r.batch}, {r.threads} threads")
     return fig
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description="GeoLM training benchmark (CPU): tokens/s and peak memory per geometry")
-    p.add_argument("--out", default="nbs/bench/model_cpu.csv", help="CSV to write")
+def main(argv: Optional[list] = None) -> int:
+    "`arc-geometry bench model …` / `python -m arc_geometry.bench_model …`: run the benchmark, write the CSV, print the table."
+    from arc_geometry.bench import bench_csv_path
+    p = argparse.ArgumentParser(prog="arc-geometry bench model",
+                                description="GeoLM training benchmark (CPU): tokens/s and peak memory per geometry")
+    p.error = lambda msg: p.exit(2, f"{p.prog}: error: {msg} (see {p.prog} -h)\n")   # one line
+    p.add_argument("--out", default=None, help="directory for model.csv, or a .csv file (default: a fresh directory "
+                   "bench-model-<time> here)")
     p.add_argument("--geometries", default=",".join(GEOMETRY_ORDER))
     p.add_argument("--sizes", default="{}", help="JSON overrides of the sizes, e.g. '{\"steps\": 3}'")
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)       # internal: one geometry, print JSON
     a = p.parse_args(argv)
-    sizes = {**FULL, **json.loads(a.sizes)}
+    try: over = json.loads(a.sizes)
+    except ValueError as e: p.error(f"--sizes must be a JSON object, got {a.sizes!r} ({e})")
+    if not isinstance(over, dict) or set(over) - set(FULL):
+        p.error(f"--sizes must be a JSON object with keys among {', '.join(FULL)}, got {a.sizes!r}")
+    sizes = {**FULL, **over}
     if a.one:
         print(json.dumps(bench_one(a.one, **sizes)))
-        return
-    df = run_benchmark(a.out, a.geometries.split(","), sizes)
+        return 0
+    path = bench_csv_path(a.out, "model.csv", "model")
+    df = run_benchmark(path, a.geometries.split(","), sizes)
     print(df.to_string(index=False))
+    print(f"wrote {path}", file=sys.stderr)
+    return 0
 
-if __name__ == "__main__" and "__file__" in globals(): main()   # `python -m`, not this notebook
+if __name__ == "__main__" and "__file__" in globals(): sys.exit(main())   # `python -m`, not this notebook

@@ -21,9 +21,9 @@ from .geometries import GEOMETRIES
 __all__ = ['POSITIONS', 'GeoConfig', 'GeoPreTrained', 'GeoModel', 'GeoLM', 'GeoForSequenceClassification']
 
 # %% ../nbs/21_model.ipynb #9e065663
+from .core import check_fields
+
 POSITIONS = ("learned", "rotary")
-_TYPES = {**{t.__name__: t for t in (int, float, str, bool)}, "Optional[int]": int,   # field types, as strings or not
-          int: int, float: float, str: str, bool: bool, Optional[int]: int}
 
 @dataclass
 class GeoConfig:
@@ -51,13 +51,7 @@ class GeoConfig:
     num_classes: int = 2
 
     def __post_init__(self):
-        for f in dataclasses.fields(self):
-            v, t = getattr(self, f.name), f.type
-            if _TYPES[t] is int and "Optional" in str(t) and v is None: continue
-            want = _TYPES[t]
-            if want is float and isinstance(v, int) and not isinstance(v, bool): v = float(v); setattr(self, f.name, v)
-            if not isinstance(v, want) or (want is int and isinstance(v, bool)):
-                raise ValueError(f"{f.name} must be {want.__name__}, got {v!r} ({type(v).__name__})")
+        check_fields(self, "model")                 # types, int → float, finite floats; errors name model.<field>
         for n in ("vocab_size", "dim", "depth", "num_heads", "max_seq_len", "mlp_ratio", "num_classes"):
             if getattr(self, n) < 1: raise ValueError(f"{n} must be >= 1, got {getattr(self, n)}")
         if self.geometry not in GEOMETRIES:
@@ -157,14 +151,14 @@ class GeoPreTrained(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def save_pretrained(self, save_dir, max_shard_size="2GB"):
-        "Write `config.json` and safetensors weights to `save_dir` (see `arc_geometry.checkpoints`)."
-        from arc_geometry.checkpoints import save_pretrained
+        "Write `config.json` and safetensors weights to `save_dir` (see `arc_geometry.pretrained`)."
+        from arc_geometry.pretrained import save_pretrained
         return save_pretrained(self, save_dir, max_shard_size)
 
     @classmethod
     def from_pretrained(cls, save_dir, map_location="cpu"):
         "Load a model written by `save_pretrained`."
-        from arc_geometry.checkpoints import from_pretrained
+        from arc_geometry.pretrained import from_pretrained
         return from_pretrained(cls, save_dir, map_location)
 
 # %% ../nbs/21_model.ipynb #76f9ffd2

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from conftest import ROOT, subprocess_env
-from arc_geometry.checkpoint import list_checkpoints, read_metrics
+from arc_geometry.train_state import list_checkpoints, read_metrics
 
 CFG = {"model": {"dim": 32, "depth": 1, "num_heads": 2, "geometry": "metric", "rank": 4},
        "data": {"p": 11, "train_frac": 0.6},

@@ -1,4 +1,4 @@
-"""Checkpoint/resume and failure behaviour of the trainer and the CLI (arc_geometry.train, .checkpoint, .cli).
+"""Checkpoint/resume and failure behaviour of the trainer and the CLI (arc_geometry.train, .train_state, .cli).
 
 Resumed runs must reproduce the uninterrupted run's losses exactly on CPU, whatever interrupted them: a crash
 after a checkpoint (rows logged after it are dropped from metrics.jsonl), a torn metrics line, a corrupt newest
@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from conftest import ROOT, subprocess_env
-from arc_geometry.checkpoint import list_checkpoints, read_metrics
+from arc_geometry.train_state import list_checkpoints, read_metrics
 from arc_geometry.cli import build_config, main
 from arc_geometry.models import GeoLM
 from arc_geometry.train import Callback, NonFiniteLossError, Trainer
@@ -91,7 +91,7 @@ def test_corrupt_checkpoint_falls_back_by_name(tmp_path, reference):
 
 
 def test_kill_during_save_keeps_previous_checkpoint(tmp_path, reference, monkeypatch):
-    import arc_geometry.checkpoint as ck
+    import arc_geometry.pretrained as ck                               # the one atomic writer
     real = os.replace
     def dying_replace(src, dst):
         if str(dst).endswith("ckpt-00000012.safetensors"):
@@ -103,8 +103,9 @@ def test_kill_during_save_keeps_previous_checkpoint(tmp_path, reference, monkeyp
     monkeypatch.setattr(ck.os, "replace", real)
     names = [p.name for p in list_checkpoints(tmp_path / "checkpoints")]
     assert names[-1] == "ckpt-00000008.safetensors"
-    assert list((tmp_path / "checkpoints").glob("*.tmp"))             # the half-finished save is left over …
-    trainer(tmp_path).fit(resume=True)                                 # … and ignored
+    assert not list((tmp_path / "checkpoints").glob("*.tmp"))         # an exception removes its temporary file;
+    (tmp_path / "checkpoints" / ".ckpt-00000012.safetensors.99999.tmp").write_bytes(b"half")   # a SIGKILL leaves one …
+    trainer(tmp_path).fit(resume=True)                                 # … which is ignored
     assert losses(tmp_path) == reference[0]
     assert not list((tmp_path / "checkpoints").glob("*.tmp"))
 
@@ -127,7 +128,7 @@ def test_nan_stops_naming_the_step_and_keeps_last_good_checkpoint(tmp_path):
     rc = build_config({**CFG, "train": {**CFG["train"], "eval_every": 0}})
     torch.manual_seed(0)
     tr = Trainer(NaNAfter(GeoLM(rc.model), 2 * 10 + 1), rc.task, rc.train, tmp_path)   # 2 micro-batches per step
-    with pytest.raises(NonFiniteLossError, match=r"at step 11\b.*ckpt-00000008.safetensors"):
+    with pytest.raises(NonFiniteLossError, match=r"diverged.*at step 11\b.*ckpt-00000008.safetensors"):
         tr.fit()
     assert list_checkpoints(tmp_path / "checkpoints")[-1].name == "ckpt-00000008.safetensors"
     assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")][-1] == 10
@@ -172,7 +173,7 @@ def cli_reference(tmp_path_factory):
     return cfg, d / "ref"
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT, signal.SIGTERM])
 def test_cli_kill_or_ctrl_c_then_resume_matches(tmp_path, sig, cli_reference):
     cfg, ref = cli_reference
     run = tmp_path / "run"
@@ -181,13 +182,13 @@ def test_cli_kill_or_ctrl_c_then_resume_matches(tmp_path, sig, cli_reference):
     _wait_for_checkpoints(run / "checkpoints", 3, p)
     p.send_signal(sig)
     out, err = p.communicate(timeout=60)
-    if sig == signal.SIGINT:
-        assert p.returncode == 130, err
-        assert "checkpoint saved at step" in out, out
-        step = int(out.split("checkpoint saved at step ")[1].split(";")[0])
+    if sig in (signal.SIGINT, signal.SIGTERM):
+        assert p.returncode == 128 + sig, err
+        assert "saved at step" in err and "Traceback" not in err, err
+        step = int(err.split("saved at step ")[1].split(";")[0])
         assert list_checkpoints(run / "checkpoints")[-1].name == f"ckpt-{step:08d}.safetensors"
     if p.returncode == 0:
         pytest.skip("the run finished before the signal arrived")
-    r = cli("train", str(cfg), "--out", str(run), "--resume")
+    r = cli("train", "--out", str(run), "--resume")                   # the run's own config.json
     assert r.returncode == 0, r.stderr
     assert losses(run) == losses(ref)
