@@ -29,11 +29,11 @@ def _arcosh1p(R):
     return torch.log(1 + R + torch.sqrt(R * (R + 2)))
 
 def _ball_dist(x, y, c):
-    "Poincaré distances `(B, H, Sq, Sk)` of `x (B, H, Sq, D)`, `y (B, H, Sk, D)` (on the ball), per-head `c (H,)`, in float64."
+    """Poincaré distances `(B, H, Sq, Sk)` of the points `x (B, H, Sq, D)`, `y (B, H, Sk, D)`, per-head `c (H,)`, in
+    float64. The points are the attention module's, already inside the ball (`expmap0` projects): not projected again,
+    which would cost a pass over every cached key at each decoding step."""
     import torch
-    from arc_geometry.manifolds import PoincareBall
-    ball = PoincareBall(c.to(x.dtype).view(-1, 1, 1))
-    x, y, c = ball.proj(x).double(), ball.proj(y).double(), c.double().view(-1, 1, 1)
+    x, y, c = x.double(), y.double(), c.double().view(-1, 1, 1)
     n = (x * x).sum(-1, keepdim=True)                                   # (B, H, Sq, 1)
     m = (y * y).sum(-1).unsqueeze(-2)                                   # (B, H, 1, Sk)
     d2 = n + m - 2 * (x @ y.transpose(-1, -2))
