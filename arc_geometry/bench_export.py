@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import subprocess
 import sys
@@ -29,9 +30,9 @@ __all__ = ['GEOMETRY_ORDER', 'RUNTIMES', 'FULL', 'TINY', 'bench_speed', 'train_d
 GEOMETRY_ORDER = ("dot", "metric", "position_metric", "poincare", "hybrid")
 RUNTIMES = ("pytorch", "ort_fp32", "ort_int8")
 FULL = dict(dim=128, depth=2, num_heads=4, rank=8, vocab_size=256, batches=(1, 8), prompts=(64, 512),
-            decode_steps=16, repeats=3, threads=2)
+            decode_steps=16, repeats=3, threads=(1, 2))
 TINY = dict(dim=32, depth=1, num_heads=2, rank=4, vocab_size=32, batches=(1, 2), prompts=(8, 16),
-            decode_steps=2, repeats=1, threads=1)
+            decode_steps=2, repeats=1, threads=(1,))
 
 class _Torch:
     "PyTorch eager with the model's KV cache."
@@ -68,10 +69,9 @@ def _run(r, ids: np.ndarray, steps: int) -> tuple:
 
 def bench_speed(geometries: Sequence[str] = GEOMETRY_ORDER, workdir=None, seed: int = 0, *, dim: int, depth: int,
                 num_heads: int, rank: int, vocab_size: int, batches: Sequence[int], prompts: Sequence[int],
-                decode_steps: int, repeats: int, threads: int) -> list[dict]:
-    """One row per (geometry, batch, prompt, runtime): `prefill_tok_s` (prompt tokens/s) and `decode_ms` (median
-    milliseconds per decoding step of one token per sequence), the three runtimes interleaved."""
-    torch.set_num_threads(threads)
+                decode_steps: int, repeats: int, threads: Sequence[int]) -> list[dict]:
+    """One row per (geometry, threads, batch, prompt, runtime): `prefill_tok_s` (prompt tokens/s) and `decode_ms`
+    (median milliseconds per decoding step of one token per sequence), the three runtimes interleaved."""
     wd = Path(workdir or tempfile.mkdtemp(prefix="bench_export_"))
     rows = []
     for g in tqdm(geometries, desc="geometries"):
@@ -81,10 +81,11 @@ def bench_speed(geometries: Sequence[str] = GEOMETRY_ORDER, workdir=None, seed: 
         model = GeoLM(cfg).eval()
         f32 = export_onnx(model, wd / f"{g}.onnx")
         i8 = quantize_int8(f32, wd / f"{g}_int8.onnx")
-        runners = {"pytorch": _Torch(model), "ort_fp32": _Ort(OnnxLM(f32, threads=threads)),
-                   "ort_int8": _Ort(OnnxLM(i8, threads=threads))}
-        for B in batches:
-            for S in prompts:
+        for th in threads:
+            torch.set_num_threads(th)
+            runners = {"pytorch": _Torch(model), "ort_fp32": _Ort(OnnxLM(f32, threads=th)),
+                       "ort_int8": _Ort(OnnxLM(i8, threads=th))}
+            for B, S in itertools.product(batches, prompts):
                 ids = np.random.default_rng(seed).integers(0, vocab_size, (B, S))
                 for r in runners.values(): _run(r, ids, 1)                         # warm-up
                 pre = {n: [] for n in runners}; dec = {n: [] for n in runners}
@@ -92,10 +93,9 @@ def bench_speed(geometries: Sequence[str] = GEOMETRY_ORDER, workdir=None, seed: 
                     for n, r in runners.items():
                         p, d = _run(r, ids, decode_steps)
                         pre[n].append(p); dec[n] += d
-                for n in runners:
-                    rows.append(dict(geometry=g, batch=B, prompt=S, runtime=n,
-                                     prefill_tok_s=B * S / float(np.median(pre[n])),
-                                     decode_ms=1e3 * float(np.median(dec[n])), threads=threads))
+                rows += [dict(geometry=g, threads=th, batch=B, prompt=S, runtime=n,
+                              prefill_tok_s=B * S / float(np.median(pre[n])), decode_ms=1e3 * float(np.median(dec[n])))
+                         for n in runners]
     return rows
 
 # %% ../nbs/94_bench_export.ipynb #c83f980e
@@ -138,7 +138,7 @@ def targets(speed, int8) -> "pd.DataFrame":
     setting; int8 file ≤ 0.35× float32; int8 validation accuracy within 1 point of float32."""
     import pandas as pd
     s, q = pd.DataFrame(speed), pd.DataFrame(int8).set_index("geometry")
-    p = s.pivot_table(index=["geometry", "batch", "prompt"], columns="runtime", values="decode_ms")
+    p = s.pivot_table(index=["geometry", "threads", "batch", "prompt"], columns="runtime", values="decode_ms")
     worst = (p["pytorch"] / p["ort_fp32"]).groupby("geometry").min()      # the worst speed-up over the settings
     out = pd.DataFrame({"ort_decode_speedup_min": worst})
     out["decode_target_met"] = out["ort_decode_speedup_min"] >= 1
@@ -154,7 +154,8 @@ def figure(speed):
     import plotly.express as px
     from plotly.subplots import make_subplots
     df = pd.DataFrame(speed)
-    df["setting"] = "B=" + df["batch"].astype(str) + ", S=" + df["prompt"].astype(str)
+    df["setting"] = ("B=" + df["batch"].astype(str) + ", S=" + df["prompt"].astype(str)
+                     + ", " + df["threads"].astype(str) + " thr")
     settings = list(dict.fromkeys(df["setting"]))
     fig = make_subplots(rows=2, cols=len(settings), subplot_titles=settings, vertical_spacing=0.12)
     colors = dict(zip(RUNTIMES, px.colors.qualitative.Plotly))
@@ -165,7 +166,7 @@ def figure(speed):
                 fig.add_bar(x=d.geometry, y=d[col], name=rt, marker_color=colors[rt], row=i, col=j,
                             legendgroup=rt, showlegend=(i == 1 and j == 1))
             fig.update_yaxes(type="log", title_text=title if j == 1 else None, row=i, col=j)
-    fig.update_layout(barmode="group", height=650, title="PyTorch eager vs ONNX Runtime (CPU), every geometry")
+    fig.update_layout(barmode="group", height=650, width=max(900, 230 * len(settings)), title="PyTorch eager vs ONNX Runtime (CPU), every geometry")
     return fig
 
 # %% ../nbs/94_bench_export.ipynb #adfd3889
@@ -183,7 +184,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not a.skip_speed:
         speed = pd.DataFrame(bench_speed(**(TINY if a.tiny else FULL)))
         speed.to_csv(out / "export_cpu.csv", index=False, float_format="%.6g")
-        print(speed.pivot_table(index=["geometry", "batch", "prompt"], columns="runtime", values="decode_ms").round(2))
+        print(speed.pivot_table(index=["geometry", "threads", "batch", "prompt"], columns="runtime", values="decode_ms").round(2))
     if not a.skip_int8:
         runs = train_default_runs(a.runs or tempfile.mkdtemp(prefix="default_runs_"))
         q = pd.DataFrame(int8_table(runs))

@@ -81,10 +81,14 @@ EXPORT_GEOMETRIES = ("dot", "metric", "position_metric", "poincare", "hybrid")
 # %% ../nbs/50_export.ipynb #803092b1
 def export_attend(attn, q, k, v, key_padding_mask=None):
     "Attention `(B, H, Sq, Dv)` of the points `q, k` and values `v` with `export_scores`, causal, ends aligned."
-    from arc_geometry.core import allowed_mask, masked_attend
+    import torch
+    from arc_geometry.core import allowed_mask, causal_mask, masked_attend
     B, _, Sq, _ = q.shape
+    Sk = k.shape[2]
     s = export_scores(attn, q, k).to(v.dtype)
-    return masked_attend(s, v, allowed_mask(B, Sq, k.shape[2], True, key_padding_mask, q.device))
+    if key_padding_mask is None and Sk >= Sq:     # causal alone (the exported graph): key 0 is in every row, no row is empty
+        return torch.softmax(s.masked_fill(~causal_mask(Sq, Sk, q.device), float("-inf")), -1) @ v
+    return masked_attend(s, v, allowed_mask(B, Sq, Sk, True, key_padding_mask, q.device))
 
 @contextmanager
 def export_mode(model):
