@@ -158,12 +158,8 @@ def export_onnx(model, path, *, opset: Optional[int] = None) -> Path:
         with torch.no_grad(), export_mode(model), warnings.catch_warnings(), _quiet_output():
             warnings.simplefilter("ignore")                   # tracer and deprecation warnings of the exporter
             cache = model.new_cache()
-            if P: model(ids[:, :P], cache=cache)
-            else:
-                _, _, k, v = (None, None, *model.attentions[0].heads(torch.zeros(2, 1, cfg.dim, device=dev),
-                                                                      torch.arange(1, device=dev)))
-                cache.k = [k[:, :, :0]] * cfg.depth; cache.v = [v[:, :, :0]] * cfg.depth
-            past = [t for kv in zip(cache.k, cache.v) for t in kv]
+            model(ids[:, :max(P, 1)], cache=cache)           # the cache's shapes and dtypes, from the model itself
+            past = [t[:, :, :P] for kv in zip(cache.k, cache.v) for t in kv]
             axes = {"input_ids": {0: "batch", 1: "sequence"}, "logits": {0: "batch", 1: "sequence"},
                     **{n: {0: "batch", 2: "past"} for n in past_names},
                     **{n: {0: "batch", 2: "total"} for n in present_names}}
@@ -327,7 +323,7 @@ class OnnxLM:
             if i + 1 < max_new_tokens: logits, cache = self.forward(nxt, cache)
         return np.concatenate(out, 1)
 
-# %% ../nbs/50_export.ipynb #eb76eee1
+# %% ../nbs/50_export.ipynb #2d42e5a8
 def quantize_int8(src, dst) -> Path:
     "Write `src` (an `export_onnx` file) to `dst` with int8 weights (ONNX Runtime dynamic quantization, per channel)."
     import onnx
@@ -355,7 +351,7 @@ def quantize_int8(src, dst) -> Path:
     onnx.save(m, str(dst))
     return dst
 
-# %% ../nbs/50_export.ipynb #c72b3bec
+# %% ../nbs/50_export.ipynb #fe1831ab
 def _train_state():
     "The module that reads training checkpoints (`arc_geometry.train_state`; `arc_geometry.checkpoint` in older layouts)."
     import importlib
@@ -405,7 +401,7 @@ def load_model(src) -> "GeoLM":
     model.load_state_dict(sd)
     return model.eval()
 
-# %% ../nbs/50_export.ipynb #67583ed1
+# %% ../nbs/50_export.ipynb #80c5ac2f
 def export_main(argv: Optional[Sequence[str]] = None) -> int:
     "`arc-geometry export RUN_OR_MODEL_DIR --out FILE [--int8] [--opset N]`; returns the exit status (2 on an error)."
     p = argparse.ArgumentParser(prog="arc-geometry export",
@@ -429,6 +425,6 @@ def export_main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"wrote {out} ({model.config.geometry}, {'int8' if a.int8 else 'float32'}, {out.stat().st_size / 1e6:.2f} MB)")
     return 0
 
-# %% ../nbs/50_export.ipynb #fe1831ab
+# %% ../nbs/50_export.ipynb #920b9cfd
 if __name__ == "__main__" and globals().get("__file__", "").endswith("export.py"):   # `python -m arc_geometry.export`
     sys.exit(export_main())
