@@ -14,9 +14,14 @@ import warnings
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import TYPE_CHECKING, Optional, Sequence, Union
 
 import numpy as np
+
+if TYPE_CHECKING:                                   # names for the annotations only: torch is imported where it runs
+    from torch import Tensor
+    from arc_geometry.blocks import GeoAttention
+    from arc_geometry.models import GeoLM
 
 # %% auto #0
 __all__ = ['EXPORT_GEOMETRIES', 'DEFAULT_OPSET', 'export_scores', 'export_attend', 'export_mode', 'export_onnx',
@@ -42,7 +47,7 @@ def _ball_dist(x, y, c):
     R = 2 * c * d2 / torch.where(den > 1e-300, den, torch.full_like(den, 1e-300))
     return _arcosh1p(R) / c.sqrt()
 
-def export_scores(attn, q, k):
+def export_scores(attn: GeoAttention, q: Tensor, k: Tensor) -> Tensor:
     """Scores `(B, H, Sq, Sk)` of the points `q, k (B, H, S, D)` (as `attn.points` returns them) for the attention
     module `attn`, up to a term constant along each query row (softmax does not see it); plain tensor operations only."""
     import torch
@@ -79,7 +84,8 @@ def export_scores(attn, q, k):
 EXPORT_GEOMETRIES = ("dot", "metric", "position_metric", "poincare", "hybrid")
 
 # %% ../nbs/50_export.ipynb #803092b1
-def export_attend(attn, q, k, v, key_padding_mask=None):
+def export_attend(attn: GeoAttention, q: Tensor, k: Tensor, v: Tensor,
+                  key_padding_mask: Optional[Tensor] = None) -> Tensor:
     "Attention `(B, H, Sq, Dv)` of the points `q, k` and values `v` with `export_scores`, causal, ends aligned."
     import torch
     from arc_geometry.core import allowed_mask, causal_mask, masked_attend
@@ -91,7 +97,7 @@ def export_attend(attn, q, k, v, key_padding_mask=None):
     return masked_attend(s, v, allowed_mask(B, Sq, Sk, True, key_padding_mask, q.device))
 
 @contextmanager
-def export_mode(model):
+def export_mode(model: GeoLM):
     "Within the `with` block, every attention module of `model` attends with `export_attend` (plain operators)."
     from arc_geometry.blocks import GeoAttention
     mods = [m for m in model.modules() if isinstance(m, GeoAttention)]
@@ -132,7 +138,7 @@ def _register_symbolics():
     from torch.onnx import register_custom_op_symbolic
     register_custom_op_symbolic("aten::atanh", lambda g, x: g.op("Atanh", x), 9)
 
-def export_onnx(model, path, *, opset: Optional[int] = None) -> Path:
+def export_onnx(model: GeoLM, path: Union[str, Path], *, opset: Optional[int] = None) -> Path:
     """Write the `GeoLM` `model` (any geometry) to the ONNX file `path`: one graph for prefill and for decoding with
     the KV cache (`input_ids (B, S)`, `past_key.l`/`past_value.l (B, H, P, D)` → `logits (B, S, V)`,
     `present_key.l`/`present_value.l (B, H, P+S, D)`), dynamic batch, sequence and past; checked by `onnx.checker`."""
@@ -254,7 +260,7 @@ def sample_next_np(logits: np.ndarray, temperature: float, top_k: Optional[int],
 # %% ../nbs/50_export.ipynb #9ac6d86f
 class OnnxLM:
     "A `GeoLM` exported by `export_onnx`, run by ONNX Runtime on the CPU (numpy in and out; no PyTorch)."
-    def __init__(self, path, *, threads: Optional[int] = None):
+    def __init__(self, path: Union[str, Path], *, threads: Optional[int] = None):
         import onnxruntime as ort
         p = Path(path)
         if not p.is_file(): raise ValueError(f"path: no ONNX file at {p}")
@@ -324,7 +330,7 @@ class OnnxLM:
         return np.concatenate(out, 1)
 
 # %% ../nbs/50_export.ipynb #2d42e5a8
-def quantize_int8(src, dst) -> Path:
+def quantize_int8(src: Union[str, Path], dst: Union[str, Path]) -> Path:
     "Write `src` (an `export_onnx` file) to `dst` with int8 weights (ONNX Runtime dynamic quantization, per channel)."
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -369,7 +375,7 @@ def _read_json(p: Path) -> dict:
 def _names(ns: list, n: int = 6) -> str:
     return ", ".join(ns[:n]) + (f" and {len(ns) - n} more" if len(ns) > n else "")
 
-def load_model(src) -> "GeoLM":
+def load_model(src: Union[str, Path]) -> GeoLM:
     """A `GeoLM` (eval mode) from `src`: a `save_pretrained` directory, or a training run directory (its `model/`;
     without one, the newest complete `checkpoints/ckpt-*.safetensors` and the run's `config.json`)."""
     from arc_geometry.models import GeoConfig, GeoLM
