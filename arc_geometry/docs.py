@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from .core import require
+from .extras import require
 
 # %% auto #0
 __all__ = ['PLOTLY_MIME', 'quarto_to_nbconvert', 'plotly_html', 'offline', 'build', 'readme_text', 'write_readme', 'main']

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Optional, Sequence, Union
 
 import numpy as np
 
+from .extras import require
+
 if TYPE_CHECKING:                                   # names for the annotations only: torch is imported where it runs
     from torch import Tensor
     from arc_geometry.blocks import GeoAttention
@@ -142,7 +144,7 @@ def export_onnx(model: GeoLM, path: Union[str, Path], *, opset: Optional[int] = 
     """Write the `GeoLM` `model` (any geometry) to the ONNX file `path`: one graph for prefill and for decoding with
     the KV cache (`input_ids (B, S)`, `past_key.l`/`past_value.l (B, H, P, D)` → `logits (B, S, V)`,
     `present_key.l`/`present_value.l (B, H, P+S, D)`), dynamic batch, sequence and past; checked by `onnx.checker`."""
-    import onnx
+    onnx = require("onnx", "export", "ONNX export")
     import torch
     from arc_geometry.models import GeoLM
     if not isinstance(model, GeoLM): raise TypeError(f"model must be a GeoLM, got {type(model).__name__}")
@@ -210,7 +212,7 @@ def _optimize(path: Path, opset: int) -> None:
     """Rewrite `path` with ONNX Runtime's basic graph optimisations (constant folding, common subexpressions, no-op
     removal: standard ONNX operators only), half the exporter's nodes. Opening the file also proves that ONNX Runtime
     has a kernel for every operator at this opset (and dtype): a missing one fails here, not at inference."""
-    import onnxruntime as ort
+    ort = require("onnxruntime", "export", "ONNX Runtime")
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     tmp = path.with_name(path.name + ".opt")
@@ -273,7 +275,7 @@ def sample_next_np(logits: np.ndarray, temperature: float, top_k: Optional[int],
 class OnnxLM:
     "A `GeoLM` exported by `export_onnx`, run by ONNX Runtime on the CPU (numpy in and out; no PyTorch)."
     def __init__(self, path: Union[str, Path], *, threads: Optional[int] = None):
-        import onnxruntime as ort
+        ort = require("onnxruntime", "export", "OnnxLM")
         p = Path(path)
         if not p.is_file(): raise ValueError(f"path: no ONNX file at {p}")
         so = ort.SessionOptions()
@@ -344,8 +346,9 @@ class OnnxLM:
 # %% ../nbs/50_export.ipynb #2d42e5a8
 def quantize_int8(src: Union[str, Path], dst: Union[str, Path]) -> Path:
     "Write `src` (an `export_onnx` file) to `dst` with int8 weights (ONNX Runtime dynamic quantization, per channel)."
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    onnx = require("onnx", "export", "ONNX export")
+    q = require("onnxruntime.quantization", "export", "quantize_int8")
+    QuantType, quantize_dynamic = q.QuantType, q.quantize_dynamic
     src, dst = Path(src), Path(dst)
     if not src.is_file(): raise ValueError(f"src: no ONNX file at {src}")
     dst.parent.mkdir(parents=True, exist_ok=True)
@@ -370,14 +373,6 @@ def quantize_int8(src: Union[str, Path], dst: Union[str, Path]) -> Path:
     return dst
 
 # %% ../nbs/50_export.ipynb #fe1831ab
-def _train_state():
-    "The module that reads training checkpoints (`arc_geometry.train_state`; `arc_geometry.checkpoint` in older layouts)."
-    import importlib
-    for name in ("arc_geometry.train_state", "arc_geometry.checkpoint"):
-        try: return importlib.import_module(name)
-        except ModuleNotFoundError: pass
-    raise ImportError("arc_geometry has no training-checkpoint module")
-
 def _read_json(p: Path) -> dict:
     try: d = json.loads(p.read_text())
     except (OSError, ValueError) as e: raise ValueError(f"{p}: unreadable JSON ({e})") from None
@@ -397,7 +392,7 @@ def load_model(src: Union[str, Path]) -> GeoLM:
     run_cfg = _read_json(cfg_file) if cfg_file.is_file() else None
     if run_cfg is not None and "model" not in run_cfg: return GeoLM.from_pretrained(d).eval()   # save_pretrained
     if (d / "model" / "config.json").is_file(): return GeoLM.from_pretrained(d / "model").eval()
-    ts = _train_state()
+    from arc_geometry import train_state as ts
     found = ts.latest_checkpoint(d / "checkpoints") if (d / "checkpoints").is_dir() else None
     if found is None:
         raise ValueError(f"RUN_OR_MODEL_DIR: {d} holds no model: no config.json with weights, no model/, "

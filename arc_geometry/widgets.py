@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence
 import torch
 from torch import Tensor
 
-from .core import causal_mask, require
+from .core import causal_mask
+from .extras import require
 from .geometries import GEOMETRIES
 from .manifolds import PoincareBall
 
