@@ -177,10 +177,10 @@ def bench_csv_path(out: str | None, name: str, kind: str) -> Path:
 
 def main(argv: list | None = None) -> int:
     "`arc-geometry bench attention …` / `python -m arc_geometry.bench …`: run the benchmark, write the CSV, print the table."
-    ap = argparse.ArgumentParser(prog="arc-geometry bench attention",
+    from arc_geometry.core import ArgumentParser
+    ap = ArgumentParser(prog="arc-geometry bench attention",
                                  description="Benchmark every attention geometry against SDPA on this machine.")
     ap.add_argument("--case", help=argparse.SUPPRESS)        # internal: run one JSON-described case, print its JSON result
-    ap.error = lambda msg: ap.exit(2, f"{ap.prog}: error: {msg} (see {ap.prog} -h)\n")   # one line
     ap.add_argument("--out", default=None, help="directory for attention.csv, or a .csv file (default: a fresh directory "
                     "bench-attention-<time> here)")
     ap.add_argument("--seqlens", default="256,1024,4096,16384", help="comma-separated lengths")

@@ -13,7 +13,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
@@ -29,9 +29,9 @@ __all__ = ['GEOMETRY_ORDER', 'RUNTIMES', 'FULL', 'TINY', 'bench_speed', 'train_d
 # %% ../nbs/94_bench_export.ipynb #56742fa8
 GEOMETRY_ORDER = ("dot", "metric", "position_metric", "poincare", "hybrid")
 RUNTIMES = ("pytorch", "ort_fp32", "ort_int8")
-FULL = dict(dim=128, depth=2, num_heads=4, rank=8, vocab_size=256, batches=(1, 8), prompts=(64, 512),
+FULL: dict[str, Any] = dict(dim=128, depth=2, num_heads=4, rank=8, vocab_size=256, batches=(1, 8), prompts=(64, 512),
             decode_steps=16, repeats=3, threads=(1, 2))
-TINY = dict(dim=32, depth=1, num_heads=2, rank=4, vocab_size=32, batches=(1, 2), prompts=(8, 16),
+TINY: dict[str, Any] = dict(dim=32, depth=1, num_heads=2, rank=4, vocab_size=32, batches=(1, 2), prompts=(8, 16),
             decode_steps=2, repeats=1, threads=(1,))
 
 class _Torch:
@@ -88,7 +88,7 @@ def bench_speed(geometries: Sequence[str] = GEOMETRY_ORDER, workdir=None, seed: 
             for B, S in itertools.product(batches, prompts):
                 ids = np.random.default_rng(seed).integers(0, vocab_size, (B, S))
                 for r in runners.values(): _run(r, ids, 1)                         # warm-up
-                pre = {n: [] for n in runners}; dec = {n: [] for n in runners}
+                pre: dict[str, list[float]] = {n: [] for n in runners}; dec: dict[str, list[float]] = {n: [] for n in runners}
                 for _ in range(repeats):
                     for n, r in runners.items():
                         p, d = _run(r, ids, decode_steps)
@@ -133,7 +133,7 @@ def int8_table(runs: dict, workdir=None) -> list[dict]:
     return rows
 
 # %% ../nbs/94_bench_export.ipynb #c1867809
-def targets(speed, int8) -> "pd.DataFrame":
+def targets(speed, int8) -> Any:
     """The three targets per geometry: ONNX Runtime float32 decoding at least as fast as PyTorch eager in every
     setting; int8 file ≤ 0.35× float32; int8 validation accuracy within 1 point of float32."""
     import pandas as pd
@@ -173,7 +173,8 @@ def figure(speed):
 def main(argv: Optional[Sequence[str]] = None) -> int:
     "`python -m arc_geometry.bench_export [--out DIR] [--runs DIR] [--tiny]`: both tables as CSV files."
     import pandas as pd
-    p = argparse.ArgumentParser(prog="python -m arc_geometry.bench_export")
+    from arc_geometry.core import ArgumentParser
+    p = ArgumentParser(prog="python -m arc_geometry.bench_export")
     p.add_argument("--out", default="nbs/bench", help="directory of export_cpu.csv and export_int8.csv")
     p.add_argument("--runs", default=None, help="default-job run directories (trained where missing)")
     p.add_argument("--tiny", action="store_true", help="tiny sizes (a smoke test)")

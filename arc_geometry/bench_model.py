@@ -109,9 +109,9 @@ def figure(df):
 def main(argv: Optional[list] = None) -> int:
     "`arc-geometry bench model …` / `python -m arc_geometry.bench_model …`: run the benchmark, write the CSV, print the table."
     from arc_geometry.bench import bench_csv_path
-    p = argparse.ArgumentParser(prog="arc-geometry bench model",
+    from arc_geometry.core import ArgumentParser
+    p = ArgumentParser(prog="arc-geometry bench model",
                                 description="GeoLM training benchmark (CPU): tokens/s and peak memory per geometry")
-    p.error = lambda msg: p.exit(2, f"{p.prog}: error: {msg} (see {p.prog} -h)\n")   # one line
     p.add_argument("--out", default=None, help="directory for model.csv, or a .csv file (default: a fresh directory "
                    "bench-model-<time> here)")
     p.add_argument("--geometries", default=",".join(GEOMETRY_ORDER))

@@ -21,7 +21,7 @@ import torch.distributed as dist
 import yaml
 
 from . import __version__
-from .core import check_fields, config_from_dict
+from .core import ArgumentParser, check_fields, config_from_dict
 from .models import GeoConfig, GeoLM
 from .tasks import ModularArithmetic
 from .train import MID_RUN_KEYS, NonFiniteLossError, TrainConfig, Trainer, TrainingInterrupted
@@ -355,10 +355,6 @@ the traceback. Multi-process:
   torchrun --standalone --nproc_per_node 2 -m arc_geometry.cli train CONFIG --out DIR
 """
 
-class _Parser(argparse.ArgumentParser):
-    "argparse, with its errors as one line."
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} -h)\n")
 
 def _positive_int(s: str) -> int:
     try: v = int(s)
@@ -367,7 +363,7 @@ def _positive_int(s: str) -> int:
     return v
 
 def parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="arc-geometry", description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog="arc-geometry", description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"arc-geometry {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="{train,eval,tune,bench,arc,study,export}")
     sets: dict[str, Any] = dict(action="append", default=[], metavar="SECTION.KEY=VALUE",

@@ -5,8 +5,9 @@
 # %% ../nbs/00_core.ipynb #5fe9306e
 from __future__ import annotations
 
+import argparse
 import math
-from typing import Optional, Sequence
+from typing import NoReturn, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -15,7 +16,7 @@ from torch import Tensor
 __all__ = ['check_shape', 'check_bound', 'check_attention', 'check_finite', 'check_metric_params', 'check_position_params',
            'check_poincare_params', 'check_hybrid_params', 'causal_mask', 'allowed_mask', 'nonfinite_rows',
            'propagate_nonfinite', 'masked_attend', 'ball_eps', 'min_norm', 'check_value', 'check_fields',
-           'config_from_dict']
+           'config_from_dict', 'ArgumentParser']
 
 # %% ../nbs/00_core.ipynb #1aa677f4
 def _fmt_shape(shape: Sequence[Optional[int]]) -> str:
@@ -230,3 +231,9 @@ def config_from_dict(cls, d: Optional[dict], section: str):
         if f.name not in d and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise ValueError(f"{section}.{f.name} is required")
     return cls(**d)
+
+# %% ../nbs/00_core.ipynb #0b2e9b63
+class ArgumentParser(argparse.ArgumentParser):
+    "argparse with its errors as one line: `prog: error: <what> (see prog -h)`, exit status 2."
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} -h)\n")

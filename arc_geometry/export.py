@@ -107,7 +107,7 @@ def export_mode(model: GeoLM):
         if getattr(m, "geometry", None) not in EXPORT_GEOMETRIES:
             raise NotImplementedError(f"ONNX export has no attention for geometry {getattr(m, 'geometry', None)!r}; "
                                       f"it knows {', '.join(EXPORT_GEOMETRIES)}")
-    for m in mods: m.attend = partial(export_attend, m)
+    for m in mods: m.attend = partial(export_attend, m)                 # type: ignore[method-assign]
     try: yield model
     finally:
         for m in mods: m.__dict__.pop("attend", None)
@@ -417,7 +417,8 @@ def load_model(src: Union[str, Path]) -> GeoLM:
 # %% ../nbs/50_export.ipynb #80c5ac2f
 def export_main(argv: Optional[Sequence[str]] = None) -> int:
     "`arc-geometry export RUN_OR_MODEL_DIR --out FILE [--int8] [--opset N]`; returns the exit status (2 on an error)."
-    p = argparse.ArgumentParser(prog="arc-geometry export",
+    from arc_geometry.core import ArgumentParser
+    p = ArgumentParser(prog="arc-geometry export",
                                 description="Export a trained GeoLM to ONNX (prefill + KV-cache decoding in one graph).")
     p.add_argument("src", metavar="RUN_OR_MODEL_DIR", help="a training run directory or a save_pretrained directory")
     p.add_argument("--out", required=True, metavar="FILE", help="the .onnx file to write")

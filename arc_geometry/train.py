@@ -285,8 +285,8 @@ class _TrainerBase:
         if config.num_threads: torch.set_num_threads(config.num_threads)
         if config.precision == "fp16" and self.device.type != "cuda":
             raise ValueError("train.precision='fp16' needs a CUDA device (use 'bf16' on CPU)")
-        self.model = model.to(self.device)
-        self.net = model
+        self.model: Any = model.to(self.device)      # any nn.Module; GeoLM's extras (regularizer, stats) are optional
+        self.net: Any = model
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
             self.net = DDP(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)

@@ -9,7 +9,7 @@ import sys
 
 from conftest import ROOT
 
-STRICT = ["arc_geometry/core.py", "arc_geometry/extras.py", "arc_geometry/manifolds.py", "arc_geometry/reference.py", "arc_geometry/geometries.py",
+STRICT = ["arc_geometry/extras.py", "arc_geometry/manifolds.py", "arc_geometry/reference.py", "arc_geometry/geometries.py",
           "arc_geometry/attention.py", "arc_geometry/ops/common.py"]
 
 
