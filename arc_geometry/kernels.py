@@ -178,6 +178,6 @@ def main(argv: Optional[list[str]] = None) -> int:
     print("\n".join(bad) if bad else "no violations")
     return 1 if bad else 0
 
-if __name__ == "__main__":
+if __name__ == "__main__" and "__file__" in globals():   # python -m, not the notebook
     raise SystemExit(main())
 
