@@ -22,6 +22,8 @@ from .position_metric import _features, position_metric_cpu
 __all__ = ['PM_TABLE', 'pm_config', 'launch_config', 'position_metric_triton', 'aot_configs']
 
 # %% ../../nbs/17_position_metric_triton.ipynb #00408a5b
+_RUNTIME_INTS = ["H", "Sq", "Sk", "R", "HAS_MASK", "store_acc"]   # lengths and flags: never specialised
+
 @triton.jit
 def _tanh(x):
     "`tanh(x) = 2σ(2x) − 1`: one exp; absolute error ~1 ulp, all the scores need (they use `tanh²·e²`)."
@@ -56,9 +58,9 @@ def _tile_ok(offs_m, offs_n, n_ok, KPM, b, Sq, Sk, CAUSAL: tl.constexpr, HAS_MAS
         ok = ok & (kp[None, :] != 0)
     return ok
 
-@triton.jit
-def _fwd(Q, K, V, U, Wk, Aq, Ak, LAM, KPM, O, LSE, sqb, sqh, sqs, skb, skh, sks, svb, svh, svs,
-         H, Sq, Sk, R, D, DV, HAS_MASK,
+@triton.jit(do_not_specialize=_RUNTIME_INTS)
+def _fwd(Q, K, V, U, Wk, Aq, Ak, LAM, KPM, O, OA, LSE, sqb, sqh, sqs, skb, skh, sks, svb, svh, svs,
+         H, Sq, Sk, R, D, DV, HAS_MASK, store_acc,
          CAUSAL: tl.constexpr, DP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     pid_m, bh = tl.program_id(0), tl.program_id(1)
     b, h = bh // H, bh % H
@@ -88,7 +90,10 @@ def _fwd(Q, K, V, U, Wk, Aq, Ak, LAM, KPM, O, LSE, sqb, sqh, sqs, skb, skh, sks,
         alpha = tl.exp(m_i - m_safe)
         p = tl.exp(s - m_safe[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee").to(dt)
+        ph = p.to(v.dtype)
+        acc = acc * alpha[:, None] + tl.dot(ph, v, input_precision="ieee").to(dt)
+        if store_acc:                                   # training in half precision: P·V with P to ~2⁻²² (two words)
+            acc += tl.dot((p - ph.to(dt)).to(v.dtype), v, input_precision="ieee").to(dt)
         m_i = m_new
     m_safe = tl.where(m_i == float("-inf"), 0, m_i)
     out = acc / tl.where(l_i > 0, l_i, 1)[:, None]
@@ -96,6 +101,9 @@ def _fwd(Q, K, V, U, Wk, Aq, Ak, LAM, KPM, O, LSE, sqb, sqh, sqs, skb, skh, sks,
     tl.store(O + bh * Sq * DV + offs_m[:, None] * DV + offs_d[None, :], out.to(O.dtype.element_ty),
              mask=m_ok[:, None] & (offs_d[None, :] < DV))
     tl.store(LSE + bh * Sq + offs_m, lse, mask=m_ok)
+    if store_acc:                                       # O in float32 too, for δ = rowsum(dO ∘ O) in backward
+        tl.store(OA + bh * Sq * DV + offs_m[:, None] * DV + offs_d[None, :], out,
+                 mask=m_ok[:, None] & (offs_d[None, :] < DV))
 
 @triton.jit
 def _tile_g(q, k, v, do, lse, delta, lam, U, Wk, Aq, Ak, KPM, b, offs_m, offs_n, m_ok, n_ok, R, Sq, Sk,
@@ -109,7 +117,7 @@ def _tile_g(q, k, v, do, lse, delta, lam, U, Wk, Aq, Ak, KPM, b, offs_m, offs_n,
     g = -p * (dp - delta[:, None])
     return p, g, d2
 
-@triton.jit
+@triton.jit(do_not_specialize=_RUNTIME_INTS)
 def _bwd_kv(Q, K, V, U, Wk, Aq, Ak, LAM, KPM, DO, LSE, DELTA, DK, DV, DW, DAK, sqb, sqh, sqs, skb, skh, sks,
             svb, svh, svs, sdb, sdh, sds, H, Sq, Sk, R, D, DV_, HAS_MASK,
             CAUSAL: tl.constexpr, DP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
@@ -156,7 +164,7 @@ def _bwd_kv(Q, K, V, U, Wk, Aq, Ak, LAM, KPM, DO, LSE, DELTA, DK, DV, DW, DAK, s
     tl.store(DK + bh * Sk * D + offs_n[:, None] * D + offs_d[None, :], dk.to(DK.dtype.element_ty), mask=n_ok[:, None] & (offs_d[None, :] < D))
     tl.store(DV + bh * Sk * DV_ + offs_n[:, None] * DV_ + offs_d[None, :], dv.to(DV.dtype.element_ty), mask=n_ok[:, None] & (offs_d[None, :] < DV_))
 
-@triton.jit
+@triton.jit(do_not_specialize=_RUNTIME_INTS)
 def _bwd_q(Q, K, V, U, Wk, Aq, Ak, LAM, KPM, DO, LSE, DELTA, DQ, DU, DAQ, DLAM, sqb, sqh, sqs, skb, skh, sks,
            svb, svh, svs, sdb, sdh, sds, H, Sq, Sk, R, D, DV_, HAS_MASK,
            CAUSAL: tl.constexpr, DP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
@@ -251,12 +259,15 @@ class _PosMetricTriton(torch.autograd.Function):
         q, k, v = _rows(q), _rows(k), _rows(v)
         kp = (kpm.to(torch.int8).contiguous() if kpm is not None else torch.ones(1, dtype=torch.int8, device=q.device))
         o = torch.empty(B, H, Sq, Dv, dtype=q.dtype, device=q.device)
+        # half precision: O also in float32 when gradients will be asked for (δ without the rounding of O)
+        o_acc = (torch.empty(B, H, Sq, Dv, dtype=lam.dtype, device=q.device)
+                 if q.dtype != lam.dtype and any(ctx.needs_input_grad) else None)
         lse = torch.empty(B, H, Sq, dtype=lam.dtype, device=q.device)
         grid = (cdiv(Sq, cfg["BLOCK_M"]), B * H)
         strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3])
-        _fwd[grid](q, k, v, u, w, a, ap, lam, kp, o, lse, *strides, H, Sq, Sk, u.shape[2], D, Dv, int(kpm is not None),
-                   CAUSAL=causal, **cfg)
-        ctx.save_for_backward(q, k, v, u, w, a, ap, lam, kp, o, lse)
+        _fwd[grid](q, k, v, u, w, a, ap, lam, kp, o, o_acc if o_acc is not None else lse, lse, *strides, H, Sq, Sk,
+                   u.shape[2], D, Dv, int(kpm is not None), int(o_acc is not None), CAUSAL=causal, **cfg)
+        ctx.save_for_backward(q, k, v, u, w, a, ap, lam, kp, o if o_acc is None else o_acc, lse)
         ctx.args = (causal, kpm is not None, block)
         return o
 
@@ -266,7 +277,7 @@ class _PosMetricTriton(torch.autograd.Function):
         causal, has_mask, block = ctx.args
         B, H, Sq, D = q.shape
         Sk, Dv, R = k.shape[2], v.shape[3], u.shape[2]
-        do = _rows(do.to(o.dtype))
+        do = _rows(do.to(q.dtype))
         delta = (do.to(lam.dtype) * o.to(lam.dtype)).sum(-1).contiguous()
         dq, dk, dv = (torch.empty(x.shape, dtype=x.dtype, device=x.device) for x in (q, k, v))
         du, dw, da, dap = (torch.zeros_like(x) for x in (u, w, a, ap))
@@ -299,9 +310,9 @@ def position_metric_triton(q: Tensor, k: Tensor, v: Tensor, A: Tensor, lam: Tens
 
 # %% ../../nbs/17_position_metric_triton.ipynb #affeea6e
 _ARGS = {  # argument name → "in" (input dtype), "acc" (accumulation dtype), "i8" or "i32"
-    "_fwd": dict(Q="in", K="in", V="in", U="acc", Wk="acc", Aq="acc", Ak="acc", LAM="acc", KPM="i8", O="in", LSE="acc",
+    "_fwd": dict(Q="in", K="in", V="in", U="acc", Wk="acc", Aq="acc", Ak="acc", LAM="acc", KPM="i8", O="in", OA="acc", LSE="acc",
                  sqb="i32", sqh="i32", sqs="i32", skb="i32", skh="i32", sks="i32", svb="i32", svh="i32", svs="i32",
-                 H="i32", Sq="i32", Sk="i32", R="i32", D="i32", DV="i32", HAS_MASK="i32"),
+                 H="i32", Sq="i32", Sk="i32", R="i32", D="i32", DV="i32", HAS_MASK="i32", store_acc="i32"),
     "_bwd_kv": dict(Q="in", K="in", V="in", U="acc", Wk="acc", Aq="acc", Ak="acc", LAM="acc", KPM="i8", DO="in", LSE="acc",
                     DELTA="acc", DK="in", DV="in", DW="acc", DAK="acc",
                     sqb="i32", sqh="i32", sqs="i32", skb="i32", skh="i32", sks="i32", svb="i32", svh="i32", svs="i32",
