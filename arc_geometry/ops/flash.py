@@ -438,7 +438,7 @@ def _bd(*dims: int) -> int:
 # configuration within its architecture's shared memory.
 _T = lambda small, d128: {16: small, 32: small, 64: small, 128: d128}
 FLASH_TABLE = {
-    (90, "metric", "half", "fwd"):      _T((128, 64, 4, 3), (128, 64, 8, 2)),
+    (90, "metric", "half", "fwd"):      _T((128, 64, 8, 3), (128, 64, 8, 2)),
     (90, "metric", "half", "bwd_q"):    _T((64, 64, 4, 2), (64, 64, 8, 2)),
     (90, "metric", "half", "bwd_kv"):   _T((64, 64, 4, 2), (64, 64, 8, 2)),
     (90, "poincare", "half", "fwd"):    _T((64, 64, 4, 2), (64, 64, 8, 2)),
@@ -459,10 +459,14 @@ FLASH_TABLE = {
 }
 for (arch, geom, prec, kern), row in list(FLASH_TABLE.items()):
     if prec == "f32":                                   # float64 inputs: the oracle-grade path, small tiles
-        FLASH_TABLE[(arch, geom, "f64", kern)] = {bd: (16, 16, 4, 1) if geom != "metric" and kern != "fwd"
+        FLASH_TABLE[(arch, geom, "f64", kern)] = {bd: (16, 16, 4, 1) if bd == 128 or (geom != "metric" and kern != "fwd")
                                                   else (32, 32, 4, 1) for bd in row}
 for key, row in list(FLASH_TABLE.items()):              # sm_80: at most 2 stages (1 at BD = 128): less shared memory
     FLASH_TABLE[(80,) + key[1:]] = {bd: (bm, bn, w, min(s, 2) if bd < 128 else 1) for bd, (bm, bn, w, s) in row.items()}
+# sm_80 (mma.sync, no warpgroup MMA) holds more of a tile per thread: where the report showed spills at BD ≤ 64
+for (geom, kern), cfg in {("metric", "fwd"): (128, 64, 8, 2), ("metric", "bwd_kv"): (32, 64, 4, 2),
+                          ("poincare", "bwd_kv"): (32, 32, 8, 1), ("hybrid", "fwd"): (64, 32, 4, 2)}.items():
+    FLASH_TABLE[(80, geom, "half", kern)].update({bd: cfg for bd in (16, 32, 64)})
 
 def _arch(capability: int) -> int:
     "The table row of a compute capability: 90 for Hopper and newer, 80 for Ampere/Ada."

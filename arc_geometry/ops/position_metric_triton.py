@@ -229,6 +229,7 @@ PM_TABLE = {
 }
 for key, row in list(PM_TABLE.items()):                  # sm_80: at most 2 stages
     PM_TABLE[(80,) + key[1:]] = {dp: (bm, bn, w, min(s, 2)) for dp, (bm, bn, w, s) in row.items()}
+PM_TABLE[(80, "half", "_bwd_kv")].update({dp: (32, 32, 8, 2) for dp in (16, 32, 64)})   # sm_80: no spill at 64
 
 def pm_config(kernel: str, dtype: torch.dtype, DP: int, capability: int = 90) -> dict:
     "`BLOCK_M`, `BLOCK_N`, `num_warps`, `num_stages` of `kernel` (`_fwd`, `_bwd_kv`, `_bwd_q`) from `PM_TABLE`."
