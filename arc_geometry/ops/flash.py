@@ -464,7 +464,7 @@ for (arch, geom, prec, kern), row in list(FLASH_TABLE.items()):
 for key, row in list(FLASH_TABLE.items()):              # sm_80: at most 2 stages (1 at BD = 128): less shared memory
     FLASH_TABLE[(80,) + key[1:]] = {bd: (bm, bn, w, min(s, 2) if bd < 128 else 1) for bd, (bm, bn, w, s) in row.items()}
 # sm_80 (mma.sync, no warpgroup MMA) holds more of a tile per thread: where the report showed spills at BD ≤ 64
-for (geom, kern), cfg in {("metric", "fwd"): (128, 64, 8, 2), ("metric", "bwd_kv"): (32, 64, 4, 2),
+for (geom, kern), cfg in {("metric", "fwd"): (128, 64, 8, 2), ("metric", "bwd_kv"): (64, 32, 4, 2),
                           ("poincare", "bwd_kv"): (32, 32, 8, 1), ("hybrid", "fwd"): (64, 32, 4, 2)}.items():
     FLASH_TABLE[(80, geom, "half", kern)].update({bd: cfg for bd in (16, 32, 64)})
 
