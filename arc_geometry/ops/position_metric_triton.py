@@ -14,12 +14,16 @@ import triton.language as tl
 from triton import cdiv, next_power_of_2
 
 from .common import triton_interpret
+from .flash import _has_key, _poison
+from .tlmath import head_base, load_rows
 from .position_metric import _features, position_metric_cpu
 
 # %% auto #0
-__all__ = ['launch_config', 'position_metric_triton', 'aot_configs']
+__all__ = ['PM_TABLE', 'pm_config', 'launch_config', 'position_metric_triton', 'aot_configs']
 
 # %% ../../nbs/17_position_metric_triton.ipynb #00408a5b
+_RUNTIME_INTS = ["H", "Sq", "Sk", "R", "HAS_MASK", "store_acc"]   # lengths and flags: never specialised
+
 @triton.jit
 def _tanh(x):
     "`tanh(x) = 2σ(2x) − 1`: one exp; absolute error ~1 ulp, all the scores need (they use `tanh²·e²`)."
@@ -54,8 +58,9 @@ def _tile_ok(offs_m, offs_n, n_ok, KPM, b, Sq, Sk, CAUSAL: tl.constexpr, HAS_MAS
         ok = ok & (kp[None, :] != 0)
     return ok
 
-@triton.jit
-def _fwd(Q, K, V, U, Wk, Aq, Ak, LAM, KPM, O, LSE, H, Sq, Sk, R, D, DV, HAS_MASK,
+@triton.jit(do_not_specialize=_RUNTIME_INTS)
+def _fwd(Q, K, V, U, Wk, Aq, Ak, LAM, KPM, O, OA, LSE, sqb, sqh, sqs, skb, skh, sks, svb, svh, svs,
+         H, Sq, Sk, R, D, DV, HAS_MASK, store_acc,
          CAUSAL: tl.constexpr, DP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     pid_m, bh = tl.program_id(0), tl.program_id(1)
     b, h = bh // H, bh % H
@@ -64,7 +69,7 @@ def _fwd(Q, K, V, U, Wk, Aq, Ak, LAM, KPM, O, LSE, H, Sq, Sk, R, D, DV, HAS_MASK
     m_ok = offs_m < Sq
     lam = tl.load(LAM + h)
     dt = lam.dtype
-    q = tl.load(Q + bh * Sq * D + offs_m[:, None] * D + offs_d[None, :], mask=m_ok[:, None] & (offs_d[None, :] < D), other=0)
+    q = load_rows(head_base(Q, b, h, sqb, sqh), offs_m, Sq, sqs, D, DP)
     U, Aq, Wk, Ak = U + bh * R * Sq, Aq + bh * R * Sq, Wk + bh * R * Sk, Ak + bh * R * Sk
     m_i = tl.full((BLOCK_M,), float("-inf"), dt)
     l_i = tl.zeros((BLOCK_M,), dt)
@@ -75,8 +80,8 @@ def _fwd(Q, K, V, U, Wk, Aq, Ak, LAM, KPM, O, LSE, H, Sq, Sk, R, D, DV, HAS_MASK
     for n0 in range(0, hi, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         n_ok = offs_n < Sk
-        k = tl.load(K + bh * Sk * D + offs_n[:, None] * D + offs_d[None, :], mask=n_ok[:, None] & (offs_d[None, :] < D), other=0)
-        v = tl.load(V + bh * Sk * DV + offs_n[:, None] * DV + offs_d[None, :], mask=n_ok[:, None] & (offs_d[None, :] < DV), other=0)
+        k = load_rows(head_base(K, b, h, skb, skh), offs_n, Sk, sks, D, DP)
+        v = load_rows(head_base(V, b, h, svb, svh), offs_n, Sk, svs, DV, DP)
         f, d2 = _tile_f(q, k, lam, U, Wk, Aq, Ak, offs_m, offs_n, m_ok, n_ok, R, Sq, Sk)
         ok = _tile_ok(offs_m, offs_n, n_ok, KPM, b, Sq, Sk, CAUSAL, HAS_MASK)
         s = tl.where(ok, -f, float("-inf"))
@@ -85,7 +90,10 @@ def _fwd(Q, K, V, U, Wk, Aq, Ak, LAM, KPM, O, LSE, H, Sq, Sk, R, D, DV, HAS_MASK
         alpha = tl.exp(m_i - m_safe)
         p = tl.exp(s - m_safe[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee").to(dt)
+        ph = p.to(v.dtype)
+        acc = acc * alpha[:, None] + tl.dot(ph, v, input_precision="ieee").to(dt)
+        if store_acc:                                   # training in half precision: P·V with P to ~2⁻²² (two words)
+            acc += tl.dot((p - ph.to(dt)).to(v.dtype), v, input_precision="ieee").to(dt)
         m_i = m_new
     m_safe = tl.where(m_i == float("-inf"), 0, m_i)
     out = acc / tl.where(l_i > 0, l_i, 1)[:, None]
@@ -93,6 +101,9 @@ def _fwd(Q, K, V, U, Wk, Aq, Ak, LAM, KPM, O, LSE, H, Sq, Sk, R, D, DV, HAS_MASK
     tl.store(O + bh * Sq * DV + offs_m[:, None] * DV + offs_d[None, :], out.to(O.dtype.element_ty),
              mask=m_ok[:, None] & (offs_d[None, :] < DV))
     tl.store(LSE + bh * Sq + offs_m, lse, mask=m_ok)
+    if store_acc:                                       # O in float32 too, for δ = rowsum(dO ∘ O) in backward
+        tl.store(OA + bh * Sq * DV + offs_m[:, None] * DV + offs_d[None, :], out,
+                 mask=m_ok[:, None] & (offs_d[None, :] < DV))
 
 @triton.jit
 def _tile_g(q, k, v, do, lse, delta, lam, U, Wk, Aq, Ak, KPM, b, offs_m, offs_n, m_ok, n_ok, R, Sq, Sk,
@@ -106,8 +117,9 @@ def _tile_g(q, k, v, do, lse, delta, lam, U, Wk, Aq, Ak, KPM, b, offs_m, offs_n,
     g = -p * (dp - delta[:, None])
     return p, g, d2
 
-@triton.jit
-def _bwd_kv(Q, K, V, U, Wk, Aq, Ak, LAM, KPM, DO, LSE, DELTA, DK, DV, DW, DAK, H, Sq, Sk, R, D, DV_, HAS_MASK,
+@triton.jit(do_not_specialize=_RUNTIME_INTS)
+def _bwd_kv(Q, K, V, U, Wk, Aq, Ak, LAM, KPM, DO, LSE, DELTA, DK, DV, DW, DAK, sqb, sqh, sqs, skb, skh, sks,
+            svb, svh, svs, sdb, sdh, sds, H, Sq, Sk, R, D, DV_, HAS_MASK,
             CAUSAL: tl.constexpr, DP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     pid_n, bh = tl.program_id(0), tl.program_id(1)
     b, h = bh // H, bh % H
@@ -116,8 +128,8 @@ def _bwd_kv(Q, K, V, U, Wk, Aq, Ak, LAM, KPM, DO, LSE, DELTA, DK, DV, DW, DAK, H
     n_ok = offs_n < Sk
     lam = tl.load(LAM + h)
     dt = lam.dtype
-    k = tl.load(K + bh * Sk * D + offs_n[:, None] * D + offs_d[None, :], mask=n_ok[:, None] & (offs_d[None, :] < D), other=0)
-    v = tl.load(V + bh * Sk * DV_ + offs_n[:, None] * DV_ + offs_d[None, :], mask=n_ok[:, None] & (offs_d[None, :] < DV_), other=0)
+    k = load_rows(head_base(K, b, h, skb, skh), offs_n, Sk, sks, D, DP)
+    v = load_rows(head_base(V, b, h, svb, svh), offs_n, Sk, svs, DV_, DP)
     U, Aq, Wk, Ak = U + bh * R * Sq, Aq + bh * R * Sq, Wk + bh * R * Sk, Ak + bh * R * Sk
     DW, DAK = DW + bh * R * Sk, DAK + bh * R * Sk
     dk = tl.zeros((BLOCK_N, DP), dt)
@@ -128,9 +140,8 @@ def _bwd_kv(Q, K, V, U, Wk, Aq, Ak, LAM, KPM, DO, LSE, DELTA, DK, DV, DW, DAK, H
     for m0 in range(lo, Sq, BLOCK_M):
         offs_m = m0 + tl.arange(0, BLOCK_M)
         m_ok = offs_m < Sq
-        qmask = m_ok[:, None] & (offs_d[None, :] < D)
-        q = tl.load(Q + bh * Sq * D + offs_m[:, None] * D + offs_d[None, :], mask=qmask, other=0)
-        do = tl.load(DO + bh * Sq * DV_ + offs_m[:, None] * DV_ + offs_d[None, :], mask=m_ok[:, None] & (offs_d[None, :] < DV_), other=0)
+        q = load_rows(head_base(Q, b, h, sqb, sqh), offs_m, Sq, sqs, D, DP)
+        do = load_rows(head_base(DO, b, h, sdb, sdh), offs_m, Sq, sds, DV_, DP)
         lse = tl.load(LSE + bh * Sq + offs_m, mask=m_ok, other=float("inf"))
         delta = tl.load(DELTA + bh * Sq + offs_m, mask=m_ok, other=0)
         p, g, d2 = _tile_g(q, k, v, do, lse, delta, lam, U, Wk, Aq, Ak, KPM, b, offs_m, offs_n, m_ok, n_ok,
@@ -153,8 +164,9 @@ def _bwd_kv(Q, K, V, U, Wk, Aq, Ak, LAM, KPM, DO, LSE, DELTA, DK, DV, DW, DAK, H
     tl.store(DK + bh * Sk * D + offs_n[:, None] * D + offs_d[None, :], dk.to(DK.dtype.element_ty), mask=n_ok[:, None] & (offs_d[None, :] < D))
     tl.store(DV + bh * Sk * DV_ + offs_n[:, None] * DV_ + offs_d[None, :], dv.to(DV.dtype.element_ty), mask=n_ok[:, None] & (offs_d[None, :] < DV_))
 
-@triton.jit
-def _bwd_q(Q, K, V, U, Wk, Aq, Ak, LAM, KPM, DO, LSE, DELTA, DQ, DU, DAQ, DLAM, H, Sq, Sk, R, D, DV_, HAS_MASK,
+@triton.jit(do_not_specialize=_RUNTIME_INTS)
+def _bwd_q(Q, K, V, U, Wk, Aq, Ak, LAM, KPM, DO, LSE, DELTA, DQ, DU, DAQ, DLAM, sqb, sqh, sqs, skb, skh, sks,
+           svb, svh, svs, sdb, sdh, sds, H, Sq, Sk, R, D, DV_, HAS_MASK,
            CAUSAL: tl.constexpr, DP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     pid_m, bh = tl.program_id(0), tl.program_id(1)
     b, h = bh // H, bh % H
@@ -163,8 +175,8 @@ def _bwd_q(Q, K, V, U, Wk, Aq, Ak, LAM, KPM, DO, LSE, DELTA, DQ, DU, DAQ, DLAM, 
     m_ok = offs_m < Sq
     lam = tl.load(LAM + h)
     dt = lam.dtype
-    q = tl.load(Q + bh * Sq * D + offs_m[:, None] * D + offs_d[None, :], mask=m_ok[:, None] & (offs_d[None, :] < D), other=0)
-    do = tl.load(DO + bh * Sq * DV_ + offs_m[:, None] * DV_ + offs_d[None, :], mask=m_ok[:, None] & (offs_d[None, :] < DV_), other=0)
+    q = load_rows(head_base(Q, b, h, sqb, sqh), offs_m, Sq, sqs, D, DP)
+    do = load_rows(head_base(DO, b, h, sdb, sdh), offs_m, Sq, sds, DV_, DP)
     lse = tl.load(LSE + bh * Sq + offs_m, mask=m_ok, other=float("inf"))
     delta = tl.load(DELTA + bh * Sq + offs_m, mask=m_ok, other=0)
     U, Aq, Wk, Ak = U + bh * R * Sq, Aq + bh * R * Sq, Wk + bh * R * Sk, Ak + bh * R * Sk
@@ -177,8 +189,8 @@ def _bwd_q(Q, K, V, U, Wk, Aq, Ak, LAM, KPM, DO, LSE, DELTA, DQ, DU, DAQ, DLAM, 
     for n0 in range(0, hi, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         n_ok = offs_n < Sk
-        k = tl.load(K + bh * Sk * D + offs_n[:, None] * D + offs_d[None, :], mask=n_ok[:, None] & (offs_d[None, :] < D), other=0)
-        v = tl.load(V + bh * Sk * DV_ + offs_n[:, None] * DV_ + offs_d[None, :], mask=n_ok[:, None] & (offs_d[None, :] < DV_), other=0)
+        k = load_rows(head_base(K, b, h, skb, skh), offs_n, Sk, sks, D, DP)
+        v = load_rows(head_base(V, b, h, svb, svh), offs_n, Sk, svs, DV_, DP)
         p, g, d2 = _tile_g(q, k, v, do, lse, delta, lam, U, Wk, Aq, Ak, KPM, b, offs_m, offs_n, m_ok, n_ok,
                            R, Sq, Sk, CAUSAL, HAS_MASK)
         dl += tl.sum(g * d2, 1)
@@ -202,90 +214,132 @@ def _bwd_q(Q, K, V, U, Wk, Aq, Ak, LAM, KPM, DO, LSE, DELTA, DQ, DU, DAQ, DLAM, 
 # %% ../../nbs/17_position_metric_triton.ipynb #cfdfe28c
 _DTYPES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}   # float64: interpreter only
 _HEAD_DIMS = (16, 32, 64, 128)
+_HALF = (torch.float16, torch.bfloat16)
 
-def _gpu_blocks(DP: int) -> dict:
-    return dict(BLOCK_M=64 if DP <= 64 else 32, BLOCK_N=32)
+# (arch, inputs "half" | "f32", kernel) -> {DP: (BLOCK_M, BLOCK_N, num_warps, num_stages)}, from the kernel report of
+# `arc_geometry.kernels`: no spills at DP ≤ 64 in half precision, shared memory within each architecture's limit.
+_S = lambda small, d128: {16: small, 32: small, 64: small, 128: d128}
+PM_TABLE = {
+    (90, "half", "_fwd"): _S((64, 32, 4, 3), (32, 32, 4, 2)),
+    (90, "half", "_bwd_kv"): _S((32, 64, 4, 2), (32, 32, 4, 1)),
+    (90, "half", "_bwd_q"): _S((64, 32, 4, 3), (32, 32, 4, 2)),
+    (90, "f32", "_fwd"): _S((64, 32, 4, 3), (32, 32, 4, 2)),
+    (90, "f32", "_bwd_kv"): _S((32, 32, 8, 2), (32, 32, 4, 1)),
+    (90, "f32", "_bwd_q"): _S((64, 32, 4, 3), (32, 32, 4, 2)),
+}
+for key, row in list(PM_TABLE.items()):                  # sm_80: at most 2 stages
+    PM_TABLE[(80,) + key[1:]] = {dp: (bm, bn, w, min(s, 2)) for dp, (bm, bn, w, s) in row.items()}
+PM_TABLE[(80, "half", "_bwd_kv")].update({dp: (32, 32, 8, 2) for dp in (16, 32, 64)})   # sm_80: no spill at 64
 
-def launch_config(D: int, Dv: int, block: Optional[int] = None) -> dict:
-    "Constexprs of the kernels for head dims `D, Dv` (≤ 128): `DP`, `BLOCK_M`, `BLOCK_N` (`block` overrides both)."
+def pm_config(kernel: str, dtype: torch.dtype, DP: int, capability: int = 90) -> dict:
+    "`BLOCK_M`, `BLOCK_N`, `num_warps`, `num_stages` of `kernel` (`_fwd`, `_bwd_kv`, `_bwd_q`) from `PM_TABLE`."
+    bm, bn, w, s = PM_TABLE[(90 if capability >= 90 else 80, "half" if dtype in _HALF else "f32", kernel)][DP]
+    return dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=s)
+
+def launch_config(D: int, Dv: int, block: Optional[int] = None, dtype: torch.dtype = torch.float32,
+                  kernel: str = "_fwd", device=None) -> dict:
+    """Launch options of `kernel` for head dims `D, Dv` (≤ 128): `DP`, `BLOCK_M`, `BLOCK_N` and, on a GPU, `num_warps`,
+    `num_stages` (`block` overrides the blocks; 16 × 16 in the interpreter)."""
     DP = max(16, next_power_of_2(max(D, Dv)))
     if DP > 128: raise ValueError(f"head dims must be <= 128 for the Triton kernels, got D={D}, Dv={Dv}")
     if block: return dict(DP=DP, BLOCK_M=block, BLOCK_N=block)
     if triton_interpret(): return dict(DP=DP, BLOCK_M=16, BLOCK_N=16)
-    return dict(DP=DP, **_gpu_blocks(DP))
+    major, minor = torch.cuda.get_device_capability(device)
+    return dict(DP=DP, **pm_config(kernel, dtype, DP, 10 * major + minor))
+
+def _rows(x: Tensor) -> Tensor:
+    "`x` itself when its last dimension is unit-stride (the kernels take the other strides), else a contiguous copy."
+    return x if x.stride(-1) == 1 else x.contiguous()
 
 class _PosMetricTriton(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, u, w, a, ap, lam, causal, kpm, block):
         B, H, Sq, D = q.shape
         Sk, Dv = k.shape[2], v.shape[3]
-        cfg = launch_config(D, Dv, block)
-        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+        cfg = launch_config(D, Dv, block, q.dtype, "_fwd", q.device)
+        q, k, v = _rows(q), _rows(k), _rows(v)
         kp = (kpm.to(torch.int8).contiguous() if kpm is not None else torch.ones(1, dtype=torch.int8, device=q.device))
         o = torch.empty(B, H, Sq, Dv, dtype=q.dtype, device=q.device)
+        # half precision: O also in float32 when gradients will be asked for (δ without the rounding of O)
+        o_acc = (torch.empty(B, H, Sq, Dv, dtype=lam.dtype, device=q.device)
+                 if q.dtype != lam.dtype and any(ctx.needs_input_grad) else None)
         lse = torch.empty(B, H, Sq, dtype=lam.dtype, device=q.device)
         grid = (cdiv(Sq, cfg["BLOCK_M"]), B * H)
-        _fwd[grid](q, k, v, u, w, a, ap, lam, kp, o, lse, H, Sq, Sk, u.shape[2], D, Dv, int(kpm is not None),
-                   CAUSAL=causal, **cfg)
-        ctx.save_for_backward(q, k, v, u, w, a, ap, lam, kp, o, lse)
-        ctx.args = (causal, kpm is not None, cfg)
+        strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3])
+        _fwd[grid](q, k, v, u, w, a, ap, lam, kp, o, o_acc if o_acc is not None else lse, lse, *strides, H, Sq, Sk,
+                   u.shape[2], D, Dv, int(kpm is not None), int(o_acc is not None), CAUSAL=causal, **cfg)
+        ctx.save_for_backward(q, k, v, u, w, a, ap, lam, kp, o if o_acc is None else o_acc, lse)
+        ctx.args = (causal, kpm is not None, block)
         return o
 
     @staticmethod
     def backward(ctx, do):
         q, k, v, u, w, a, ap, lam, kp, o, lse = ctx.saved_tensors
-        causal, has_mask, cfg = ctx.args
+        causal, has_mask, block = ctx.args
         B, H, Sq, D = q.shape
         Sk, Dv, R = k.shape[2], v.shape[3], u.shape[2]
-        do = do.to(o.dtype).contiguous()
+        do = _rows(do.to(q.dtype))
         delta = (do.to(lam.dtype) * o.to(lam.dtype)).sum(-1).contiguous()
-        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        dq, dk, dv = (torch.empty(x.shape, dtype=x.dtype, device=x.device) for x in (q, k, v))
         du, dw, da, dap = (torch.zeros_like(x) for x in (u, w, a, ap))
-        n_m = cdiv(Sq, cfg["BLOCK_M"])
+        ckv = launch_config(D, Dv, block, q.dtype, "_bwd_kv", q.device)
+        cq = launch_config(D, Dv, block, q.dtype, "_bwd_q", q.device)
+        n_m = cdiv(Sq, cq["BLOCK_M"])
         dlam = torch.empty(B, H, n_m, dtype=lam.dtype, device=q.device)
         common = (H, Sq, Sk, R, D, Dv, int(has_mask))
-        _bwd_kv[(cdiv(Sk, cfg["BLOCK_N"]), B * H)](q, k, v, u, w, a, ap, lam, kp, do, lse, delta, dk, dv, dw, dap,
-                                                          *common, CAUSAL=causal, **cfg)
+        strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3])
+        _bwd_kv[(cdiv(Sk, ckv["BLOCK_N"]), B * H)](q, k, v, u, w, a, ap, lam, kp, do, lse, delta, dk, dv, dw, dap,
+                                                   *strides, *common, CAUSAL=causal, **ckv)
         _bwd_q[(n_m, B * H)](q, k, v, u, w, a, ap, lam, kp, do, lse, delta, dq, du, da, dlam,
-                             *common, CAUSAL=causal, **cfg)
+                             *strides, *common, CAUSAL=causal, **cq)
         return dq, dk, dv, du, dw, da, dap, dlam.sum((0, 2)), None, None, None
 
 def position_metric_triton(q: Tensor, k: Tensor, v: Tensor, A: Tensor, lam: Tensor, W: Tensor, b: Tensor, *, causal: bool = False,
                            key_padding_mask: Optional[Tensor] = None, scale: float = 1.0,
                            block: Optional[int] = None) -> Tensor:
     """Position-dependent metric attention by the fused Triton kernels (CUDA, or the interpreter on CPU):
-    same arguments and result as `position_metric_cpu`. Head dims above 128, and float64 on a GPU (Triton 3.6 fails to lower
-    float64 `tl.dot` there), fall back to `position_metric_cpu`, which runs on any device."""
+    same arguments and result as `position_metric_cpu`. Head dims above 128, and float64 on a GPU (Triton fails to lower
+    float64 `tl.dot` there), fall back to `position_metric_cpu`, which runs on any device. A NaN or ±∞ in `q`, `k` or
+    `v` gives NaN where the reference does (see `ops.flash`)."""
     if max(q.shape[3], v.shape[3]) > 128 or (q.dtype == torch.float64 and not triton_interpret()):
         return position_metric_cpu(q, k, v, A, lam, W, b, causal=causal, key_padding_mask=key_padding_mask, scale=scale)
     feats = _features(q, k, A, lam, W, b, float(scale))
-    return _PosMetricTriton.apply(q, k, v, *feats, bool(causal), key_padding_mask, block)
+    out = _PosMetricTriton.apply(q, k, v, *feats, bool(causal), key_padding_mask, block)
+    seen = _has_key(q.shape[0], q.shape[2], k.shape[2], causal, key_padding_mask, q.device)
+    return out + (_poison(v, 2) + _poison(q, -1, seen)).to(out.dtype)
 
 
 # %% ../../nbs/17_position_metric_triton.ipynb #affeea6e
 _ARGS = {  # argument name → "in" (input dtype), "acc" (accumulation dtype), "i8" or "i32"
-    "_fwd": dict(Q="in", K="in", V="in", U="acc", Wk="acc", Aq="acc", Ak="acc", LAM="acc", KPM="i8", O="in", LSE="acc",
-                 H="i32", Sq="i32", Sk="i32", R="i32", D="i32", DV="i32", HAS_MASK="i32"),
+    "_fwd": dict(Q="in", K="in", V="in", U="acc", Wk="acc", Aq="acc", Ak="acc", LAM="acc", KPM="i8", O="in", OA="acc", LSE="acc",
+                 sqb="i32", sqh="i32", sqs="i32", skb="i32", skh="i32", sks="i32", svb="i32", svh="i32", svs="i32",
+                 H="i32", Sq="i32", Sk="i32", R="i32", D="i32", DV="i32", HAS_MASK="i32", store_acc="i32"),
     "_bwd_kv": dict(Q="in", K="in", V="in", U="acc", Wk="acc", Aq="acc", Ak="acc", LAM="acc", KPM="i8", DO="in", LSE="acc",
                     DELTA="acc", DK="in", DV="in", DW="acc", DAK="acc",
-                    H="i32", Sq="i32", Sk="i32", R="i32", D="i32", DV_="i32", HAS_MASK="i32"),
+                    sqb="i32", sqh="i32", sqs="i32", skb="i32", skh="i32", sks="i32", svb="i32", svh="i32", svs="i32",
+                    sdb="i32", sdh="i32", sds="i32", H="i32", Sq="i32", Sk="i32", R="i32", D="i32", DV_="i32", HAS_MASK="i32"),
     "_bwd_q": dict(Q="in", K="in", V="in", U="acc", Wk="acc", Aq="acc", Ak="acc", LAM="acc", KPM="i8", DO="in", LSE="acc",
                    DELTA="acc", DQ="in", DU="acc", DAQ="acc", DLAM="acc",
-                   H="i32", Sq="i32", Sk="i32", R="i32", D="i32", DV_="i32", HAS_MASK="i32"),
+                   sqb="i32", sqh="i32", sqs="i32", skb="i32", skh="i32", sks="i32", svb="i32", svh="i32", svs="i32",
+                   sdb="i32", sdh="i32", sds="i32", H="i32", Sq="i32", Sk="i32", R="i32", D="i32", DV_="i32", HAS_MASK="i32"),
 }
 _KERNELS = {"_fwd": _fwd, "_bwd_kv": _bwd_kv, "_bwd_q": _bwd_q}
 
-def aot_configs() -> list:
-    "`(name, kernel, signature, constexprs)` for every kernel configuration the public path can launch on a GPU."
+def aot_configs(capabilities=(80, 90)) -> list:
+    """`(name, kernel, signature, constexprs, options)` for every kernel configuration the public path can launch on
+    a GPU, per architecture (`options`: `capability`, `num_warps`, `num_stages` from `PM_TABLE`)."""
     out = []
-    for dtype, tn in _DTYPES.items():
-        acc = "fp64" if dtype == torch.float64 else "fp32"
-        for DP in _HEAD_DIMS:
-            for causal in (False, True):
-                for kname, args in _ARGS.items():
-                    cx = dict(CAUSAL=causal, DP=DP, **_gpu_blocks(DP))
-                    sig = {n: {"in": "*" + tn, "acc": "*" + acc, "i8": "*i8", "i32": "i32"}[t] for n, t in args.items()}
-                    sig.update({n: "constexpr" for n in cx})
-                    name = f"position_metric{kname}_{tn}_d{DP}_{'causal' if causal else 'full'}"
-                    out.append((name, _KERNELS[kname], sig, cx))
+    for cap in capabilities:
+        for dtype, tn in _DTYPES.items():
+            for DP in _HEAD_DIMS:
+                for causal in (False, True):
+                    for kname, args in _ARGS.items():
+                        c = pm_config(kname, dtype, DP, cap)
+                        cx = dict(CAUSAL=causal, DP=DP, BLOCK_M=c["BLOCK_M"], BLOCK_N=c["BLOCK_N"])
+                        sig = {n: {"in": "*" + tn, "acc": "*fp32", "i8": "*i8", "i32": "i32"}[t] for n, t in args.items()}
+                        sig.update({n: "constexpr" for n in cx})
+                        name = f"position_metric{kname}_{tn}_d{DP}_{'causal' if causal else 'full'}_sm{cap}"
+                        out.append((name, _KERNELS[kname], sig, cx,
+                                    dict(capability=cap, num_warps=c["num_warps"], num_stages=c["num_stages"])))
     return out
+
