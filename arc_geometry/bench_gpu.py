@@ -10,7 +10,7 @@ import csv
 import math
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -52,7 +52,7 @@ def sdpa_flash(q, k, v, *params, scale=None):
     with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
 
-_FLEX = {}
+_FLEX: dict[str, Any] = {}
 
 def flex_poincare(q, k, v, c, scale=None):
     """Poincaré attention by FlexAttention (compiled, causal) with the same score as a `score_mod`: the dot product
@@ -117,7 +117,8 @@ def run(out: Path, seqlens=SEQLENS, head_dims=HEAD_DIMS, B: int = 4, H: int = 16
     out.mkdir(parents=True, exist_ok=True)
     impls = implementations()
     names = names or list(impls)
-    rows, t0 = [], time.time()
+    rows: list[dict[str, Any]] = []
+    t0 = time.time()
     path = out / "gpu.csv"
     fields = ["impl", "geometry", "D", "S", "mode", "ms", "tflops", "peak_mib", "vs_sdpa", "device"]
     with open(path, "w", newline="") as fh:

@@ -603,6 +603,7 @@ def flash_attention(ql: Optional[Tensor], kl: Optional[Tensor], kx: Optional[Ten
     features (with a key to see) or anywhere in a column of `v` gives NaN there, as the reference does."""
     o = FlashScoreAttention.apply(ql, kl, kx, qh, kh, v, c, coef, power, causal, key_padding_mask, blocks)
     q = ql if ql is not None else qh
+    assert q is not None, "flash_attention needs a linear or a hyperbolic part"
     seen = _has_key(q.shape[0], q.shape[2], v.shape[2], causal, key_padding_mask, v.device)
     rows = sum(_poison(x, -1, seen) for x in (ql, qh) if x is not None)
     return o + (_poison(v, 2) + rows).to(o.dtype)
