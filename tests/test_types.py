@@ -24,5 +24,5 @@ def test_package_passes_mypy():
 
 
 def test_public_foundation_passes_mypy_strict():
-    r = mypy("--strict", "--no-warn-return-any", *STRICT)
+    r = mypy("--strict", "--no-warn-return-any", "--follow-imports=silent", *STRICT)   # errors of these files only
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
