@@ -14,7 +14,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import torch
 import torch.distributed as dist
@@ -82,15 +82,15 @@ DEFAULT_CONFIG = {
 }
 "The built-in default job (`arc-geometry train --out DIR` with no CONFIG): addition mod 97 to 99 % validation accuracy."
 
-def apply_overrides(cfg: dict, sets: Optional[list[str]]) -> dict:
-    "Apply `section.key=value` overrides (values parsed as YAML) to a copy of `cfg`."
+def apply_overrides(cfg: dict, sets: Optional[list[str]], sections: Sequence[str] = SECTIONS) -> dict:
+    "Apply `section.key=value` overrides (values parsed as YAML) to a copy of `cfg`; `section` must be one of `sections`."
     cfg = copy.deepcopy(cfg)
     for s in sets or []:
         key, eq, val = s.partition("=")
         if not eq or "." not in key:
             raise ValueError(f"--set expects section.key=value (e.g. train.max_steps=5000), got {s!r}")
         sec, k = key.strip().split(".", 1)
-        if sec not in SECTIONS: raise ValueError(f"unknown section {sec!r} in --set {s!r}; sections: {', '.join(SECTIONS)}")
+        if sec not in sections: raise ValueError(f"unknown section {sec!r} in --set {s!r}; sections: {', '.join(sections)}")
         try: v = yaml.safe_load(val)
         except yaml.YAMLError: v = val
         if not isinstance(cfg.get(sec) or {}, dict): raise ValueError(f"section {sec} must be a mapping, got {cfg[sec]!r}")
@@ -313,7 +313,7 @@ def cmd_tune(a) -> int:
 
 # %% ../nbs/33_cli.ipynb #b0380d60
 BENCHMARKS = {"attention": "arc_geometry.bench", "model": "arc_geometry.bench_model"}
-EXTENSIONS = {"arc": ("arc_geometry.study", "arc_main"), "study": ("arc_geometry.study", "study_main"),
+EXTENSIONS = {"arc": ("arc_geometry.arc_solve", "arc_main"), "study": ("arc_geometry.study", "study_main"),
               "export": ("arc_geometry.export", "export_main")}
 
 def _call(command: str, module: str, fn: str, argv: list) -> int:
@@ -394,7 +394,7 @@ def parser() -> argparse.ArgumentParser:
     u.add_argument("--seed", type=int, default=None, help="seed of the sampler, for a reproducible sweep")
     u.add_argument("--set", **sets)
     sub.add_parser("bench", help="benchmarks: `bench attention …` or `bench model …` (see `bench attention -h`)", add_help=False)
-    sub.add_parser("arc", help="ARC-AGI evaluation (arc_geometry.study)", add_help=False)
+    sub.add_parser("arc", help="ARC-AGI evaluation (arc_geometry.arc_solve)", add_help=False)
     sub.add_parser("study", help="the algorithmic study (arc_geometry.study)", add_help=False)
     sub.add_parser("export", help="ONNX export of a run or model (arc_geometry.export)", add_help=False)
     return p

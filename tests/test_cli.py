@@ -218,12 +218,14 @@ def test_bench_default_output_is_a_fresh_directory(tmp_path, monkeypatch):
 
 def test_extension_subcommands_dispatch(monkeypatch, capsys):
     got = {}
+    fake_arc = types.ModuleType("arc_geometry.arc_solve")
+    fake_arc.arc_main = lambda argv: got.setdefault("arc", argv) and 0
     fake = types.ModuleType("arc_geometry.study")
-    fake.arc_main = lambda argv: got.setdefault("arc", argv) and 0
     fake.study_main = lambda argv: got.setdefault("study", argv) and 0
     fake_export = types.ModuleType("arc_geometry.export")
     fake_export.export_main = lambda argv: got.setdefault("export", argv) and 0
     monkeypatch.setitem(sys.modules, "arc_geometry.study", fake)
+    monkeypatch.setitem(sys.modules, "arc_geometry.arc_solve", fake_arc)
     monkeypatch.setitem(sys.modules, "arc_geometry.export", fake_export)
     assert main(["arc", "cfg.yaml", "--out", "d"]) == 0
     assert main(["study", "--out", "d2"]) == 0
