@@ -12,16 +12,19 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Optional
 
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
-
-SHARED_LIMIT = {80: 166912, 86: 101376, 87: 166912, 89: 101376, 90: 232448}   # bytes of shared memory per block (opt-in max)
+from .extras import require
 
 
 # %% auto #0
-__all__ = ['SHARED_LIMIT', 'HALF_KINDS', 'aot_configs', 'compile_one', 'compile_all', 'ptxas_path', 'ptx_stats', 'ptxas_stats',
-           'kernel_report', 'report_violations', 'report_table', 'main']
+__all__ = ['triton', 'GPUTarget', 'ASTSource', 'SHARED_LIMIT', 'HALF_KINDS', 'aot_configs', 'compile_one', 'compile_all',
+           'ptxas_path', 'ptx_stats', 'ptxas_stats', 'kernel_report', 'report_violations', 'report_table', 'main']
+
+# %% ../nbs/18_kernels.ipynb #98475bc0
+triton = require("triton", "kernels", "arc_geometry.kernels")                  # without Triton: which extra to install
+GPUTarget = require("triton.backends.compiler", "kernels", "arc_geometry.kernels").GPUTarget
+ASTSource = require("triton.compiler", "kernels", "arc_geometry.kernels").ASTSource
+
+SHARED_LIMIT = {80: 166912, 86: 101376, 87: 166912, 89: 101376, 90: 232448}   # bytes of shared memory per block (opt-in max)
 
 # %% ../nbs/18_kernels.ipynb #4872df57
 def aot_configs(capability: Optional[int] = None) -> list:
@@ -84,7 +87,7 @@ def _progress(items: list, on: bool, desc: str):
 # %% ../nbs/18_kernels.ipynb #b5752d2c
 def ptxas_path() -> Path:
     "The `ptxas` bundled in the triton wheel (the one Triton itself runs)."
-    return Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
+    return Path(str(triton.__file__)).parent / "backends" / "nvidia" / "bin" / "ptxas"
 
 _MMA = re.compile(r"^\s*(wgmma\.mma_async|mma\.sync)\S*?\.(m\d+n\d+k\d+)\S*?\.(f16|bf16|tf32|f64|e4m3|e5m2|s8|u8)\.")
 _F64 = re.compile(r"^\s*[a-z][\w.]*\.f64\b")

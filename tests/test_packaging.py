@@ -67,7 +67,7 @@ def test_fresh_install_runs_every_geometry_without_triton(fresh_env):
     assert res["triton"] is False                                           # not pulled in by `pip install .`
     assert res["geometries"] == {g: True for g in ("dot", "metric", "position_metric", "poincare", "hybrid")}
     assert 'pip install "arc_geometry[widgets]"' in res["errors"]["arc_geometry.widgets"]
-    assert "triton" in res["errors"]["arc_geometry.kernels"]
+    assert 'pip install "arc_geometry[kernels]"' in res["errors"]["arc_geometry.kernels"]
 
 
 def test_fresh_install_has_console_script_and_types(fresh_env):
