@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from .cli import apply_overrides, load_config
 from .core import ArgumentParser
+from .pretrained import atomic_write
 
 # %% auto #0
 __all__ = ['ResultsCSV', 'run_jobs', 'suite_config', 'check_run_dir', 'suite_parser']
@@ -133,8 +134,7 @@ def check_run_dir(out, cfg: dict, fixed: Sequence[str]) -> Path:
         if changed:
             raise ValueError(f"{out} holds results of another {'/'.join(changed)} configuration (see {f}); "
                              f"use a new --out or the same {'/'.join(changed)} section")
-    tmp = f.with_suffix(".tmp")
-    tmp.write_text(json.dumps(cfg, indent=2)); os.replace(tmp, f)
+    atomic_write(f, json.dumps(cfg, indent=2))
     return out
 
 def suite_parser(prog: str, description: str) -> ArgumentParser:
