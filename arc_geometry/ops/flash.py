@@ -434,7 +434,7 @@ def _bd(*dims: int) -> int:
 
 # %% ../../nbs/16_flash.ipynb #b3cc7c4b
 # (arch, geometry, inputs, kernel) -> {head dim BD: (BLOCK_M, BLOCK_N, num_warps, num_stages)}; inputs "half" (fp16,
-# bf16), "f32" or "f64". Chosen from the kernel report of `arc_geometry.kernels`: no spills at BD ≤ 64 in any dtype, every
+# bf16), "f32" or "f64". Chosen from the kernel report of `arc_geometry.kernels`: no spills at BD = 64 in any dtype, every
 # configuration within its architecture's shared memory.
 _T = lambda small, d128: {16: small, 32: small, 64: small, 128: d128}
 FLASH_TABLE = {

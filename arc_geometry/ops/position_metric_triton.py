@@ -249,7 +249,8 @@ _HEAD_DIMS = (16, 32, 64, 128)
 _HALF = (torch.float16, torch.bfloat16)
 
 # (arch, inputs "half" | "f32", kernel) -> {DP: (BLOCK_M, BLOCK_N, num_warps, num_stages)}, from the kernel report of
-# `arc_geometry.kernels`: no spills at DP ≤ 64 in half precision, shared memory within each architecture's limit.
+# `arc_geometry.kernels`: no spills at DP ≤ 64 in half precision and at DP = 64 in float32, shared memory within each
+# architecture's limit.
 _S = lambda small, d128: {16: small, 32: small, 64: small, 128: d128}
 PM_TABLE = {
     (90, "half", "_fwd"): _S((64, 32, 4, 3), (32, 32, 4, 2)),
@@ -262,6 +263,11 @@ PM_TABLE = {
 for key, row in list(PM_TABLE.items()):                  # sm_80: at most 2 stages
     PM_TABLE[(80,) + key[1:]] = {dp: (bm, bn, w, min(s, 2)) for dp, (bm, bn, w, s) in row.items()}
 PM_TABLE[(80, "half", "_bwd_kv")].update({dp: (32, 32, 8, 2) for dp in (16, 32, 64)})   # sm_80: no spill at 64
+# float32 at DP = 64: the IEEE dots run on the FMA units, whose operand layout holds whole rows of q, k (or dO, V)
+# per thread; 64 × 32 tiles on 4 warps spilled 700–1800 bytes, 32 × 32 tiles on 8 warps hold in 175–205 registers
+for arch in (90, 80):
+    for kern in ("_fwd", "_bwd_q"):
+        PM_TABLE[(arch, "f32", kern)][64] = (32, 32, 8, 3 if arch == 90 else 2)
 
 def pm_config(kernel: str, dtype: torch.dtype, DP: int, capability: int = 90) -> dict:
     "`BLOCK_M`, `BLOCK_N`, `num_warps`, `num_stages` of `kernel` (`_fwd`, `_bwd_kv`, `_bwd_q`) from `PM_TABLE`."
