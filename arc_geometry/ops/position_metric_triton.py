@@ -274,6 +274,8 @@ for arch in (90, 80):
     PM_TABLE[(arch, "f32", "_fwd")][128] = (16, 32, 8, 2)
     PM_TABLE[(arch, "f32", "_bwd_q")][128] = (16, 16, 8, 2)
     PM_TABLE[(arch, "f32", "_bwd_kv")][128] = (32, 16, 8, 1)
+PM_TABLE[(80, "f32", "_bwd_q")][32] = (32, 32, 8, 2)      # sm_80: the split loops spilled 16–52 bytes at 64 × 32
+PM_TABLE[(80, "half", "_fwd")][128] = (32, 32, 8, 2)      # sm_80: 4 bytes on 4 warps
 
 def pm_config(kernel: str, dtype: torch.dtype, DP: int, capability: int = 90) -> dict:
     "`BLOCK_M`, `BLOCK_N`, `num_warps`, `num_stages` of `kernel` (`_fwd`, `_bwd_kv`, `_bwd_q`) from `PM_TABLE`."
