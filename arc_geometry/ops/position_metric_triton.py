@@ -249,8 +249,8 @@ _HEAD_DIMS = (16, 32, 64, 128)
 _HALF = (torch.float16, torch.bfloat16)
 
 # (arch, inputs "half" | "f32", kernel) -> {DP: (BLOCK_M, BLOCK_N, num_warps, num_stages)}, from the kernel report of
-# `arc_geometry.kernels`: no spills at DP ≤ 64 in half precision and at DP = 64 in float32, shared memory within each
-# architecture's limit.
+# `arc_geometry.kernels`: no spill in any configuration (every dtype and DP, sm_80 and sm_90), shared memory within
+# each architecture's limit.
 _S = lambda small, d128: {16: small, 32: small, 64: small, 128: d128}
 PM_TABLE = {
     (90, "half", "_fwd"): _S((64, 32, 4, 3), (32, 32, 4, 2)),
