@@ -142,20 +142,20 @@ HALF_KINDS = {"fp16": {"mma.f16", "wgmma.f16"}, "bf16": {"mma.bf16", "wgmma.bf16
 
 def report_violations(rows: list[dict], spill_free_dims: tuple = (64,)) -> list[str]:
     """What a kernel report breaks, one line each: a configuration that failed to compile or needs more shared memory
-    than its architecture has; for fp16/bf16 configurations (named `…_fp16_…`/`…_bf16_…`), any float64 instruction
-    or a tensor-core instruction whose operands are not that half type, and spill bytes at the head dims in
-    `spill_free_dims` (named `…_d64…`)."""
+    than its architecture has; spill bytes at the head dims in `spill_free_dims` (named `…_d64…`), in every dtype;
+    for fp16/bf16 configurations (named `…_fp16_…`/`…_bf16_…`), any float64 instruction or a tensor-core instruction
+    whose operands are not that half type."""
     bad = []
     for r in rows:
         n = r["name"]
         if r.get("error"): bad.append(f"{n}: {r['error']}"); continue
         if not r["shared_ok"]: bad.append(f"{n}: {r['shared']} bytes of shared memory")
+        if any(re.search(fr"_d{d}(_|$)", n) for d in spill_free_dims) and (r["spill_stores"] or r["spill_loads"]):
+            bad.append(f"{n}: {r['spill_stores']} bytes of spill stores, {r['spill_loads']} of spill loads")
         half = next((h for h in HALF_KINDS if f"_{h}_" in n), None)
         if half is None: continue
         if r["f64_ops"]: bad.append(f"{n}: {r['f64_ops']} float64 instructions")
         if set(r["tensor_core"]) - HALF_KINDS[half]: bad.append(f"{n}: tensor-core kinds {r['tensor_core']}")
-        if any(re.search(fr"_d{d}(_|$)", n) for d in spill_free_dims) and (r["spill_stores"] or r["spill_loads"]):
-            bad.append(f"{n}: {r['spill_stores']} bytes of spill stores")
     return bad
 
 def report_table(rows: list[dict]):

@@ -284,10 +284,29 @@ def test_kernel_report_sample():
     assert "ok 5" in out
 
 
+def test_kernel_report_d64_float32_float64_no_spills():
+    """The float32 and float64 configurations at head dim 64 whose launch rows were changed to stop spilling (one per
+    kind of change: smaller query blocks, 8 warps, the position-metric rows), compiled for their architecture: no
+    spill bytes, shared memory within the limit — `report_violations` holds every dtype to zero spills at d64."""
+    out = _in_fresh_process(
+        "from arc_geometry.kernels import kernel_report, report_violations\n"
+        "pick = {'flash_fwd_metric_fp32_d64_sm80', 'flash_bwd_kv_hybrid_fp64_d64_sm90',\n"
+        "        'position_metric_bwd_q_fp32_d64_causal_sm90', 'position_metric_fwd_fp32_d64_full_sm80'}\n"
+        "rows = kernel_report(90, select=pick.__contains__) + kernel_report(80, select=pick.__contains__)\n"
+        "assert {r['name'] for r in rows} == pick, rows\n"
+        "assert report_violations(rows) == [], report_violations(rows)\n"
+        "assert all(r['spill_stores'] == 0 and r['spill_loads'] == 0 and r['registers'] <= 255 for r in rows), rows\n"
+        "bad = report_violations([dict(rows[0], spill_stores=4)])\n"      # the rule itself holds float32/float64 too
+        "assert len(bad) == 1 and 'spill' in bad[0], bad\n"
+        "print('ok', len(rows))")
+    assert "ok 4" in out
+
+
 @pytest.mark.skipif(os.environ.get("ARC_GEOMETRY_SLOW") != "1", reason="slow: the full AOT sweep (ARC_GEOMETRY_SLOW=1)")
 @pytest.mark.parametrize("capability", [80, 90])
 def test_full_sweep(capability):
-    "Every configuration for sm_80 and sm_90 compiles, fits in shared memory and holds the half-precision rules."
+    """Every configuration for sm_80 and sm_90 compiles, fits in shared memory, has no spill at head dim 64 (every dtype)
+    and holds the half-precision rules."""
     out = _in_fresh_process(
         "from arc_geometry.kernels import kernel_report, report_violations, aot_configs\n"
         f"rows = kernel_report({capability})\n"

@@ -434,7 +434,7 @@ def _bd(*dims: int) -> int:
 
 # %% ../../nbs/16_flash.ipynb #b3cc7c4b
 # (arch, geometry, inputs, kernel) -> {head dim BD: (BLOCK_M, BLOCK_N, num_warps, num_stages)}; inputs "half" (fp16,
-# bf16), "f32" or "f64". Chosen from the kernel report of `arc_geometry.kernels`: no spills at BD ≤ 64, every
+# bf16), "f32" or "f64". Chosen from the kernel report of `arc_geometry.kernels`: no spills at BD = 64 in any dtype, every
 # configuration within its architecture's shared memory.
 _T = lambda small, d128: {16: small, 32: small, 64: small, 128: d128}
 FLASH_TABLE = {
@@ -467,6 +467,13 @@ for key, row in list(FLASH_TABLE.items()):              # sm_80: at most 2 stage
 for (geom, kern), cfg in {("metric", "fwd"): (128, 64, 8, 2), ("metric", "bwd_kv"): (64, 32, 4, 2),
                           ("poincare", "bwd_kv"): (32, 32, 8, 1), ("hybrid", "fwd"): (64, 32, 4, 2)}.items():
     FLASH_TABLE[(80, geom, "half", kern)].update({bd: cfg for bd in (16, 32, 64)})
+# float32 and float64 inputs at BD = 64, where the report showed spills: smaller query blocks, or 8 warps (half of
+# each tile per thread); float32 runs its dots in FMA or tf32x3 and keeps float64 hyperbolic tiles, float64 all of them
+for key, cfg in {(80, "metric", "f32", "fwd"): (32, 32, 4, 2), (80, "metric", "f32", "bwd_q"): (32, 32, 4, 2),
+                 (90, "poincare", "f32", "bwd_kv"): (16, 32, 8, 1), (90, "hybrid", "f32", "bwd_kv"): (16, 32, 8, 1),
+                 (80, "hybrid", "f32", "bwd_kv"): (16, 16, 8, 1), (90, "hybrid", "f64", "fwd"): (16, 32, 4, 1),
+                 (90, "hybrid", "f64", "bwd_kv"): (16, 16, 8, 1), (80, "hybrid", "f64", "bwd_kv"): (16, 16, 8, 1)}.items():
+    FLASH_TABLE[key][64] = cfg
 
 def _arch(capability: int) -> int:
     "The table row of a compute capability: 90 for Hopper and newer, 80 for Ampere/Ada."

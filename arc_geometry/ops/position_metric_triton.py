@@ -14,7 +14,7 @@ import triton.language as tl
 from triton import cdiv, next_power_of_2
 
 from .common import triton_interpret
-from .flash import _has_key, _poison
+from .flash import _allowed, _has_key, _key_blocks, _key_ok, _poison, _query_blocks
 from .tlmath import head_base, load_rows
 from .position_metric import _features, position_metric_cpu
 
@@ -48,15 +48,38 @@ def _tile_f(q, k, lam, U, Wk, Aq, Ak, offs_m, offs_n, m_ok, n_ok, R, Sq, Sk):
     return f, d2
 
 @triton.jit
-def _tile_ok(offs_m, offs_n, n_ok, KPM, b, Sq, Sk, CAUSAL: tl.constexpr, HAS_MASK):
-    "Allowed (query, key) pairs of a tile: in bounds, causal (ends aligned), not padded."
-    ok = (offs_m[:, None] >= 0) & n_ok[None, :]
-    if CAUSAL:
-        ok = ok & (offs_n[None, :] <= offs_m[:, None] + (Sk - Sq))
-    if HAS_MASK:
-        kp = tl.load(KPM + b * Sk + offs_n, mask=n_ok, other=0)
-        ok = ok & (kp[None, :] != 0)
-    return ok
+def _scores(f, kp_ok, offs_m, offs_n, Sq, Sk, CAUSAL: tl.constexpr, HAS_MASK, MASKED: tl.constexpr):
+    """`s = −f` with `−∞` at the pairs that may not attend. `MASKED` (diagonal and sequence-end tiles): the full mask of
+    `ops.flash._allowed` — keys in range, not padded (`kp_ok`), causal; else only the padding, one row vector."""
+    s = -f
+    if MASKED:
+        s = tl.where(_allowed(offs_m, offs_n, Sq, Sk, kp_ok, CAUSAL), s, float("-inf"))
+    elif HAS_MASK:
+        s = tl.where(kp_ok[None, :], s, float("-inf"))
+    return s
+
+@triton.jit
+def _fwd_step(acc, m_i, l_i, n0, q, lam, K, V, U, Wk, Aq, Ak, KPM, b, h, offs_m, m_ok, skb, skh, sks, svb, svh, svs,
+              Sq, Sk, R, D, DV, HAS_MASK, store_acc, CAUSAL: tl.constexpr, DP: tl.constexpr, BLOCK_N: tl.constexpr,
+              MASKED: tl.constexpr):
+    "One key block of the online softmax; `MASKED`: build the causal/range mask (diagonal and last blocks only)."
+    dt = lam.dtype
+    offs_n = n0 + tl.arange(0, BLOCK_N)
+    n_ok = offs_n < Sk
+    k = load_rows(head_base(K, b, h, skb, skh), offs_n, Sk, sks, D, DP)
+    v = load_rows(head_base(V, b, h, svb, svh), offs_n, Sk, svs, DV, DP)
+    f, d2 = _tile_f(q, k, lam, U, Wk, Aq, Ak, offs_m, offs_n, m_ok, n_ok, R, Sq, Sk)
+    s = _scores(f, _key_ok(KPM, b, offs_n, Sk, HAS_MASK), offs_m, offs_n, Sq, Sk, CAUSAL, HAS_MASK, MASKED)
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    m_safe = tl.where(m_new == float("-inf"), 0, m_new)
+    alpha = tl.exp(m_i - m_safe)
+    p = tl.exp(s - m_safe[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    ph = p.to(v.dtype)
+    acc = acc * alpha[:, None] + tl.dot(ph, v, input_precision="ieee").to(dt)
+    if store_acc:                                   # training in half precision: P·V with P to ~2⁻²² (two words)
+        acc += tl.dot((p - ph.to(dt)).to(v.dtype), v, input_precision="ieee").to(dt)
+    return acc, m_new, l_i
 
 @triton.jit(do_not_specialize=_RUNTIME_INTS)
 def _fwd(Q, K, V, U, Wk, Aq, Ak, LAM, KPM, O, OA, LSE, sqb, sqh, sqs, skb, skh, sks, svb, svh, svs,
@@ -74,27 +97,13 @@ def _fwd(Q, K, V, U, Wk, Aq, Ak, LAM, KPM, O, OA, LSE, sqb, sqh, sqs, skb, skh, 
     m_i = tl.full((BLOCK_M,), float("-inf"), dt)
     l_i = tl.zeros((BLOCK_M,), dt)
     acc = tl.zeros((BLOCK_M, DP), dt)
-    hi = Sk
-    if CAUSAL:
-        hi = tl.minimum(Sk, (pid_m + 1) * BLOCK_M + Sk - Sq)
-    for n0 in range(0, hi, BLOCK_N):
-        offs_n = n0 + tl.arange(0, BLOCK_N)
-        n_ok = offs_n < Sk
-        k = load_rows(head_base(K, b, h, skb, skh), offs_n, Sk, sks, D, DP)
-        v = load_rows(head_base(V, b, h, svb, svh), offs_n, Sk, svs, DV, DP)
-        f, d2 = _tile_f(q, k, lam, U, Wk, Aq, Ak, offs_m, offs_n, m_ok, n_ok, R, Sq, Sk)
-        ok = _tile_ok(offs_m, offs_n, n_ok, KPM, b, Sq, Sk, CAUSAL, HAS_MASK)
-        s = tl.where(ok, -f, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0, m_new)
-        alpha = tl.exp(m_i - m_safe)
-        p = tl.exp(s - m_safe[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        ph = p.to(v.dtype)
-        acc = acc * alpha[:, None] + tl.dot(ph, v, input_precision="ieee").to(dt)
-        if store_acc:                                   # training in half precision: P·V with P to ~2⁻²² (two words)
-            acc += tl.dot((p - ph.to(dt)).to(v.dtype), v, input_precision="ieee").to(dt)
-        m_i = m_new
+    full, hi = _key_blocks(pid_m * BLOCK_M, BLOCK_M, BLOCK_N, Sq, Sk, CAUSAL)
+    for n0 in range(0, full, BLOCK_N):                  # every key seen by every query of the block: no mask
+        acc, m_i, l_i = _fwd_step(acc, m_i, l_i, n0, q, lam, K, V, U, Wk, Aq, Ak, KPM, b, h, offs_m, m_ok, skb, skh, sks,
+                                  svb, svh, svs, Sq, Sk, R, D, DV, HAS_MASK, store_acc, CAUSAL, DP, BLOCK_N, False)
+    for n0 in range(full, hi, BLOCK_N):                 # the diagonal and the sequence end: masked
+        acc, m_i, l_i = _fwd_step(acc, m_i, l_i, n0, q, lam, K, V, U, Wk, Aq, Ak, KPM, b, h, offs_m, m_ok, skb, skh, sks,
+                                  svb, svh, svs, Sq, Sk, R, D, DV, HAS_MASK, store_acc, CAUSAL, DP, BLOCK_N, True)
     m_safe = tl.where(m_i == float("-inf"), 0, m_i)
     out = acc / tl.where(l_i > 0, l_i, 1)[:, None]
     lse = tl.where(l_i > 0, m_safe + tl.log(tl.where(l_i > 0, l_i, 1)), float("inf"))
@@ -106,16 +115,47 @@ def _fwd(Q, K, V, U, Wk, Aq, Ak, LAM, KPM, O, OA, LSE, sqb, sqh, sqs, skb, skh, 
                  mask=m_ok[:, None] & (offs_d[None, :] < DV))
 
 @triton.jit
-def _tile_g(q, k, v, do, lse, delta, lam, U, Wk, Aq, Ak, KPM, b, offs_m, offs_n, m_ok, n_ok, R, Sq, Sk,
-            CAUSAL: tl.constexpr, HAS_MASK):
-    "Backward of one tile: `P (BLOCK_M, BLOCK_N)`, `g = −dS` and `‖q−k‖²`."
+def _tile_g(q, k, v, do, lse, delta, lam, U, Wk, Aq, Ak, kp_ok, offs_m, offs_n, m_ok, n_ok, R, Sq, Sk,
+            CAUSAL: tl.constexpr, HAS_MASK, MASKED: tl.constexpr):
+    "Backward of one tile: `P (BLOCK_M, BLOCK_N)`, `g = −dS` and `‖q−k‖²` (`MASKED` as in `_scores`)."
     dt = lam.dtype
     f, d2 = _tile_f(q, k, lam, U, Wk, Aq, Ak, offs_m, offs_n, m_ok, n_ok, R, Sq, Sk)
-    ok = _tile_ok(offs_m, offs_n, n_ok, KPM, b, Sq, Sk, CAUSAL, HAS_MASK)
-    p = tl.where(ok, tl.exp(-f - lse[:, None]), 0)
+    s = _scores(f, kp_ok, offs_m, offs_n, Sq, Sk, CAUSAL, HAS_MASK, MASKED)
+    p = tl.exp(s - lse[:, None])                        # 0 where s = −∞, and in rows without keys (lse = +∞)
     dp = tl.dot(do, tl.trans(v), input_precision="ieee").to(dt)
     g = -p * (dp - delta[:, None])
     return p, g, d2
+
+@triton.jit
+def _bwd_kv_step(dk, dv, m0, k, v, kp_ok, lam, Q, DO, LSE, DELTA, U, Wk, Aq, Ak, DW, DAK, b, h, bh, offs_n, n_ok,
+                 sqb, sqh, sqs, sdb, sdh, sds, Sq, Sk, R, D, DV_, HAS_MASK, CAUSAL: tl.constexpr, DP: tl.constexpr,
+                 BLOCK_M: tl.constexpr, MASKED: tl.constexpr):
+    "One query block of the dK/dV kernel: `dk`, `dv` in registers, `dw`, `da'` into this key block's rows."
+    dt = lam.dtype
+    offs_m = m0 + tl.arange(0, BLOCK_M)
+    m_ok = offs_m < Sq
+    q = load_rows(head_base(Q, b, h, sqb, sqh), offs_m, Sq, sqs, D, DP)
+    do = load_rows(head_base(DO, b, h, sdb, sdh), offs_m, Sq, sds, DV_, DP)
+    lse = tl.load(LSE + bh * Sq + offs_m, mask=m_ok, other=float("inf"))
+    delta = tl.load(DELTA + bh * Sq + offs_m, mask=m_ok, other=0)
+    p, g, d2 = _tile_g(q, k, v, do, lse, delta, lam, U, Wk, Aq, Ak, kp_ok, offs_m, offs_n, m_ok, n_ok,
+                       R, Sq, Sk, CAUSAL, HAS_MASK, MASKED)
+    dv += tl.dot(tl.trans(p).to(do.dtype), do, input_precision="ieee").to(dt)
+    dk += 2 * lam * (tl.sum(g, 0)[:, None] * k.to(dt) - tl.dot(tl.trans(g).to(q.dtype), q, input_precision="ieee").to(dt))
+    for r in range(R):
+        u = tl.load(U + r * Sq + offs_m, mask=m_ok, other=0)
+        a = tl.load(Aq + r * Sq + offs_m, mask=m_ok, other=0)
+        w = tl.load(Wk + r * Sk + offs_n, mask=n_ok, other=0)
+        ap = tl.load(Ak + r * Sk + offs_n, mask=n_ok, other=0)
+        t = _tanh(u[:, None] + w[None, :])
+        e = a[:, None] - ap[None, :]
+        ge = g * e
+        t2 = t * t
+        e2 = tl.sum(ge * t2, 0)
+        e1 = tl.sum(ge * e * t * (1 - t2), 0)
+        tl.store(DW + r * Sk + offs_n, tl.load(DW + r * Sk + offs_n, mask=n_ok, other=0) + 2 * e1, mask=n_ok)
+        tl.store(DAK + r * Sk + offs_n, tl.load(DAK + r * Sk + offs_n, mask=n_ok, other=0) - 2 * e2, mask=n_ok)
+    return dk, dv
 
 @triton.jit(do_not_specialize=_RUNTIME_INTS)
 def _bwd_kv(Q, K, V, U, Wk, Aq, Ak, LAM, KPM, DO, LSE, DELTA, DK, DV, DW, DAK, sqb, sqh, sqs, skb, skh, sks,
@@ -130,39 +170,49 @@ def _bwd_kv(Q, K, V, U, Wk, Aq, Ak, LAM, KPM, DO, LSE, DELTA, DK, DV, DW, DAK, s
     dt = lam.dtype
     k = load_rows(head_base(K, b, h, skb, skh), offs_n, Sk, sks, D, DP)
     v = load_rows(head_base(V, b, h, svb, svh), offs_n, Sk, svs, DV_, DP)
+    kp_ok = _key_ok(KPM, b, offs_n, Sk, HAS_MASK)
     U, Aq, Wk, Ak = U + bh * R * Sq, Aq + bh * R * Sq, Wk + bh * R * Sk, Ak + bh * R * Sk
     DW, DAK = DW + bh * R * Sk, DAK + bh * R * Sk
     dk = tl.zeros((BLOCK_N, DP), dt)
     dv = tl.zeros((BLOCK_N, DP), dt)
-    lo = 0
-    if CAUSAL:
-        lo = tl.maximum(0, pid_n * BLOCK_N - (Sk - Sq)) // BLOCK_M * BLOCK_M
-    for m0 in range(lo, Sq, BLOCK_M):
-        offs_m = m0 + tl.arange(0, BLOCK_M)
-        m_ok = offs_m < Sq
-        q = load_rows(head_base(Q, b, h, sqb, sqh), offs_m, Sq, sqs, D, DP)
-        do = load_rows(head_base(DO, b, h, sdb, sdh), offs_m, Sq, sds, DV_, DP)
-        lse = tl.load(LSE + bh * Sq + offs_m, mask=m_ok, other=float("inf"))
-        delta = tl.load(DELTA + bh * Sq + offs_m, mask=m_ok, other=0)
-        p, g, d2 = _tile_g(q, k, v, do, lse, delta, lam, U, Wk, Aq, Ak, KPM, b, offs_m, offs_n, m_ok, n_ok,
-                           R, Sq, Sk, CAUSAL, HAS_MASK)
-        dv += tl.dot(tl.trans(p).to(do.dtype), do, input_precision="ieee").to(dt)
-        dk += 2 * lam * (tl.sum(g, 0)[:, None] * k.to(dt) - tl.dot(tl.trans(g).to(q.dtype), q, input_precision="ieee").to(dt))
-        for r in range(R):
-            u = tl.load(U + r * Sq + offs_m, mask=m_ok, other=0)
-            a = tl.load(Aq + r * Sq + offs_m, mask=m_ok, other=0)
-            w = tl.load(Wk + r * Sk + offs_n, mask=n_ok, other=0)
-            ap = tl.load(Ak + r * Sk + offs_n, mask=n_ok, other=0)
-            t = _tanh(u[:, None] + w[None, :])
-            e = a[:, None] - ap[None, :]
-            ge = g * e
-            t2 = t * t
-            e2 = tl.sum(ge * t2, 0)
-            e1 = tl.sum(ge * e * t * (1 - t2), 0)
-            tl.store(DW + r * Sk + offs_n, tl.load(DW + r * Sk + offs_n, mask=n_ok, other=0) + 2 * e1, mask=n_ok)
-            tl.store(DAK + r * Sk + offs_n, tl.load(DAK + r * Sk + offs_n, mask=n_ok, other=0) - 2 * e2, mask=n_ok)
+    lo, full = _query_blocks(pid_n * BLOCK_N, BLOCK_M, BLOCK_N, Sq, Sk, CAUSAL)
+    for m0 in range(lo, tl.minimum(full, Sq), BLOCK_M):     # the diagonal: queries that see some of these keys
+        dk, dv = _bwd_kv_step(dk, dv, m0, k, v, kp_ok, lam, Q, DO, LSE, DELTA, U, Wk, Aq, Ak, DW, DAK, b, h, bh, offs_n,
+                              n_ok, sqb, sqh, sqs, sdb, sdh, sds, Sq, Sk, R, D, DV_, HAS_MASK, CAUSAL, DP, BLOCK_M, True)
+    for m0 in range(full, Sq, BLOCK_M):                     # queries that see all of them: no causal mask
+        dk, dv = _bwd_kv_step(dk, dv, m0, k, v, kp_ok, lam, Q, DO, LSE, DELTA, U, Wk, Aq, Ak, DW, DAK, b, h, bh, offs_n,
+                              n_ok, sqb, sqh, sqs, sdb, sdh, sds, Sq, Sk, R, D, DV_, HAS_MASK, CAUSAL, DP, BLOCK_M, False)
     tl.store(DK + bh * Sk * D + offs_n[:, None] * D + offs_d[None, :], dk.to(DK.dtype.element_ty), mask=n_ok[:, None] & (offs_d[None, :] < D))
     tl.store(DV + bh * Sk * DV_ + offs_n[:, None] * DV_ + offs_d[None, :], dv.to(DV.dtype.element_ty), mask=n_ok[:, None] & (offs_d[None, :] < DV_))
+
+@triton.jit
+def _bwd_q_step(dq, dl, n0, q, do, lse, delta, lam, K, V, U, Wk, Aq, Ak, KPM, DU, DAQ, b, h, offs_m, m_ok,
+                skb, skh, sks, svb, svh, svs, Sq, Sk, R, D, DV_, HAS_MASK, CAUSAL: tl.constexpr, DP: tl.constexpr,
+                BLOCK_N: tl.constexpr, MASKED: tl.constexpr):
+    "One key block of the dQ kernel: `dq` and the `dλ` terms in registers, `du`, `da` into this query block's rows."
+    dt = lam.dtype
+    offs_n = n0 + tl.arange(0, BLOCK_N)
+    n_ok = offs_n < Sk
+    k = load_rows(head_base(K, b, h, skb, skh), offs_n, Sk, sks, D, DP)
+    v = load_rows(head_base(V, b, h, svb, svh), offs_n, Sk, svs, DV_, DP)
+    p, g, d2 = _tile_g(q, k, v, do, lse, delta, lam, U, Wk, Aq, Ak, _key_ok(KPM, b, offs_n, Sk, HAS_MASK), offs_m,
+                       offs_n, m_ok, n_ok, R, Sq, Sk, CAUSAL, HAS_MASK, MASKED)
+    dl += tl.sum(g * d2, 1)
+    dq += 2 * lam * (tl.sum(g, 1)[:, None] * q.to(dt) - tl.dot(g.to(k.dtype), k, input_precision="ieee").to(dt))
+    for r in range(R):
+        u = tl.load(U + r * Sq + offs_m, mask=m_ok, other=0)
+        a = tl.load(Aq + r * Sq + offs_m, mask=m_ok, other=0)
+        w = tl.load(Wk + r * Sk + offs_n, mask=n_ok, other=0)
+        ap = tl.load(Ak + r * Sk + offs_n, mask=n_ok, other=0)
+        t = _tanh(u[:, None] + w[None, :])
+        e = a[:, None] - ap[None, :]
+        ge = g * e
+        t2 = t * t
+        e2 = tl.sum(ge * t2, 1)
+        e1 = tl.sum(ge * e * t * (1 - t2), 1)
+        tl.store(DU + r * Sq + offs_m, tl.load(DU + r * Sq + offs_m, mask=m_ok, other=0) + 2 * e1, mask=m_ok)
+        tl.store(DAQ + r * Sq + offs_m, tl.load(DAQ + r * Sq + offs_m, mask=m_ok, other=0) + 2 * e2, mask=m_ok)
+    return dq, dl
 
 @triton.jit(do_not_specialize=_RUNTIME_INTS)
 def _bwd_q(Q, K, V, U, Wk, Aq, Ak, LAM, KPM, DO, LSE, DELTA, DQ, DU, DAQ, DLAM, sqb, sqh, sqs, skb, skh, sks,
@@ -183,31 +233,13 @@ def _bwd_q(Q, K, V, U, Wk, Aq, Ak, LAM, KPM, DO, LSE, DELTA, DQ, DU, DAQ, DLAM, 
     DU, DAQ = DU + bh * R * Sq, DAQ + bh * R * Sq
     dq = tl.zeros((BLOCK_M, DP), dt)
     dl = tl.zeros((BLOCK_M,), dt)
-    hi = Sk
-    if CAUSAL:
-        hi = tl.minimum(Sk, (pid_m + 1) * BLOCK_M + Sk - Sq)
-    for n0 in range(0, hi, BLOCK_N):
-        offs_n = n0 + tl.arange(0, BLOCK_N)
-        n_ok = offs_n < Sk
-        k = load_rows(head_base(K, b, h, skb, skh), offs_n, Sk, sks, D, DP)
-        v = load_rows(head_base(V, b, h, svb, svh), offs_n, Sk, svs, DV_, DP)
-        p, g, d2 = _tile_g(q, k, v, do, lse, delta, lam, U, Wk, Aq, Ak, KPM, b, offs_m, offs_n, m_ok, n_ok,
-                           R, Sq, Sk, CAUSAL, HAS_MASK)
-        dl += tl.sum(g * d2, 1)
-        dq += 2 * lam * (tl.sum(g, 1)[:, None] * q.to(dt) - tl.dot(g.to(k.dtype), k, input_precision="ieee").to(dt))
-        for r in range(R):
-            u = tl.load(U + r * Sq + offs_m, mask=m_ok, other=0)
-            a = tl.load(Aq + r * Sq + offs_m, mask=m_ok, other=0)
-            w = tl.load(Wk + r * Sk + offs_n, mask=n_ok, other=0)
-            ap = tl.load(Ak + r * Sk + offs_n, mask=n_ok, other=0)
-            t = _tanh(u[:, None] + w[None, :])
-            e = a[:, None] - ap[None, :]
-            ge = g * e
-            t2 = t * t
-            e2 = tl.sum(ge * t2, 1)
-            e1 = tl.sum(ge * e * t * (1 - t2), 1)
-            tl.store(DU + r * Sq + offs_m, tl.load(DU + r * Sq + offs_m, mask=m_ok, other=0) + 2 * e1, mask=m_ok)
-            tl.store(DAQ + r * Sq + offs_m, tl.load(DAQ + r * Sq + offs_m, mask=m_ok, other=0) + 2 * e2, mask=m_ok)
+    full, hi = _key_blocks(pid_m * BLOCK_M, BLOCK_M, BLOCK_N, Sq, Sk, CAUSAL)
+    for n0 in range(0, full, BLOCK_N):                  # no mask
+        dq, dl = _bwd_q_step(dq, dl, n0, q, do, lse, delta, lam, K, V, U, Wk, Aq, Ak, KPM, DU, DAQ, b, h, offs_m, m_ok,
+                             skb, skh, sks, svb, svh, svs, Sq, Sk, R, D, DV_, HAS_MASK, CAUSAL, DP, BLOCK_N, False)
+    for n0 in range(full, hi, BLOCK_N):                 # the diagonal and the sequence end: masked
+        dq, dl = _bwd_q_step(dq, dl, n0, q, do, lse, delta, lam, K, V, U, Wk, Aq, Ak, KPM, DU, DAQ, b, h, offs_m, m_ok,
+                             skb, skh, sks, svb, svh, svs, Sq, Sk, R, D, DV_, HAS_MASK, CAUSAL, DP, BLOCK_N, True)
     tl.store(DQ + bh * Sq * D + offs_m[:, None] * D + offs_d[None, :], dq.to(DQ.dtype.element_ty), mask=m_ok[:, None] & (offs_d[None, :] < D))
     tl.store(DLAM + bh * tl.num_programs(0) + pid_m, tl.sum(dl, 0))
 
@@ -217,7 +249,8 @@ _HEAD_DIMS = (16, 32, 64, 128)
 _HALF = (torch.float16, torch.bfloat16)
 
 # (arch, inputs "half" | "f32", kernel) -> {DP: (BLOCK_M, BLOCK_N, num_warps, num_stages)}, from the kernel report of
-# `arc_geometry.kernels`: no spills at DP ≤ 64 in half precision, shared memory within each architecture's limit.
+# `arc_geometry.kernels`: no spill in any configuration (every dtype and DP, sm_80 and sm_90), shared memory within
+# each architecture's limit.
 _S = lambda small, d128: {16: small, 32: small, 64: small, 128: d128}
 PM_TABLE = {
     (90, "half", "_fwd"): _S((64, 32, 4, 3), (32, 32, 4, 2)),
@@ -230,6 +263,19 @@ PM_TABLE = {
 for key, row in list(PM_TABLE.items()):                  # sm_80: at most 2 stages
     PM_TABLE[(80,) + key[1:]] = {dp: (bm, bn, w, min(s, 2)) for dp, (bm, bn, w, s) in row.items()}
 PM_TABLE[(80, "half", "_bwd_kv")].update({dp: (32, 32, 8, 2) for dp in (16, 32, 64)})   # sm_80: no spill at 64
+# float32 at DP = 64: the IEEE dots run on the FMA units, whose operand layout holds whole rows of q, k (or dO, V)
+# per thread; 64 × 32 tiles on 4 warps spilled 700–1800 bytes, 32 × 32 tiles on 8 warps hold in 175–205 registers
+for arch in (90, 80):
+    for kern in ("_fwd", "_bwd_q"):
+        PM_TABLE[(arch, "f32", kern)][64] = (32, 32, 8, 3 if arch == 90 else 2)
+PM_TABLE[(80, "half", "_bwd_kv")][64] = (16, 32, 8, 2)   # sm_80, causal: 32 × 32 spilled 28 bytes (two loop bodies)
+# float32 at DP = 128: 16-row tiles on 8 warps (32 × 32 on 4 warps spilled 1–4 KiB; these do not spill)
+for arch in (90, 80):
+    PM_TABLE[(arch, "f32", "_fwd")][128] = (16, 32, 8, 2)
+    PM_TABLE[(arch, "f32", "_bwd_q")][128] = (16, 16, 8, 2)
+    PM_TABLE[(arch, "f32", "_bwd_kv")][128] = (32, 16, 8, 1)
+PM_TABLE[(80, "f32", "_bwd_q")][32] = (32, 32, 8, 2)      # sm_80: the split loops spilled 16–52 bytes at 64 × 32
+PM_TABLE[(80, "half", "_fwd")][128] = (32, 32, 8, 2)      # sm_80: 4 bytes on 4 warps
 
 def pm_config(kernel: str, dtype: torch.dtype, DP: int, capability: int = 90) -> dict:
     "`BLOCK_M`, `BLOCK_N`, `num_warps`, `num_stages` of `kernel` (`_fwd`, `_bwd_kv`, `_bwd_q`) from `PM_TABLE`."
