@@ -24,6 +24,7 @@ from .arc import (END, NL, PAD, VOCAB_SIZE, ArcTask, Transform, decode_grid, enc
 from .core import config_from_dict
 from .geometries import GEOMETRIES
 from .models import GeoConfig, GeoLM
+from .pretrained import atomic_write
 from .runs import ResultsCSV, check_run_dir, run_jobs, suite_config, suite_parser
 from .train import TrainConfig, lr_factor, param_groups, resolve_device
 
@@ -279,11 +280,6 @@ def _check_arc(a: dict) -> dict:
         if not isinstance(a[k], bool): raise ValueError(f"arc.{k} must be true or false, got {a[k]!r}")
     return a
 
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(text); os.replace(tmp, path)
-
 @functools.lru_cache(maxsize=4)
 def _tasks(version: str, split: str) -> dict:
     return {t.id: t for t in load_tasks(version, split)}
@@ -296,7 +292,7 @@ def solve_job(job: dict) -> dict:
     state = None
     if job.get("pretrained"): state = torch.load(job["pretrained"], map_location="cpu", weights_only=True)
     row, answers = solve_task(task, job["geometry"], job["seed"], cfg["model"], cfg["train"], cfg["arc"], state)
-    _atomic_write(out / "answers" / f"{task.id}__{job['geometry']}__{job['seed']}.json", json.dumps(answers))
+    atomic_write(out / "answers" / f"{task.id}__{job['geometry']}__{job['seed']}.json", json.dumps(answers))
     return {**{k: job[k] for k in KEY}, **row}
 
 def arc_main(argv: Optional[Sequence[str]] = None) -> int:
