@@ -6,9 +6,9 @@
 from __future__ import annotations
 
 import csv
+import io
 import itertools
 import math
-import os
 import statistics
 import time
 from dataclasses import dataclass
@@ -23,6 +23,7 @@ from .blocks import Ball, Product
 from .calibration import TemperatureScaler, brier, ece, radius_confidence
 from .geometries import GEOMETRIES
 from .models import GeoConfig, GeoLM
+from .pretrained import atomic_write
 from .runs import ResultsCSV, check_run_dir, run_jobs, suite_config, suite_parser
 from .tasks import ModularArithmetic, answer_loss, is_prime, split_batch
 from .train import Callback, NonFiniteLossError, TrainConfig, Trainer
@@ -149,11 +150,9 @@ def trial_name(job: dict) -> str:
     return f"{TASKS[job['task']]}-f{job['train_fraction']}-{job['geometry']}-s{job['seed']}"
 
 def _atomic_csv(path: Path, rows: list[dict], cols: Sequence[str]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, cols, lineterminator="\n"); w.writeheader(); w.writerows(rows)
-        f.flush(); os.fsync(f.fileno())
-    os.replace(tmp, path)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, cols, lineterminator="\n"); w.writeheader(); w.writerows(rows)
+    atomic_write(path, buf.getvalue())
 
 def _r(x: Optional[float], nd: int = 6):
     return "" if x is None else round(float(x), nd)

@@ -22,6 +22,7 @@ SMALL = {
     "90_bench_attention.ipynb": {"QUICK": True},
     "91_bench_model.ipynb": {"QUICK": True},
     "61_explore.ipynb": {"STEPS": 20},
+    "43_study.ipynb": {"STEPS": 10},
 }
 
 _cfg = configparser.ConfigParser()
