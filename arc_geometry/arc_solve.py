@@ -324,7 +324,7 @@ def arc_main(argv: Optional[Sequence[str]] = None) -> int:
                 pre[(g, s)] = str(f)
     jobs = [{"version": arc["version"], "split": arc["split"], "task": t.id, "geometry": g, "seed": s,
              "cfg": cfg, "out": str(out), "pretrained": pre.get((g, s))}
-            for g in arc["geometries"] for s in arc["seeds"] for t in tasks]
+            for t in tasks for s in arc["seeds"] for g in arc["geometries"]]   # task-major: a stopped run compares every geometry
     n = run_jobs(jobs, solve_job, table, a.workers, desc="arc")
     rows = [r for r in table.rows() if (r["version"], r["split"]) == (arc["version"], arc["split"])]
     for g in arc["geometries"]:
