@@ -67,7 +67,8 @@ def decode_grid(tokens) -> Optional[np.ndarray]:
     "Tokens → grid `(H, W)`, or `None` if they are not a well-formed grid (empty, ragged rows, a missing final `NL`, a non-colour token)."
     toks = [int(t) for t in tokens]
     if not toks or toks[-1] != NL: return None
-    rows, cur = [], []
+    rows: list[list[int]] = []
+    cur: list[int] = []
     for t in toks:
         if t == NL:
             if not cur: return None

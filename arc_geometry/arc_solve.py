@@ -13,7 +13,7 @@ import random
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -139,7 +139,7 @@ def predict(model, task: ArcTask, test_index: int, views: int, rng: random.Rando
     With `leave_one_out` each view shows `n − 1` of the `n` demonstrations (another one left out in each view).
     `answer_fn(prompt, max_new, transform) -> (tokens, logprob, ended)` replaces greedy decoding (for tests)."""
     if views < 1: raise ValueError(f"views must be >= 1, got {views}")
-    cands = []
+    cands: list[tuple[Optional[np.ndarray], float]] = []
     for v in range(views):
         tf = Transform() if v == 0 else Transform.random(rng, dihedral, colors)
         order = list(range(len(task.train)))
@@ -196,7 +196,7 @@ def solve_task(task: ArcTask, geometry: str, seed: int, model: dict, train: dict
     row = {"status": "ok", "n_demos": len(task.train), "n_tests": len(task.test), "task_len": n_len,
            "out_h": "" if y0 is None else y0.shape[0], "out_w": "" if y0 is None else y0.shape[1],
            "views": arc["views"], "pretrain_steps": arc["pretrain_steps"]}
-    answers = {"task": task.id, "geometry": geometry, "seed": seed, "tests": []}
+    answers: dict[str, Any] = {"task": task.id, "geometry": geometry, "seed": seed, "tests": []}
     if n_len > L:
         row.update(status="too_long", pass2=0.0, pass1=0.0, vote_share=0.0, top_logprob="", steps=0, final_loss="",
                    seconds=round(time.time() - t0, 2), cpu_seconds=round(time.process_time() - c0, 2))
