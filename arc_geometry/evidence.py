@@ -111,8 +111,9 @@ def study_table(rows: Sequence[dict]) -> list[dict]:
                     "ECE": s["val_ece_holdout"], "ECE after T": s["val_ece_ts"]})
     return out
 
-def study_verdicts(rows: Sequence[dict], baseline: str = "dot") -> list[dict]:
-    "Per task, fraction and geometry ≠ `baseline`: faster / slower by separation of the seeds' steps to target, or no difference."
+def study_verdicts(rows: Sequence[dict], baseline: str = "dot", min_seeds: int = 3) -> list[dict]:
+    """Per task, fraction and geometry ≠ `baseline`: faster / slower by separation of the seeds' steps to target, or no
+    difference; `too few seeds` while either side has fewer than `min_seeds` trials."""
     cells: dict = {}
     for r in rows:
         cells.setdefault((r["task"], str(r["train_fraction"])), {}).setdefault(r["geometry"], []).append(r)
@@ -124,7 +125,8 @@ def study_verdicts(rows: Sequence[dict], baseline: str = "dot") -> list[dict]:
         for g in ORDER:
             if g == baseline or g not in by: continue
             s = steps(by[g])
-            if len(s) / len(by[g]) > len(b) / len(by[baseline]): verdict = "faster (reaches the target more often)"
+            if min(len(by[g]), len(by[baseline])) < min_seeds: verdict = f"too few seeds (< {min_seeds})"
+            elif len(s) / len(by[g]) > len(b) / len(by[baseline]): verdict = "faster (reaches the target more often)"
             elif len(s) / len(by[g]) < len(b) / len(by[baseline]): verdict = "slower (reaches the target less often)"
             elif s and b and max(s) < min(b): verdict = "faster"
             elif s and b and min(s) > max(b): verdict = "slower"
