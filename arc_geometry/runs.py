@@ -12,6 +12,8 @@ import io
 import json
 import multiprocessing as mp
 import os
+import signal
+import threading
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -65,15 +67,14 @@ class ResultsCSV:
         with open(self.path, "a+", newline="") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
             f.seek(0)
-            old = list(csv.DictReader(f))
-            f.seek(0)
-            header = next(csv.reader(f), None)
+            reader = csv.DictReader(f)
+            header = reader.fieldnames
             if header is None: cols = list(row)
             else:
-                cols = header
+                cols = list(header)
                 if set(cols) != set(row):
                     raise ValueError(f"row columns {sorted(row)} differ from the header of {self.path}: {sorted(cols)}")
-                if any(self.key_of(r) == key for r in old): return False
+                if any(self.key_of(r) == key for r in reader): return False
             buf = io.StringIO()
             w = csv.DictWriter(buf, cols, lineterminator="\n")
             if header is None: w.writeheader()
@@ -84,6 +85,9 @@ class ResultsCSV:
 
 # %% ../nbs/36_runs.ipynb #6ae10492
 def _one_thread() -> None: torch.set_num_threads(1)
+
+def _terminated(signum, frame):
+    raise SystemExit(128 + signum)             # unwinds run_jobs, which stops its workers; finished rows are kept
 
 def run_jobs(jobs: Sequence[dict], fn: Callable[[dict], dict], table: ResultsCSV, workers: int = 1,
              desc: str = "trials") -> int:
@@ -99,15 +103,25 @@ def run_jobs(jobs: Sequence[dict], fn: Callable[[dict], dict], table: ResultsCSV
         if table.key_of(row) != table.key_of(job):
             raise ValueError(f"the row of job {table.key_of(job)} has key {table.key_of(row)}")
         table.append(row); bar.update()
+    main = threading.current_thread() is threading.main_thread()
+    old = signal.signal(signal.SIGTERM, _terminated) if main else None
     try:
         if workers == 1 or len(todo) <= 1:
             for j in todo: record(j, fn(j))
         else:
-            with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_one_thread) as ex:
+            ex = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_one_thread)
+            try:
                 futures = {ex.submit(fn, j): j for j in todo}
                 for f in as_completed(futures): record(futures[f], f.result())
+            except BaseException:                  # error, Ctrl-C or SIGTERM: running trials are abandoned, not left behind
+                for p in list((getattr(ex, "_processes", None) or {}).values()):   # no public call before 3.14
+                    p.terminate()
+                raise
+            finally:
+                ex.shutdown(wait=True, cancel_futures=True)
     finally:
         bar.close()
+        if main: signal.signal(signal.SIGTERM, old)
     return len(todo)
 
 # %% ../nbs/36_runs.ipynb #dece78e0

@@ -89,3 +89,42 @@ def test_study_bad_config(tmp_path):
         err = io.StringIO()
         with contextlib.redirect_stderr(err): code = main(["study", str(bad), "--out", str(tmp_path / "o")])
         one_line_error(subprocess.CompletedProcess([], code, "", err.getvalue()), named)
+
+
+def _children(pid):
+    "Process ids of `pid`'s children (Linux /proc)."
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f: return [int(x) for x in f.read().split()]
+    except FileNotFoundError:
+        return []
+
+
+def _alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f: return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_sigterm_stops_the_worker_processes(tmp_path):
+    "SIGTERM to `study --workers 2` ends it with status 143 and leaves no worker running; finished rows stay."
+    cfg = tmp_path / "long.yaml"
+    cfg.write_text(TINY.replace("max_steps: 10", "max_steps: 100000"))
+    p = subprocess.Popen(cmd(cfg, "--out", tmp_path / "run", "--workers", "2"), stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, env=subprocess_env(), cwd=ROOT)
+    try:
+        t0 = time.monotonic()
+        while len(_children(p.pid)) < 3:                       # the resource tracker and two workers
+            assert p.poll() is None, "the run ended before its workers started"
+            assert time.monotonic() - t0 < 60, "no workers within 60 s"
+            time.sleep(0.05)
+        time.sleep(1.0)                                         # workers are importing or training
+        kids = _children(p.pid)
+        p.send_signal(signal.SIGTERM)
+        p.wait(timeout=60)
+    finally:
+        if p.poll() is None: p.kill()
+    assert p.returncode == 143
+    t0 = time.monotonic()
+    while any(_alive(k) for k in kids) and time.monotonic() - t0 < 20: time.sleep(0.1)
+    assert not any(_alive(k) for k in kids), [k for k in kids if _alive(k)]
