@@ -85,7 +85,8 @@ def calibration_bins(probs, labels, n_bins: int = 15, strategy: str = "uniform")
         idx = (torch.bucketize(conf, edges, right=True) - 1).clamp(0, n_bins - 1)        # [lo, hi), 1 in the last
     else:
         edges = torch.quantile(conf, torch.linspace(0, 1, n_bins + 1, dtype=torch.float64))
-        idx = torch.searchsorted(edges[1:-1].contiguous(), conf, right=False)             # (lo, hi], first closed
+        below = conf.sort().values[torch.arange(1, n_bins) * (len(conf) - 1) // n_bins]  # s_⌊k(N-1)/B⌋, exact
+        idx = torch.searchsorted(below, conf, right=False)                             # (lo, hi], first closed
     count = torch.bincount(idx, minlength=n_bins).double()
     safe = count.clamp_min(1)
     return dict(edges=edges, count=count,
