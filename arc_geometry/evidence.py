@@ -112,27 +112,26 @@ def study_table(rows: Sequence[dict]) -> list[dict]:
     return out
 
 def study_verdicts(rows: Sequence[dict], baseline: str = "dot", min_seeds: int = 3) -> list[dict]:
-    """Per task, fraction and geometry ≠ `baseline`: faster / slower by separation of the seeds' steps to target, or no
-    difference; `too few seeds` while either side has fewer than `min_seeds` trials."""
+    """Per task, fraction and geometry ≠ `baseline`: faster / slower by separation of the seeds' steps to target (a seed
+    that did not reach it counts as infinitely many steps), or no difference; `too few seeds` while either side has
+    fewer than `min_seeds` trials."""
     cells: dict = {}
     for r in rows:
         cells.setdefault((r["task"], str(r["train_fraction"])), {}).setdefault(r["geometry"], []).append(r)
     out = []
     for (t, f), by in sorted(cells.items()):
         if baseline not in by: continue
-        def steps(rs): return [float(r["steps_to_target"]) for r in rs if str(r["steps_to_target"]) != ""]
+        def steps(rs): return [float(r["steps_to_target"]) if str(r["steps_to_target"]) != "" else math.inf for r in rs]
         b = steps(by[baseline])
         for g in ORDER:
             if g == baseline or g not in by: continue
             s = steps(by[g])
-            if min(len(by[g]), len(by[baseline])) < min_seeds: verdict = f"too few seeds (< {min_seeds})"
-            elif len(s) / len(by[g]) > len(b) / len(by[baseline]): verdict = "faster (reaches the target more often)"
-            elif len(s) / len(by[g]) < len(b) / len(by[baseline]): verdict = "slower (reaches the target less often)"
-            elif s and b and max(s) < min(b): verdict = "faster"
-            elif s and b and min(s) > max(b): verdict = "slower"
+            if min(len(s), len(b)) < min_seeds: verdict = f"too few seeds (< {min_seeds})"
+            elif max(s) < min(b): verdict = "faster"
+            elif min(s) > max(b): verdict = "slower"
             else: verdict = "no difference"
-            out.append({"task": t, "train_fraction": f, "geometry": g, "seeds": len(by[g]), "reached": len(s),
-                        "dot reached": len(b), "verdict": verdict})
+            out.append({"task": t, "train_fraction": f, "geometry": g, "seeds": len(s), "reached": sum(map(math.isfinite, s)),
+                        "dot reached": sum(map(math.isfinite, b)), "verdict": verdict})
     return out
 
 # %% ../nbs/44_evidence.ipynb #4fb697fb
