@@ -314,7 +314,7 @@ def cmd_tune(a) -> int:
 # %% ../nbs/33_cli.ipynb #b0380d60
 BENCHMARKS = {"attention": "arc_geometry.bench", "model": "arc_geometry.bench_model"}
 EXTENSIONS = {"arc": ("arc_geometry.arc_solve", "arc_main"), "study": ("arc_geometry.study", "study_main"),
-              "export": ("arc_geometry.export", "export_main")}
+              "export": ("arc_geometry.export", "export_main"), "prune": ("arc_geometry.prune", "prune_main")}
 
 def _call(command: str, module: str, fn: str, argv: list) -> int:
     "Import `module` when asked for and call `module.fn(argv)`; a missing module or package is a one-line error."
@@ -347,6 +347,7 @@ HELP = """Train, evaluate, tune and benchmark arc_geometry models.
   arc-geometry tune CONFIG --trials N --out DIR    Optuna sweep over CONFIG's tune.space
   arc-geometry bench attention|model [--out DIR]   the attention and model benchmarks
   arc-geometry arc | study | export ...            ARC-AGI evaluation, the algorithmic study, ONNX export
+  arc-geometry prune RUN --ratio 0.3 --out DIR     a smaller model: heads and MLP units removed, fine-tuned
 
 A CONFIG has sections model (GeoConfig fields), data (task, p, op, train_frac, split_seed) and
 train (max_steps, batch_size, lr, weight_decay, warmup_steps, eval_every, checkpoint_every_s, seed, ...).
@@ -365,7 +366,7 @@ def _positive_int(s: str) -> int:
 def parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="arc-geometry", description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"arc-geometry {__version__}")
-    sub = p.add_subparsers(dest="command", required=True, metavar="{train,eval,tune,bench,arc,study,export}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{train,eval,tune,bench,arc,study,export,prune}")
     sets: dict[str, Any] = dict(action="append", default=[], metavar="SECTION.KEY=VALUE",
                 help="override one config key, e.g. --set train.max_steps=5000 (repeatable)")
     t = sub.add_parser("train", help="train a model (the default job if no CONFIG)",
@@ -397,6 +398,7 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("arc", help="ARC-AGI evaluation (arc_geometry.arc_solve)", add_help=False)
     sub.add_parser("study", help="the algorithmic study (arc_geometry.study)", add_help=False)
     sub.add_parser("export", help="ONNX export of a run or model (arc_geometry.export)", add_help=False)
+    sub.add_parser("prune", help="structured pruning of a run's model (arc_geometry.prune)", add_help=False)
     return p
 
 # %% ../nbs/33_cli.ipynb #838c1955
@@ -409,7 +411,7 @@ def main(argv: Optional[list] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     argv = [x for x in argv if x != "--debug"]
-    if argv and argv[0] in ("bench", "arc", "study", "export"):
+    if argv and (argv[0] == "bench" or argv[0] in EXTENSIONS):
         command, run = argv[0], (lambda: cmd_passthrough(argv[0], argv[1:]))
     else:
         a = parser().parse_args(argv)

@@ -119,6 +119,8 @@ def save_pretrained(model: torch.nn.Module, save_dir, max_shard_size: Union[int,
         atomic_write(d / INDEX_NAME, json.dumps(index, indent=2))
     config: GeoConfig = getattr(model, "config")
     cfg = {**config.to_dict(), "architecture": type(model).__name__}
+    from arc_geometry.prune import structure         # a pruned model's shape beyond its GeoConfig (None if unpruned)
+    if (s := structure(model)) is not None: cfg["structure"] = s
     atomic_write(d / CONFIG_NAME, json.dumps(cfg, indent=2))
     return d
 
@@ -129,7 +131,7 @@ def load_model_config(save_dir) -> GeoConfig:
     if not p.is_file(): raise CheckpointError(f"{p}: missing")
     try:
         d = json.loads(p.read_text())
-        d.pop("architecture", None)
+        d.pop("architecture", None); d.pop("structure", None)
         return GeoConfig.from_dict(d)
     except (ValueError, TypeError) as e:
         raise CheckpointError(f"{p}: invalid config: {e}") from None
@@ -169,6 +171,8 @@ def from_pretrained(cls, save_dir, map_location="cpu"):
     d = Path(save_dir)
     config = load_model_config(d)
     model = cls(config)
+    from arc_geometry.prune import load_structure, reshape    # a pruned model: its smaller heads and MLPs first
+    if (s := load_structure(d)) is not None: reshape(model, s)
     sd = load_state_dict(d)
     want = unique_state_dict(model)
     wfile = d / (INDEX_NAME if (d / INDEX_NAME).exists() else WEIGHTS_NAME)
