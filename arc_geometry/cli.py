@@ -235,6 +235,8 @@ def _is_main() -> bool: return int(os.environ.get("RANK", "0")) == 0
 
 def run_training(cfg: dict, out, resume: bool = False, callbacks=()) -> dict:
     "Validate `cfg`, build model and task, train into `out`; returns the summary."
+    from arc_geometry.lora import adapts, run_adaptation    # model.from / train.lora: adapt a saved model
+    if adapts(cfg): return run_adaptation(cfg, out, resume, callbacks)
     rc = build_config(cfg)
     if rc.train.num_threads: torch.set_num_threads(rc.train.num_threads)
     torch.manual_seed(rc.train.seed)
@@ -248,7 +250,8 @@ def cmd_train(a) -> int:
             for c in changes: print(f"resume: {c}", file=sys.stderr)
     else:
         cfg = apply_overrides(load_config(a.config) if a.config else DEFAULT_CONFIG, a.set)
-        build_config(cfg)                                    # errors before any process group starts
+        from arc_geometry.lora import adapts, check_adaptation
+        (check_adaptation if adapts(cfg) else build_config)(cfg)   # errors before any process group starts
     started = init_distributed()
     try:
         s = run_training(cfg, a.out, resume=a.resume)

@@ -18,7 +18,8 @@ from .blocks import GeoAttention
 from .extras import require
 
 # %% auto #0
-__all__ = ['attention_modules', 'projections', 'geometry_modules', 'lora_config', 'lora']
+__all__ = ['LORA_KEYS', 'attention_modules', 'projections', 'geometry_modules', 'lora_config', 'lora', 'adapts',
+           'split_adaptation', 'check_adaptation', 'run_adaptation']
 
 # %% ../nbs/52_lora.ipynb #8ba79cee
 def _peft():
@@ -62,3 +63,65 @@ def lora_config(model: nn.Module, r: int = 8, alpha: float = 16, targets: Option
 def lora(model: nn.Module, r: int = 8, alpha: float = 16, targets: Optional[Sequence[str]] = None, dropout: float = 0.0):
     "`model` wrapped by `peft` with LoRA adapters (see `lora_config`); only the adapters and geometry modules train."
     return _peft().get_peft_model(model, lora_config(model, r, alpha, targets, dropout))
+
+# %% ../nbs/52_lora.ipynb #8bcb73e6
+LORA_KEYS = ("r", "alpha", "targets", "dropout")
+
+def adapts(cfg: dict) -> bool:
+    "Whether the run config `cfg` adapts a saved model (`model.from` or `train.lora`)."
+    return any(isinstance(cfg.get(s), dict) and k in cfg[s] for s, k in (("model", "from"), ("train", "lora")))
+
+def _check_lora(lo) -> dict:
+    if not isinstance(lo, dict): raise ValueError(f"train.lora must be a mapping with keys {LORA_KEYS}, got {lo!r}")
+    for k in lo:
+        if k not in LORA_KEYS: raise ValueError(f"unknown key train.lora.{k}; known keys: {', '.join(LORA_KEYS)}")
+    r, a, t, d = lo.get("r", 8), lo.get("alpha", 16), lo.get("targets"), lo.get("dropout", 0.0)
+    if not (isinstance(r, int) and not isinstance(r, bool) and r >= 1): raise ValueError(f"train.lora.r must be an integer >= 1, got {r!r}")
+    if not (isinstance(a, (int, float)) and not isinstance(a, bool) and a > 0): raise ValueError(f"train.lora.alpha must be > 0, got {a!r}")
+    if t is not None and not (isinstance(t, list) and t and all(isinstance(x, str) and x for x in t)):
+        raise ValueError(f"train.lora.targets must be a non-empty list of module names, got {t!r}")
+    if not (isinstance(d, (int, float)) and 0 <= d < 1): raise ValueError(f"train.lora.dropout must be in [0, 1), got {d!r}")
+    return {"r": r, "alpha": a, "targets": t, "dropout": float(d)}
+
+def split_adaptation(cfg: dict) -> tuple[dict, Path, Optional[dict]]:
+    "`cfg` with the saved model's config as `model` and without `train.lora`; the saved model's directory; the LoRA settings."
+    from arc_geometry.pretrained import CONFIG_NAME, load_model_config
+    model, train = dict(cfg.get("model") or {}), dict(cfg.get("train") or {})
+    src, lo = model.pop("from", None), train.pop("lora", None)
+    if src is None: raise ValueError("train.lora adapts a saved model: set model.from to its directory")
+    if not isinstance(src, str) or not src: raise ValueError(f"model.from must be a directory, got {src!r}")
+    src = Path(src)
+    if (src / "model" / CONFIG_NAME).is_file(): src = src / "model"          # a run directory: its final model
+    if not (src / CONFIG_NAME).is_file(): raise ValueError(f"model.from: {src} holds no saved model ({CONFIG_NAME})")
+    if model: raise ValueError(f"model.{next(iter(model))}: the model comes from model.from ({src}); no other model key may be set")
+    return {**cfg, "model": load_model_config(src).to_dict(), "train": train}, src, None if lo is None else _check_lora(lo)
+
+def check_adaptation(cfg: dict):
+    "Validate an adapting config as `cli.build_config` validates the others; returns its `RunConfig`."
+    from arc_geometry.cli import build_config
+    return build_config(split_adaptation(cfg)[0])
+
+# %% ../nbs/52_lora.ipynb #f1e25acc
+def run_adaptation(cfg: dict, out, resume: bool = False, callbacks=()) -> dict:
+    "Train the saved model of `model.from` on `cfg`'s task, all weights or LoRA adapters (`train.lora`); returns the summary."
+    from arc_geometry.models import GeoLM
+    from arc_geometry.pretrained import atomic_write
+    from arc_geometry.train import Trainer
+    if resume: raise ValueError("--resume: a run that adapts a saved model (model.from) cannot be resumed; start it again")
+    base, src, lo = split_adaptation(cfg)
+    rc = check_adaptation(cfg)
+    if rc.train.num_threads: torch.set_num_threads(rc.train.num_threads)
+    torch.manual_seed(rc.train.seed)
+    model = GeoLM.from_pretrained(src)
+    if lo: model = lora(model, **lo)
+    total, trainable = (sum(p.numel() for p in model.parameters() if p.requires_grad or not f) for f in (False, True))
+    record = {**rc.to_dict(), "model": {"from": str(src)}, "train": {**rc.train.to_dict(), **({"lora": lo} if lo else {})}}
+    s = Trainer(model, rc.task, rc.train, out, callbacks=callbacks, run_config=record).fit()
+    s.update(trainable_params=trainable, total_params=total, trainable_pct=round(100 * trainable / total, 3))
+    out = Path(out)
+    if lo and (out / "model").is_dir():                   # peft saved the adapter there: keep it, put the merged model in model/
+        if (out / "adapter").exists(): shutil.rmtree(out / "adapter")
+        (out / "model").rename(out / "adapter")
+        model.merge_and_unload().save_pretrained(out / "model")
+    if out.is_dir(): atomic_write(out / "summary.json", json.dumps(s, indent=2))
+    return s
