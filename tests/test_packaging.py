@@ -35,6 +35,14 @@ for mod in ("arc_geometry.widgets", "arc_geometry.kernels"):
         importlib.import_module(mod); res["errors"][mod] = None
     except ImportError as e:
         res["errors"][mod] = str(e)
+import sys, arc_geometry.cli, arc_geometry.prune, arc_geometry.hf, arc_geometry.lora
+res["hf_imported"] = sorted(m for m in ("transformers", "peft") if m in sys.modules)   # the core never imports them
+for name, call in (("arc_geometry.hf", lambda: arc_geometry.hf.geometrize(None, "dot")),
+                   ("arc_geometry.lora", lambda: arc_geometry.lora.lora_config(None))):
+    try:
+        call(); res["errors"][name] = None
+    except ImportError as e:
+        res["errors"][name] = str(e)
 print(json.dumps(res))
 '''
 
@@ -68,6 +76,9 @@ def test_fresh_install_runs_every_geometry_without_triton(fresh_env):
     assert res["geometries"] == {g: True for g in ("dot", "metric", "position_metric", "poincare", "hybrid")}
     assert 'pip install "arc_geometry[widgets]"' in res["errors"]["arc_geometry.widgets"]
     assert 'pip install "arc_geometry[kernels]"' in res["errors"]["arc_geometry.kernels"]
+    assert res["hf_imported"] == []
+    assert 'pip install "arc_geometry[hf]"' in res["errors"]["arc_geometry.hf"]
+    assert 'pip install "arc_geometry[hf]"' in res["errors"]["arc_geometry.lora"]
 
 
 def test_fresh_install_has_console_script_and_types(fresh_env):
