@@ -185,7 +185,8 @@ def prune_run(run, ratio: float, finetune_steps: int = 0, out=None, calib_batche
     idx = torch.randperm(len(task.train), generator=torch.Generator().manual_seed(rc.train.seed))[:calib_batches * B]
     prune(model, ratio, [task.split_batch(task.train[i]) for i in idx.split(B)], task.loss)
     res.update(val_acc_pruned=evaluate(), structure=structure(model), finetune_steps=finetune_steps)
-    if finetune_steps:
+    if finetune_steps:                                   # until the accuracy before pruning is back, or the steps run out
+        tc.target_accuracy = res["val_acc_before"] if res["val_acc_before"] > 0 else None
         Trainer(model, task, tc, out, run_config={**rc.to_dict(), "train": tc.to_dict()}).fit()
     else: model.save_pretrained(out / "model")
     res.update(params_after=model.num_parameters(), bytes_after=_dir_bytes(out / "model"), val_acc_after=evaluate())
