@@ -227,11 +227,16 @@ def test_extension_subcommands_dispatch(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "arc_geometry.study", fake)
     monkeypatch.setitem(sys.modules, "arc_geometry.arc_solve", fake_arc)
     monkeypatch.setitem(sys.modules, "arc_geometry.export", fake_export)
+    fake_prune = types.ModuleType("arc_geometry.prune")
+    fake_prune.prune_main = lambda argv: got.setdefault("prune", argv) and 0
+    monkeypatch.setitem(sys.modules, "arc_geometry.prune", fake_prune)
+    assert main(["prune", "runs/x", "--ratio", "0.3", "--out", "p"]) == 0
     assert main(["arc", "cfg.yaml", "--out", "d"]) == 0
     assert main(["study", "--out", "d2"]) == 0
     assert main(["export", "runs/x", "--out", "m.onnx", "--int8"]) == 0
-    assert got == {"arc": ["cfg.yaml", "--out", "d"], "study": ["--out", "d2"], "export": ["runs/x", "--out", "m.onnx", "--int8"]}
-    assert set(EXTENSIONS) == {"arc", "study", "export"}
+    assert got == {"arc": ["cfg.yaml", "--out", "d"], "study": ["--out", "d2"], "export": ["runs/x", "--out", "m.onnx", "--int8"],
+                   "prune": ["runs/x", "--ratio", "0.3", "--out", "p"]}
+    assert set(EXTENSIONS) == {"arc", "study", "export", "prune"}
 
 
 def test_extension_subcommand_without_its_module_is_one_line(monkeypatch, capsys):
