@@ -137,7 +137,7 @@ def geometrize(model: nn.Module, geometry: str, **params: Any) -> nn.Module:
     model.set_attn_implementation(ATTENTION)
     return model
 
-# %% ../nbs/51_hf.ipynb #77a80d05
+# %% ../nbs/51_hf.ipynb #5ac33626
 def _geometry_tensors(path: Path, names: set[str]) -> dict[str, Tensor]:
     from safetensors import safe_open
     found: dict[str, Tensor] = {}
