@@ -113,11 +113,12 @@ def run_adaptation(cfg: dict, out, resume: bool = False, callbacks=()) -> dict:
     if rc.train.num_threads: torch.set_num_threads(rc.train.num_threads)
     torch.manual_seed(rc.train.seed)
     model = GeoLM.from_pretrained(src)
+    total = model.num_parameters()                        # the model's own parameters: the denominator of the share
     if lo: model = lora(model, **lo)
-    total, trainable = (sum(p.numel() for p in model.parameters() if p.requires_grad or not f) for f in (False, True))
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     record = {**rc.to_dict(), "model": {"from": str(src)}, "train": {**rc.train.to_dict(), **({"lora": lo} if lo else {})}}
     s = Trainer(model, rc.task, rc.train, out, callbacks=callbacks, run_config=record).fit()
-    s.update(trainable_params=trainable, total_params=total, trainable_pct=round(100 * trainable / total, 3))
+    s.update(trainable_params=trainable, model_params=total, trainable_pct=round(100 * trainable / total, 3))
     out = Path(out)
     if lo and (out / "model").is_dir():                   # peft saved the adapter there: keep it, put the merged model in model/
         if (out / "adapter").exists(): shutil.rmtree(out / "adapter")
