@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from .core import causal_mask
+from .geometries import BLOCKS, GEOMETRIES, block_for, register_block
 from .manifolds import LowRankMetric, PoincareBall, PositionMetric, inv_softplus
 from .ops.common import acc_dtype
 
@@ -99,8 +100,11 @@ class KVCache:
 
 # %% ../nbs/20_blocks.ipynb #dc2fa05b
 class GeoAttention(nn.Module):
-    "Causal multi-head attention `(B, S, dim) → (B, S, dim)`; subclasses choose the geometry."
+    "Causal multi-head attention `(B, S, dim) → (B, S, dim)`; subclasses choose the geometry (and so register)."
     geometry: str = ""                                  # its name in the registry, `arc_geometry.geometries`
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        if cls.__dict__.get("geometry"): register_block(cls)
     @staticmethod
     def space(cfg) -> "Euclidean":
         "The residual space of a model of this geometry, from its config."
@@ -128,7 +132,6 @@ class GeoAttention(nn.Module):
     @property
     def spec(self):
         "This geometry's row of the registry: its attention function (`spec(q, k, v, *params, …)`) and score function."
-        from arc_geometry.geometries import GEOMETRIES   # here, not at the top: the registry imports this module
         return GEOMETRIES[self.geometry]
     def scores(self, q, k) -> Tensor:
         "Pre-softmax scores `(B, H, Sq, Sk)` of the points `q, k`, materialised."
@@ -256,8 +259,7 @@ class GeoBlock(nn.Module):
     "Pre-norm block `x → update(x, Attn(LN(tangent x))) → update(x, MLP(LN(tangent x)))` on `x (B, S, dim)`."
     def __init__(self, cfg, layer: int = 0):
         super().__init__()
-        from arc_geometry.geometries import GEOMETRIES   # here, not at the top: the registry imports this module
-        block = GEOMETRIES[cfg.geometry].block
+        block = block_for(cfg.geometry)
         self.space = block.space(cfg)
         self.ln1, self.attn = nn.LayerNorm(cfg.dim, bias=cfg.bias), block(cfg, layer)
         self.ln2, self.mlp = nn.LayerNorm(cfg.dim, bias=cfg.bias), MLP(cfg)

@@ -28,11 +28,10 @@ else:                                                   # the `widgets` extra: a
     make_subplots = require("plotly.subplots", "widgets", "arc_geometry.widgets").make_subplots
 
 # %% auto #0
-__all__ = ['DISTANCE', 'trace', 'distances', 'Explorer', 'MetricExplorer', 'disk_points', 'PoincareExplorer', 'AttentionExplorer',
-           'read_run', 'TrainingDashboard']
+__all__ = ['trace', 'distances', 'Explorer', 'MetricExplorer', 'disk_points', 'PoincareExplorer', 'AttentionExplorer', 'read_run',
+           'TrainingDashboard']
 
 # %% ../nbs/60_widgets.ipynb #a83f877f
-DISTANCE = {name: g.distance for name, g in GEOMETRIES.items()}
 "What `−√D_h · score` is for each geometry: the distance behind the attention scores (from the registry)."
 
 def _check_model(model, arg: str = "model"):
@@ -180,7 +179,7 @@ class MetricExplorer(Explorer):
     def _position_spectra(self, i: int) -> Optional[Tensor]:
         "Eigenvalues `(S, D_h)` (descending) of `G(m_t)` along the traced sequence, or None."
         att = self.models[i].attentions[self.layer.value]
-        if self.traces is None or att.geometry != "position_metric": return None
+        if self.traces is None or not hasattr(att.metric, "metric_at"): return None   # a position-dependent metric
         tr, l, h = self.traces[i], self.layer.value, self.head.value
         mid = ((tr["q"][l] + tr["k"][l]) / 2).to(att.metric.A.dtype)        # (1, H, S, D)
         G = att.metric.metric_at(mid)[0, h].double()                         # (S, D, D)
@@ -282,7 +281,7 @@ class PoincareExplorer(Explorer):
     def points(self) -> tuple[Tensor, Tensor, Tensor]:
         "The drawn points `(N, 2)` on the unit disk, their ball coordinates `(N, d)` and their `(sequence, position)` `(N, 2)`."
         x = self.tr["hidden"][self.layer.value]                               # (B, S, dim)
-        if self.model.config.geometry == "hybrid": x = x[..., self.model.config.dim_e:]
+        x = GEOMETRIES[self.model.config.geometry].ball_points(x, self.model.config)   # the hyperbolic part
         B, S = x.shape[:2]
         idx = torch.stack(torch.meshgrid(torch.arange(B), torch.arange(S), indexing="ij"), -1)   # (B, S, 2)
         if self.position is not None:
@@ -344,7 +343,7 @@ class AttentionExplorer(Explorer):
     def _build(self) -> go.Figure:
         n, l, h = len(self.models), self.layer.value, self.head.value
         titles = [f"{nm} ({m.config.geometry}): attention" for nm, m in zip(self.names, self.models)]
-        titles += [f"{nm}: {DISTANCE[m.config.geometry]}" for nm, m in zip(self.names, self.models)]
+        titles += [f"{nm}: {GEOMETRIES[m.config.geometry].distance}" for nm, m in zip(self.names, self.models)]
         fig = make_subplots(rows=2, cols=n, subplot_titles=titles, vertical_spacing=0.14, horizontal_spacing=0.12)
         ticks = dict(tickmode="array", tickvals=list(range(len(self.labels))), ticktext=self.labels)
         for i in range(n):

@@ -13,7 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from arc_geometry.geometries import ATTENTION_GEOMETRIES, GEOMETRIES
-from arc_geometry.reference import assert_close_to_oracle, oracle_case
+from arc_geometry.geometries import oracle_case
+from arc_geometry.reference import assert_close_to_oracle
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
