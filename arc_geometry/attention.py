@@ -15,7 +15,7 @@ from .ops.common import triton_interpret
 
 # %% auto #0
 __all__ = ['resolve_backend', 'implementation', 'metric_attention', 'position_metric_attention', 'poincare_attention',
-           'hybrid_attention']
+           'hybrid_attention', 'lorentz_attention']
 
 # %% ../nbs/04_attention.ipynb #dd67948c
 def resolve_backend(q: Tensor, backend: str = "auto", geometry: str = "metric") -> str:
@@ -54,3 +54,10 @@ def hybrid_attention(q: Tensor, k: Tensor, v: Tensor, c: Tensor, alpha: Tensor, 
     "Scores `−scale·(‖qe_i−ke_j‖² + α_h d_c(qh_i, kh_j)²)` on ℝ^dim_e × the Poincaré ball; `c, alpha (H,)`."
     return GEOMETRIES["hybrid"](q, k, v, c, alpha, dim_e, causal=causal, key_padding_mask=key_padding_mask, scale=scale,
                              backend=backend)
+
+def lorentz_attention(q: Tensor, k: Tensor, v: Tensor, c: Tensor, *, causal: bool = False,
+                      key_padding_mask: Optional[Tensor] = None, scale: Optional[float] = None,
+                      backend: str = "auto") -> Tensor:
+    "Scores `−scale·‖x_i − y_j‖²_L` of the tangent vectors `q, k` mapped by `expmap0` onto hyperboloids of curvature `−c (H,)`."
+    return GEOMETRIES["lorentz"](q, k, v, c, causal=causal, key_padding_mask=key_padding_mask, scale=scale,
+                                 backend=backend)

@@ -19,9 +19,9 @@ from .manifolds import LowRankMetric, PoincareBall, PositionMetric, inv_softplus
 from .ops.common import acc_dtype
 
 # %% auto #0
-__all__ = ['rotary', 'Euclidean', 'Transported', 'recomputed', 'Ball', 'Product', 'KVCache', 'GeoAttention', 'DotAttention',
-           'MetricAttention', 'PositionMetricAttention', 'HeadCurvature', 'PoincareAttention', 'HybridAttention', 'MLP',
-           'GeoBlock']
+__all__ = ['rotary', 'Euclidean', 'Transported', 'recomputed', 'Ball', 'Product', 'KVCache', 'GeoAttention', 'Fp32Attention',
+           'DotAttention', 'MetricAttention', 'PositionMetricAttention', 'HeadCurvature', 'PoincareAttention',
+           'HybridAttention', 'MLP', 'GeoBlock']
 
 # %% ../nbs/20_blocks.ipynb #a371d005
 def rotary(x: Tensor, pos: Tensor, base: float = 10000.0) -> Tensor:
@@ -169,7 +169,7 @@ class GeoAttention(nn.Module):
         o = self.attend(q, k, v, key_padding_mask)
         return self.proj(o.to(x.dtype).transpose(1, 2).reshape(B, S, self.dim))   # (B, S, dim)
 
-class _Fp32Attention(GeoAttention):
+class Fp32Attention(GeoAttention):
     "A geometry whose attention function runs in float32, autocast off."
     def cast(self, q, k, v):
         dt = acc_dtype(q.dtype)
@@ -184,7 +184,7 @@ class DotAttention(GeoAttention):
     geometry = "dot"
 
 # %% ../nbs/20_blocks.ipynb #d677a750
-class MetricAttention(_Fp32Attention):
+class MetricAttention(Fp32Attention):
     "Scores `−(q−k)ᵀ G_h (q−k)/√D_h` with a learned `G_h = A_hᵀA_h + λ_h I` per head."
     geometry = "metric"
     def __init__(self, cfg, layer: int = 0):
@@ -192,7 +192,7 @@ class MetricAttention(_Fp32Attention):
         self.metric = LowRankMetric(self.hd, cfg.rank, cfg.num_heads, lam_init=cfg.lam_init)
     def params(self): return (self.metric.A, self.metric.lam)
 
-class PositionMetricAttention(_Fp32Attention):
+class PositionMetricAttention(Fp32Attention):
     "Scores with the metric `G_h(m) = A_hᵀ diag(tanh(W_h m + b_h)²) A_h + λ_h I` at the pair midpoint `m`."
     geometry = "position_metric"
     @staticmethod
@@ -211,7 +211,7 @@ class HeadCurvature(nn.Module):
         self.offset = nn.Parameter(torch.zeros(num_heads))
     def forward(self) -> Tensor: return F.softplus(self.global_logit + self.offset).clamp_min(1e-6)
 
-class PoincareAttention(_Fp32Attention):
+class PoincareAttention(Fp32Attention):
     "Scores `−d_{c_h}(q, k)/√D_h` with `q, k = expmap0` of projected tangent vectors on per-head balls."
     geometry = "poincare"
     @staticmethod
@@ -226,7 +226,7 @@ class PoincareAttention(_Fp32Attention):
     def points(self, q, k): return recomputed(self._points, q, k)
     def params(self): return (self.curvature(),)
 
-class HybridAttention(_Fp32Attention):
+class HybridAttention(Fp32Attention):
     "Scores `−(‖q_e−k_e‖² + α_h d_{c_h}(q_h, k_h)²)/√D_h`; per head `dim_e/H` Euclidean coordinates."
     geometry = "hybrid"
     @staticmethod

@@ -18,6 +18,8 @@ from .core import (check_attention, check_hybrid_params, check_metric_params, ch
                                check_position_params, propagate_nonfinite)
 from .ops.common import triton_available, triton_interpret
 from .ops.hyperbolic import hybrid_cpu, poincare_cpu
+from .ops.lorentz import (check_lorentz_params, lorentz_attention_ref, lorentz_ball_points, lorentz_case,
+                                      lorentz_cpu, lorentz_scores_plain, lorentz_scores_ref)
 from .ops.metric import dot_cpu, metric_cpu
 from .ops.position_metric import position_metric_cpu
 from .reference import (dot_attention_ref, dot_case, dot_scores_plain, dot_scores_ref, hybrid_attention_ref,
@@ -183,6 +185,11 @@ register(Geometry(name="hybrid", summary="flat and hierarchical structure at onc
                   inputs=hybrid_case, export=hybrid_scores_plain,
                   config=("curvature", "c_min", "c_max", "alpha_init", "dim_e"), figures=("ball",),
                   ball_points=_ball_part))
+register(Geometry(name="lorentz", summary="hyperbolic at dot-product cost: the hyperboloid", distance="‖x−y‖²_L on the hyperboloid",
+                  params=("c",), validate=check_lorentz_params, reference=lorentz_attention_ref, scores=lorentz_scores_ref,
+                  cpu=lorentz_cpu, no_triton="its attention is SDPA on transformed vectors (FlashAttention on CUDA): no kernel of ours is needed",
+                  inputs=lorentz_case, export=lorentz_scores_plain, block="arc_geometry.lorentz_block",
+                  config=("curvature", "c_min", "c_max"), figures=("ball",), ball_points=lorentz_ball_points))
 
 # %% ../nbs/03_geometries.ipynb #be022923
 BLOCKS: dict[str, type] = {}             # geometry name → its model block, filled as the classes are defined
