@@ -241,7 +241,8 @@ def disk_points(x: Tensor, c: float) -> Tensor:
     return PoincareBall(c).expmap0(r * dirs) * math.sqrt(c)
 
 class PoincareExplorer(Explorer):
-    """Hidden states of a `poincare` model (or the hyperbolic part of a `hybrid` one) on the Poincaré disk:
+    """Hidden states of a model whose geometry has points on the ball (its registry row's `ball_points`: a `poincare`
+    model's states, the hyperbolic part of a `hybrid` one, a `lorentz` one's mapped from the hyperboloid) on the Poincaré disk:
     layer slider (0 = embeddings, `i` = after block `i`), colour dropdown; bars of each head's curvature.
     `input_ids (B, S)`, or `None`: the whole token embedding table (layer 0 only, each token without position);
     `position`: draw only that token of each sequence; `labels (B,)` or `(B, S)`: a colouring."""
@@ -249,7 +250,9 @@ class PoincareExplorer(Explorer):
         _check_model(model)
         g = model.config.geometry
         if "ball" not in GEOMETRIES[g].figures:
-            raise ValueError(f"model has geometry {g!r}: PoincareExplorer needs a 'poincare' or 'hybrid' model")
+            ball = [n for n, row in GEOMETRIES.items() if "ball" in row.figures]
+            raise ValueError(f"model has geometry {g!r}: PoincareExplorer needs a geometry with points on the ball "
+                             f"({', '.join(ball)})")
         table = input_ids is None
         if table: input_ids = torch.arange(model.config.vocab_size)[None]
         self.model, self.ids = model, _check_ids(input_ids, model)
