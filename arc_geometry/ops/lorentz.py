@@ -54,30 +54,33 @@ def lorentz_attention_ref(q: Tensor, k: Tensor, v: Tensor, c: Tensor, causal: bo
 
 # %% ../../nbs/19_lorentz.ipynb #e3e609e2
 def lorentz_parts(v: Tensor, c: Tensor, max_radius: float = LORENTZ_MAX_RADIUS) -> tuple[Tensor, Tensor]:
-    """`(√c·x₀ − 1, x_{1:})` of the points of `v (B, H, S, D)`, `√c‖v‖` clamped: `cosh t − 1 = 2 sinh²(t/2)` has no
-    cancellation near the origin (series below `t² = 10⁻⁴`), and `x_{1:} = sinh(t)/t · v` (`t = √c‖v‖`)."""
+    """Per-row scalars `(m, f)`, each `(B, H, S, 1)`, of the points of `v (B, H, S, D)`: `√c·x₀ = 1 + m` and
+    `x_{1:} = f·v`, with `t = min(√c‖v‖, max_radius)`, `m = cosh t − 1 = 2 sinh²(t/2)` (no cancellation near the
+    origin; series below `t² = 10⁻⁴`) and `f = sinh(t)/t` times the clamp's shrink factor. Only `‖v‖²` touches a
+    `(B, H, S, D)` tensor: the work per element is one product and one sum."""
     ch = c.to(v.dtype).view(-1, 1, 1)
-    t2 = (ch * v.pow(2).sum(-1, keepdim=True))
+    t2 = ch * (v * v).sum(-1, keepdim=True)
     over = t2 > max_radius ** 2
     shrink = torch.where(over, max_radius / torch.where(over, t2, torch.ones_like(t2)).sqrt(), torch.ones_like(t2))
-    v, t2 = v * shrink, t2 * shrink * shrink
+    t2 = torch.where(over, torch.full_like(t2, max_radius ** 2), t2)
     small = t2 < 1e-4
     t = torch.where(small, torch.ones_like(t2), t2).sqrt()
-    cosh_m1 = torch.where(small, t2 / 2 + t2 * t2 / 24, 2 * torch.sinh(t / 2).pow(2))
-    sinhc = torch.where(small, 1 + t2 / 6 + t2 * t2 / 120, torch.sinh(t) / t)
-    return cosh_m1, sinhc * v
+    m = torch.where(small, t2 / 2 + t2 * t2 / 24, 2 * torch.sinh(t / 2).pow(2))
+    f = torch.where(small, 1 + t2 / 6 + t2 * t2 / 120, torch.sinh(t) / t) * shrink
+    return m, f
 
 def lorentz_transform(q: Tensor, k: Tensor, c: Tensor, scale: float,
                       max_radius: float = LORENTZ_MAX_RADIUS) -> tuple[Tensor, Tensor]:
     """`q' = 2·scale·(−x₀, x_{1:})`, `k' = (y₀ − 1/√c, y_{1:})`: `(B, H, S, D+1)` each, in the accumulation dtype.
     `q'·k'` is the score less `2·scale·(1/c + x₀/√c)`, a constant along the row: the `−1/c` that every `x₀y₀` carries is
     never formed, so nothing cancels near the origin and the gradient to `c` does not carry a `1/c²` term that softmax
-    would have to cancel."""
+    would have to cancel. The factors are folded into the per-row scalars: one product per element of `q` and of `k`."""
     dt = acc_dtype(q.dtype)
-    cw = c.to(dt)
+    q, k, cw = q.to(dt), k.to(dt), c.to(dt)
     isc = cw.rsqrt().view(-1, 1, 1)
-    (qm1, qs), (km1, ks) = lorentz_parts(q.to(dt), cw, max_radius), lorentz_parts(k.to(dt), cw, max_radius)
-    return 2 * scale * torch.cat([-(1 + qm1) * isc, qs], -1), torch.cat([km1 * isc, ks], -1)
+    (mq, fq), (mk, fk) = lorentz_parts(q, cw, max_radius), lorentz_parts(k, cw, max_radius)
+    return (torch.cat([-(2 * scale) * (1 + mq) * isc, q * ((2 * scale) * fq)], -1),
+            torch.cat([mk * isc, k * fk], -1))
 
 def lorentz_cpu(q: Tensor, k: Tensor, v: Tensor, c: Tensor, *, causal: bool = False,
                 key_padding_mask: Optional[Tensor] = None, scale: float, max_radius: float = LORENTZ_MAX_RADIUS) -> Tensor:
