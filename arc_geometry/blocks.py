@@ -169,6 +169,7 @@ class GeoAttention(nn.Module):
         o = self.attend(q, k, v, key_padding_mask)
         return self.proj(o.to(x.dtype).transpose(1, 2).reshape(B, S, self.dim))   # (B, S, dim)
 
+# %% ../nbs/20_blocks.ipynb #78b92748
 class Fp32Attention(GeoAttention):
     "A geometry whose attention function runs in float32, autocast off."
     def cast(self, q, k, v):

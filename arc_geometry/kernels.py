@@ -140,6 +140,7 @@ def kernel_report(capability: int, select: Optional[Callable[[str], bool]] = Non
 
 HALF_KINDS = {"fp16": {"mma.f16", "wgmma.f16"}, "bf16": {"mma.bf16", "wgmma.bf16"}}
 
+# %% ../nbs/18_kernels.ipynb #f69c77a5
 def report_violations(rows: list[dict], spill_free_dims: tuple = (64,)) -> list[str]:
     """What a kernel report breaks, one line each: a configuration that failed to compile or needs more shared memory
     than its architecture has; spill bytes at the head dims in `spill_free_dims` (named `…_d64…`), in every dtype;
@@ -162,7 +163,6 @@ def report_table(rows: list[dict]):
     "The report as a pandas DataFrame (one row per configuration), tensor-core kinds joined."
     import pandas as pd
     return pd.DataFrame([{**r, "tensor_core": " ".join(r.get("tensor_core") or [])} for r in rows]).set_index("name")
-
 
 # %% ../nbs/18_kernels.ipynb #a04853a1
 def main(argv: Optional[list[str]] = None) -> int:

@@ -26,6 +26,7 @@ def artanh(x: Tensor) -> Tensor:
     e = ball_eps(x.dtype) * 1e-2
     return torch.atanh(x.clamp(-1 + e, 1 - e))
 
+# %% ../nbs/01_manifolds.ipynb #3586b89a
 class PoincareBall:
     "The Poincaré ball of curvature `-c` (geoopt's conventions); `c > 0` broadcasts against `x[..., :1]`."
     def __init__(self, c: Union[float, Tensor] = 1.0):

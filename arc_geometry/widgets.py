@@ -151,6 +151,7 @@ def _unit_ellipse(G: Tensor, P: Tensor, n: int = 121) -> Tensor:
     circle = torch.stack([t.cos(), t.sin()], 1)                      # xᵀ G2 x = 1  ⇔  x = G2^{-1/2} · unit vector
     return circle @ (U @ torch.diag(ev.rsqrt()) @ U.T).T
 
+# %% ../nbs/60_widgets.ipynb #a8733c4e
 class MetricExplorer(Explorer):
     """Spectrum and unit ball of each head's metric `G_h` (layer dropdown, head slider) for a `metric` or
     `position_metric` model, beside the same for `other` (e.g. the model before training). With `input_ids (S,)`,
@@ -240,6 +241,7 @@ def disk_points(x: Tensor, c: float) -> Tensor:
     dirs = torch.where(n2 > 1e-12, u2 / n2.clamp_min(1e-300), torch.tensor([1.0, 0.0], dtype=u.dtype))
     return PoincareBall(c).expmap0(r * dirs) * math.sqrt(c)
 
+# %% ../nbs/60_widgets.ipynb #39df5bd9
 class PoincareExplorer(Explorer):
     """Hidden states of a model whose geometry has points on the ball (its registry row's `ball_points`: a `poincare`
     model's states, the hyperbolic part of a `hybrid` one, a `lorentz` one's mapped from the hyperboloid) on the Poincaré disk:
@@ -386,6 +388,7 @@ def read_run(run_dir) -> list[dict]:
             raise ValueError(f"{p}: line {i + 1} is not JSON") from None
     return rows
 
+# %% ../nbs/60_widgets.ipynb #6050321e
 class TrainingDashboard(Explorer):
     "Live training curves: a `Trainer` callback (redraws every `every` steps) and a widget; `from_run(dir)` for a finished run."
     PANELS = ("loss", "accuracy", "gradient norm", "learning rate", "curvature per head", "metric condition number")
