@@ -83,7 +83,7 @@ def lorentz_transform(q: Tensor, k: Tensor, c: Tensor, scale: float,
             torch.cat([mk * isc, k * fk], -1))
 
 # %% ../../nbs/19_lorentz.ipynb #418170dc
-_FLASH_GROUPS = 4          # head groups of the CPU flash path: a quarter of the heads' D+1-wide copies alive at once
+_GROUP_BYTES = 32 * 2 ** 20   # the CPU flash path's budget for one head group's D+1-wide copies (q', k', v')
 
 def _wide(q: Tensor, k: Tensor, v: Tensor, c: Tensor, scale: float, max_radius: float) -> tuple[Tensor, Tensor, Tensor]:
     "`q'`, `k'` of `lorentz_transform` and `v` zero-padded to their width `D + 1` (the flash kernel's one head size)."
@@ -95,31 +95,31 @@ class _LorentzFlashCPU(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, c, scale, causal, max_radius):
         H, Dv = q.shape[1], v.shape[-1]
-        g = -(-H // _FLASH_GROUPS)
-        out, lse = v.new_empty(q.shape[:3] + (Dv,)), q.new_empty(q.shape[:3])
+        per_head = 3 * q.shape[0] * max(q.shape[2], k.shape[2]) * (q.shape[-1] + 1) * q.element_size()
+        g = max(1, min(H, _GROUP_BYTES // per_head))            # all heads at once where they fit the budget
+        out = v.new_empty(q.shape[:3] + (q.shape[-1] + 1,))     # the kernel's output, v's zero column included
+        lse = q.new_empty(q.shape[:3])
         for h in range(0, H, g):
             qa, ka, va = _wide(q[:, h:h + g], k[:, h:h + g], v[:, h:h + g], c[h:h + g], scale, max_radius)
-            o, l = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(qa, ka, va, 0.0, causal, scale=1.0)
-            out[:, h:h + g], lse[:, h:h + g] = o[..., :Dv], l
+            out[:, h:h + g], lse[:, h:h + g] = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+                qa, ka, va, 0.0, causal, scale=1.0)
         ctx.save_for_backward(q, k, v, c, out, lse)
         ctx.args = (scale, causal, max_radius, g)
-        return out
+        return out[..., :Dv]
 
 # %% ../../nbs/19_lorentz.ipynb #c0b2596b
 @staticmethod
 def _flash_backward(ctx, dout):
     q, k, v, c, out, lse = ctx.saved_tensors
     scale, causal, max_radius, g = ctx.args
-    dq, dk, dv, dc = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v), torch.zeros_like(c)
-    pad = lambda t, w: torch.nn.functional.pad(t, (0, w - t.shape[-1]))
+    dq, dk, dv, dc = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), torch.empty_like(c)
+    dout = torch.nn.functional.pad(dout, (0, out.shape[-1] - dout.shape[-1]))   # the zero column's gradient: 0
     for h in range(0, q.shape[1], g):
         with torch.enable_grad():
             qg, kg, cg = q[:, h:h + g].detach().requires_grad_(), k[:, h:h + g].detach().requires_grad_(), c[h:h + g].detach().requires_grad_()
             qa, ka, va = _wide(qg, kg, v[:, h:h + g], cg, scale, max_radius)
-            W = qa.shape[-1]
             dqa, dka, dva = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
-                pad(dout[:, h:h + g].contiguous(), W), qa.detach(), ka.detach(), va, pad(out[:, h:h + g], W),
-                lse[:, h:h + g], 0.0, causal, scale=1.0)
+                dout[:, h:h + g], qa.detach(), ka.detach(), va, out[:, h:h + g], lse[:, h:h + g], 0.0, causal, scale=1.0)
             dq[:, h:h + g], dk[:, h:h + g], dc[h:h + g] = torch.autograd.grad((qa, ka), (qg, kg, cg), (dqa, dka))
         dv[:, h:h + g] = dva[..., :v.shape[-1]]
     return dq, dk, dv, dc, None, None, None
@@ -130,7 +130,8 @@ def lorentz_cpu(q: Tensor, k: Tensor, v: Tensor, c: Tensor, *, causal: bool = Fa
                 key_padding_mask: Optional[Tensor] = None, scale: float, max_radius: float = LORENTZ_MAX_RADIUS) -> Tensor:
     "Lorentz attention by SDPA on the transformed vectors: `(B, H, Sq, Dv)`, `O(S)` memory, any device (inputs validated by the caller)."
     flash = (not q.is_cuda and q.dtype in (torch.float32, torch.float64) and key_padding_mask is None
-             and (not causal or q.shape[2] == k.shape[2]) and q.dtype == k.dtype == v.dtype == c.dtype)
+             and (not causal or q.shape[2] == k.shape[2]) and q.dtype == k.dtype == v.dtype == c.dtype
+             and v.shape[-1] <= q.shape[-1] + 1)
     if flash: return _LorentzFlashCPU.apply(q, k, v, c, scale, causal, max_radius)
     qa, ka = lorentz_transform(q, k, c, scale, max_radius)
     return sdpa_attend(qa, ka, v.to(qa.dtype), causal, key_padding_mask).to(v.dtype)
