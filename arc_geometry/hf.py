@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from .core import allowed_mask, causal_mask
 from .extras import require
-from .geometries import GEOMETRIES
+from .geometries import GEOMETRIES, block_for
 from .models import GeoConfig
 
 # %% auto #0
@@ -127,7 +127,7 @@ def geometrize(model: nn.Module, geometry: str, **params: Any) -> nn.Module:
         hd, p = m.head_dim, next(m.parameters())
         try: cfg = GeoConfig(vocab_size=1, dim=H * hd, depth=1, num_heads=H, geometry=geometry, **params)
         except (TypeError, ValueError) as e: raise ValueError(f"geometrize({geometry!r}): {e}") from None
-        blk = GEOMETRIES[geometry].block(cfg, getattr(m, "layer_idx", 0) or 0)
+        blk = block_for(geometry)(cfg, getattr(m, "layer_idx", 0) or 0)
         del blk.qkv, blk.proj                                  # the model keeps its own projections
         blocks.append((m, blk.to(device=p.device, dtype=torch.float64 if p.dtype == torch.float64 else torch.float32)))
     for m, blk in blocks: m.geometry_attention = blk
