@@ -57,8 +57,8 @@ def hf_mask(mask: Optional[Tensor], Sq: int, Sk: int, is_causal: bool = True) ->
     m = mask[:, 0]                                                       # (B, Sq, Sk)
     kpm = m.any(1)                                                       # (B, Sk): keys some query sees
     for causal in ((True, False) if is_causal else (False,)):
-        want = allowed_mask(m.shape[0], Sq, Sk, causal, kpm, m.device)[:, 0]
-        if torch.equal(m, want): return causal, None if bool(kpm.all()) else kpm
+        want = allowed_mask(m.shape[0], Sq, Sk, causal, kpm, m.device)          # (B, 1, Sq, Sk): kpm is given
+        if want is not None and torch.equal(m, want[:, 0]): return causal, None if bool(kpm.all()) else kpm
     raise ValueError("attention_mask: this pattern is not causal + key padding (a sliding window shorter than the "
                      "sequence, packed sequences, a prefix-LM mask?) and cannot be expressed")
 

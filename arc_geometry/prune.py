@@ -10,7 +10,7 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import Callable, Iterable, Optional, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -41,7 +41,7 @@ def _index(keep, n: int, what: str) -> Tensor:
         raise ValueError(f"{what} must be distinct indices in [0, {n}), got {keep.tolist()}")
     return keep
 
-def shrink_attention(attn: nn.Module, keep: Sequence[int]) -> nn.Module:
+def shrink_attention(attn: Any, keep: Sequence[int]) -> Any:
     "Keep the heads `keep` of the `GeoAttention` `attn` (in place): `qkv`, `proj` and every per-head parameter."
     H, hd = attn.H, attn.hd
     heads = _index(keep, H, "heads")
@@ -57,14 +57,14 @@ def shrink_attention(attn: nn.Module, keep: Sequence[int]) -> nn.Module:
     attn.H, attn.dim = len(heads), len(heads) * hd
     return attn
 
-def shrink_mlp(mlp: nn.Sequential, keep: Sequence[int]) -> nn.Sequential:
+def shrink_mlp(mlp: Any, keep: Sequence[int]) -> Any:
     "Keep the hidden units `keep` of the `MLP` `mlp` (`Linear(D, M)`, activation, `Linear(M, D)`), in place."
     units = _index(keep, mlp[0].out_features, "mlp units")
     mlp[0], mlp[2] = _linear(mlp[0], rows=units), _linear(mlp[2], cols=units)
     return mlp
 
-# %% ../nbs/53_prune.ipynb #596813b6
-def _blocks(model: nn.Module) -> list:
+# %% ../nbs/53_prune.ipynb #586b8032
+def _blocks(model: nn.Module) -> list[Any]:
     trunk = getattr(model, "model", None)
     return list(getattr(trunk, "blocks", None) or [])
 
@@ -125,12 +125,12 @@ def importance(model: GeoPreTrained, batches: Iterable, loss_fn: Callable) -> li
     model.zero_grad(set_to_none=True); model.train(was)
     return res
 
-def _head_cost(attn: nn.Module) -> int:
+def _head_cost(attn: Any) -> int:
     "Parameters one head holds: its qkv rows (and biases), its proj columns, its slice of each per-head parameter."
     H, hd = attn.H, attn.hd
     n = 3 * hd * (attn.qkv.in_features + (attn.qkv.bias is not None)) + hd * attn.proj.out_features
     skip = {id(p) for p in (*attn.qkv.parameters(), *attn.proj.parameters())}
-    return n + sum(p.numel() // H for p in attn.parameters() if id(p) not in skip and p.ndim and p.shape[0] == H)
+    return int(n + sum(p.numel() // H for p in attn.parameters() if id(p) not in skip and p.ndim and p.shape[0] == H))
 
 def plan(model: GeoPreTrained, ratio: float) -> dict:
     "The structure that removes about `ratio` of `model`'s parameters: `⌊ratio·H⌋` heads per block, then MLP units evenly."
