@@ -7,14 +7,18 @@ from __future__ import annotations
 
 import copy
 import csv
+import ctypes
 import fcntl
 import io
 import json
 import multiprocessing as mp
 import os
 import signal
+import sys
 import threading
-from concurrent.futures import ProcessPoolExecutor, as_completed
+import time
+from contextlib import contextmanager
+from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -24,9 +28,10 @@ from tqdm.auto import tqdm
 from .cli import apply_overrides, load_config
 from .core import ArgumentParser
 from .pretrained import atomic_write
+from .train import TrainingInterrupted
 
 # %% auto #0
-__all__ = ['ResultsCSV', 'run_jobs', 'suite_config', 'check_run_dir', 'suite_parser']
+__all__ = ['ResultsCSV', 'stop_on_signals', 'run_jobs', 'suite_config', 'check_run_dir', 'suite_parser']
 
 # %% ../nbs/36_runs.ipynb #54cfb1bc
 class ResultsCSV:
@@ -84,16 +89,93 @@ class ResultsCSV:
         return True
 
 # %% ../nbs/36_runs.ipynb #6ae10492
-def _one_thread() -> None: torch.set_num_threads(1)
+def _die_with_parent(ppid: int) -> None:
+    """Make this (worker) process die with its parent `ppid`, whatever kills the parent: the kernel's
+    `PR_SET_PDEATHSIG` on Linux, and a thread polling `os.getppid()` everywhere (a SIGKILL either way)."""
+    if sys.platform.startswith("linux"):
+        try: ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)    # 1 = PR_SET_PDEATHSIG
+        except (OSError, AttributeError): pass
+    if os.getppid() != ppid: os._exit(1)                     # the parent died before the line above took effect
+    def watch():
+        while os.getppid() == ppid: time.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGKILL)
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
-def _terminated(signum, frame):
-    raise SystemExit(128 + signum)             # unwinds run_jobs, which stops its workers; finished rows are kept
+def _worker(fn: Callable[[dict], dict], conn, ppid: int) -> None:
+    "A worker process: run `fn` on each job received on `conn`, send back `('ok', row)` or `('err', exception)`."
+    _die_with_parent(ppid)
+    os.setpgrp()                                             # signals sent to the parent's group are the parent's to handle
+    signal.signal(signal.SIGINT, signal.SIG_IGN)             # Ctrl-C reaches the whole group: the parent decides
+    torch.set_num_threads(1)
+    while True:
+        try: job = conn.recv()
+        except (EOFError, OSError): return                   # the parent closed its end
+        if job is None: return
+        try: msg = ("ok", fn(job))
+        except Exception as e: msg = ("err", e)
+        try: conn.send(msg)
+        except Exception: conn.send(("err", RuntimeError(f"{type(msg[1]).__name__}: {msg[1]}")))   # unpicklable
+
+def _stop(signum, frame):
+    raise TrainingInterrupted(signum, None, f"{signal.Signals(signum).name}: stopped")
+
+@contextmanager
+def stop_on_signals():
+    "SIGTERM and SIGINT raise `TrainingInterrupted` (exit status 143/130 from the command line) in the main thread."
+    if threading.current_thread() is not threading.main_thread(): yield; return
+    old = {s: signal.signal(s, _stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    try: yield
+    finally:
+        for s, h in old.items(): signal.signal(s, h)
+
+@contextmanager
+def _signals_held():
+    "Hold SIGTERM/SIGINT (delivered on exit) while a row is written, so that a stop never cuts one."
+    sigs = {signal.SIGTERM, signal.SIGINT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
+    try: yield
+    finally: signal.pthread_sigmask(signal.SIG_UNBLOCK, sigs)
+
+
+# %% ../nbs/36_runs.ipynb #16fe70d6
+def _pool(todo: list, fn: Callable[[dict], dict], workers: int, record: Callable, name: Callable) -> None:
+    "Run `fn` on each job of `todo` in `workers` spawned processes; `record(job, row)` each result in this process."
+    ctx = mp.get_context("spawn")
+    procs, conns, running = [], [], {}                   # running: connection → the job its worker is running
+    pending = list(todo)
+    try:
+        for _ in range(min(workers, len(pending))):
+            mine, theirs = ctx.Pipe()
+            p = ctx.Process(target=_worker, args=(fn, theirs, os.getpid()), daemon=True, name="arc-geometry-worker")
+            p.start(); theirs.close()
+            procs.append(p); conns.append(mine)
+        idle = list(conns)
+        while pending or running:
+            while idle and pending:
+                c = idle.pop(); running[c] = pending.pop(0); c.send(running[c])
+            ready = wait(list(running) + [p.sentinel for p in procs], timeout=1.0)
+            for c in [c for c in list(running) if c.poll()]:
+                try: kind, val = c.recv()
+                except (EOFError, OSError): continue                 # died mid-answer: the sentinel tells below
+                job = running.pop(c); idle.append(c)
+                if kind == "err": raise val
+                record(job, val)
+            for p, c in zip(procs, conns):
+                if p.sentinel in ready and not p.is_alive() and not c.poll():
+                    what = f"while running {name(running[c])}" if c in running else "while idle"
+                    raise RuntimeError(f"worker process {p.pid} died (exit code {p.exitcode}) {what}")
+    finally:                                             # done, error or signal: no worker outlives this call
+        for p in procs:
+            if p.is_alive(): p.kill()
+        for p in procs: p.join(10)
+        for c in conns: c.close()
 
 def run_jobs(jobs: Sequence[dict], fn: Callable[[dict], dict], table: ResultsCSV, workers: int = 1,
              desc: str = "trials") -> int:
     """Run `fn(job)` for each job whose key is not in `table` yet and append the row it returns as soon as it
     finishes; return how many ran. `workers > 1` runs them in that many processes (one thread each; `fn` must
-    be importable, i.e. a module-level function). The row must carry the job's key."""
+    be importable, i.e. a module-level function), which die with this one. The row must carry the job's key.
+    SIGTERM/SIGINT stop it at once with `TrainingInterrupted`, whose message says what is kept and how to resume."""
     if workers < 1: raise ValueError(f"workers must be >= 1, got {workers}")
     done = table.done()
     todo = [j for j in jobs if table.key_of(j) not in done]
@@ -102,27 +184,22 @@ def run_jobs(jobs: Sequence[dict], fn: Callable[[dict], dict], table: ResultsCSV
     def record(job: dict, row: dict) -> None:
         if table.key_of(row) != table.key_of(job):
             raise ValueError(f"the row of job {table.key_of(job)} has key {table.key_of(row)}")
-        table.append(row); bar.update()
-    main = threading.current_thread() is threading.main_thread()
-    old = signal.signal(signal.SIGTERM, _terminated) if main else None
+        with _signals_held(): table.append(row)
+        bar.update()
     try:
-        if workers == 1 or len(todo) <= 1:
-            for j in todo: record(j, fn(j))
-        else:
-            ex = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_one_thread)
-            try:
-                futures = {ex.submit(fn, j): j for j in todo}
-                for f in as_completed(futures): record(futures[f], f.result())
-            except BaseException:                  # error, Ctrl-C or SIGTERM: running trials are abandoned, not left behind
-                for p in list((getattr(ex, "_processes", None) or {}).values()):   # no public call before 3.14
-                    p.terminate()
-                raise
-            finally:
-                ex.shutdown(wait=True, cancel_futures=True)
-    finally:
-        bar.close()
-        if main: signal.signal(signal.SIGTERM, old)
+        with stop_on_signals():
+            if workers == 1 or len(todo) <= 1:
+                for j in todo: record(j, fn(j))
+            else: _pool(todo, fn, workers, record, table.key_of)
+    except TrainingInterrupted as e:
+        have = len(table.done() & {table.key_of(j) for j in jobs})
+        name = signal.Signals(e.signum).name
+        raise TrainingInterrupted(e.signum, e.checkpoint, f"{name}: stopped with {have} of the {len(jobs)} {desc} "
+                                  f"rows in {table.path} (the running ones are dropped); run the same command again "
+                                  "to resume") from None
+    finally: bar.close()
     return len(todo)
+
 
 # %% ../nbs/36_runs.ipynb #dece78e0
 def suite_config(config, sets: Optional[Sequence[str]], defaults: dict) -> dict:
