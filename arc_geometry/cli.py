@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import gc
 import importlib
 import json
 import os
@@ -30,8 +31,8 @@ from .train_state import latest_checkpoint, unpack_training_state
 # %% auto #0
 __all__ = ['SECTIONS', 'DEFAULT_CONFIG', 'BENCHMARKS', 'EXTENSIONS', 'HELP', 'load_config', 'DataConfig', 'apply_overrides',
            'RunConfig', 'build_config', 'validate_tune', 'validate_space', 'suggest', 'import_optuna',
-           'read_run_config', 'resume_config', 'init_distributed', 'run_training', 'cmd_train', 'cmd_eval', 'cmd_tune',
-           'cmd_passthrough', 'parser', 'main']
+           'read_run_config', 'resume_config', 'init_distributed', 'end_distributed', 'run_training', 'cmd_train',
+           'cmd_eval', 'cmd_tune', 'cmd_passthrough', 'parser', 'main']
 
 # %% ../nbs/33_cli.ipynb #799308cc
 SECTIONS = ("model", "data", "train", "tune")
@@ -231,6 +232,17 @@ def init_distributed() -> bool:
     else: dist.init_process_group("gloo")
     return True
 
+def end_distributed(code: Optional[int] = None) -> None:
+    """Leave torch.distributed the same way every time: garbage collected (DDP's reducer holds the process group),
+    a barrier (every rank has finished writing), the group destroyed. With `code`, the rank then exits at once with
+    that status (`os._exit` after flushing stdout and stderr): the interpreter's own teardown, racing gloo's threads,
+    is what aborted a finished rank now and then under load (`terminate called without an active exception`)."""
+    gc.collect()
+    if dist.is_initialized(): dist.barrier(); dist.destroy_process_group()
+    gc.collect()
+    if code is not None:
+        sys.stdout.flush(); sys.stderr.flush(); os._exit(code)
+
 def _is_main() -> bool: return int(os.environ.get("RANK", "0")) == 0
 
 def run_training(cfg: dict, out, resume: bool = False, callbacks=()) -> dict:
@@ -253,10 +265,14 @@ def cmd_train(a) -> int:
     try:
         s = run_training(cfg, a.out, resume=a.resume)
         if not dist.is_initialized() or dist.get_rank() == 0: print(json.dumps(s))
-        return 0
-    finally:
-        if started:
-            dist.barrier(); dist.destroy_process_group()
+    except TrainingInterrupted:                          # every rank stops at the same step (the flag is all-reduced)
+        if started: end_distributed()
+        raise
+    except BaseException:                                # a rank alone may have failed: no barrier, it could wait forever
+        if started and dist.is_initialized(): dist.destroy_process_group()
+        raise
+    if started: end_distributed(0)                       # a finished torchrun rank exits 0 here, every time
+    return 0
 
 # %% ../nbs/33_cli.ipynb #7a41ffad
 def cmd_eval(a) -> int:
