@@ -6,8 +6,10 @@
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import math
+import os
 import sys
 import tempfile
 import warnings
@@ -26,7 +28,7 @@ if TYPE_CHECKING:                                   # names for the annotations 
     from arc_geometry.models import GeoLM
 
 # %% auto #0
-__all__ = ['EXPORT_GEOMETRIES', 'DEFAULT_OPSET', 'export_scores', 'export_attend', 'export_mode', 'export_onnx',
+__all__ = ['EXPORT_GEOMETRIES', 'DEFAULT_OPSET', 'export_scores', 'export_attend', 'export_mode', 'export_onnx', 'save_onnx',
            'filter_logits_np', 'sample_next_np', 'OnnxLM', 'quantize_int8', 'load_model', 'export_main']
 
 # %% ../nbs/50_export.ipynb #f0278090
@@ -152,16 +154,29 @@ def export_onnx(model: GeoLM, path: Union[str, Path], *, opset: Optional[int] = 
     if isinstance(opset, bool) or not isinstance(opset, int) or opset < 1:
         raise ValueError(f"opset must be a positive int, got {opset!r}")
     path = Path(path)
+    if path.is_dir(): raise ValueError(f"path: {path} is a directory")
     path.parent.mkdir(parents=True, exist_ok=True)
     cfg = model.config
     dev = next(model.parameters()).device
     S = 2 if cfg.max_seq_len >= 3 else 1                     # a sample with a non-empty cache where the model allows
     P = min(2, cfg.max_seq_len - S)
     ids = torch.arange(2 * (P + S), device=dev).remainder(cfg.vocab_size).view(2, P + S)
-    was_training = model.training
-    model.eval()
     _register_symbolics()
     past_names, present_names = _io_names(cfg.depth)
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.") as work:   # beside `path`
+        raw = Path(work) / "export.onnx"
+        _export_graph(model, raw, opset, ids, P, past_names, present_names)
+        _optimize(raw, opset)
+        m = _compact(onnx.load(str(raw)))
+        onnx.helper.set_model_props(m, {_META: json.dumps(cfg.to_dict()), "arc_geometry.format": "kv-graph/1"})
+        onnx.checker.check_model(m, full_check=True)
+        return save_onnx(m, path)
+
+def _export_graph(model, raw: Path, opset: int, ids, P: int, past_names, present_names) -> None:
+    "`torch.onnx.export` of `model` (eval mode, the export path) to `raw`; its errors as `ValueError`s naming the opset."
+    import torch
+    cfg, was_training = model.config, model.training
+    model.eval()
     try:
         with torch.no_grad(), export_mode(model), warnings.catch_warnings(), _quiet_output():
             warnings.simplefilter("ignore")                   # tracer and deprecation warnings of the exporter
@@ -171,7 +186,7 @@ def export_onnx(model: GeoLM, path: Union[str, Path], *, opset: Optional[int] = 
             axes = {"input_ids": {0: "batch", 1: "sequence"}, "logits": {0: "batch", 1: "sequence"},
                     **{n: {0: "batch", 2: "past"} for n in past_names},
                     **{n: {0: "batch", 2: "total"} for n in present_names}}
-            torch.onnx.export(_graph_module(model), (ids[:, P:], *past), str(path), dynamo=False,
+            torch.onnx.export(_graph_module(model), (ids[:, P:], *past), str(raw), dynamo=False,
                               opset_version=opset, verbose=False, input_names=["input_ids", *past_names],
                               output_names=["logits", *present_names], dynamic_axes=axes, do_constant_folding=True)
     except torch.onnx.errors.OnnxExporterError as e:
@@ -181,11 +196,23 @@ def export_onnx(model: GeoLM, path: Union[str, Path], *, opset: Optional[int] = 
         raise
     finally:
         model.train(was_training)
-    _optimize(path, opset)
-    m = _compact(onnx.load(str(path)))
-    onnx.helper.set_model_props(m, {_META: json.dumps(cfg.to_dict()), "arc_geometry.format": "kv-graph/1"})
-    onnx.checker.check_model(m, full_check=True)
-    onnx.save(m, str(path))
+
+def save_onnx(m, path: Union[str, Path]) -> Path:
+    """Write the ONNX model `m` to `path` atomically (a temporary file beside it, fsync, rename): a killed export
+    leaves the previous file whole. A model past protobuf's 2 GB limit keeps its weights in a data file next to it,
+    under a fresh name renamed into place first, so the old file keeps its own data until its own rename."""
+    from arc_geometry.pretrained import atomic_write
+    path = Path(path)
+    if m.ByteSize() < 2**31 - 2**20: return atomic_write(path, m.SerializeToString())
+    onnx = require("onnx", "export", "ONNX export")
+    data = f"{path.name}.{os.urandom(4).hex()}.data"
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.") as tmp:
+        onnx.save(m, os.path.join(tmp, "m.onnx"), save_as_external_data=True, all_tensors_to_one_file=True, location=data)
+        with open(os.path.join(tmp, data), "rb+") as f: os.fsync(f.fileno())
+        os.replace(os.path.join(tmp, data), path.parent / data)
+        atomic_write(path, Path(tmp, "m.onnx").read_bytes())
+    for old in path.parent.glob(f"{glob.escape(path.name)}.*.data"):
+        if old.name != data: old.unlink(missing_ok=True)
     return path
 
 def _compact(m):
@@ -219,7 +246,7 @@ def _optimize(path: Path, opset: int) -> None:
     so.optimized_model_filepath = str(tmp)
     try: ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     except Exception as e:
-        path.unlink(missing_ok=True); tmp.unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)                    # `path` is the export's own temporary file
         raise ValueError(f"opset {opset}: ONNX Runtime cannot run the exported graph: {_one_line(e)}") from None
     tmp.replace(path)
 
@@ -280,7 +307,9 @@ class OnnxLM:
         if not p.is_file(): raise ValueError(f"path: no ONNX file at {p}")
         so = ort.SessionOptions()
         if threads is not None: so.intra_op_num_threads, so.inter_op_num_threads = int(threads), 1
-        self.path, self.session = p, ort.InferenceSession(str(p), so, providers=["CPUExecutionProvider"])
+        try: self.path, self.session = p, ort.InferenceSession(str(p), so, providers=["CPUExecutionProvider"])
+        except Exception as e:                            # ONNX Runtime's own errors (InvalidProtobuf, …): name the file
+            raise ValueError(f"path: {p} is not a readable ONNX model: {_one_line(e)}") from None
         meta = self.session.get_modelmeta().custom_metadata_map
         if _META not in meta: raise ValueError(f"path: {p} was not written by export_onnx (no {_META!r} metadata)")
         self.config: dict = json.loads(meta[_META])
@@ -295,8 +324,8 @@ class OnnxLM:
 
     def _ids(self, input_ids) -> np.ndarray:
         ids = np.asarray(input_ids)
-        if ids.ndim != 2 or ids.shape[1] < 1 or ids.dtype.kind not in "iu":
-            raise ValueError(f"input_ids must be an integer array (B, S) with S >= 1, got {ids.dtype} {ids.shape}")
+        if ids.ndim != 2 or ids.shape[0] < 1 or ids.shape[1] < 1 or ids.dtype.kind not in "iu":
+            raise ValueError(f"input_ids must be an integer array (B, S) with B, S >= 1, got {ids.dtype} {ids.shape}")
         if ids.size and (ids.min() < 0 or ids.max() >= self.vocab_size):
             raise ValueError(f"input_ids must be in [0, vocab_size = {self.vocab_size}), got [{ids.min()}, {ids.max()}]")
         return ids.astype(np.int64)
@@ -351,8 +380,10 @@ def quantize_int8(src: Union[str, Path], dst: Union[str, Path]) -> Path:
     QuantType, quantize_dynamic = q.QuantType, q.quantize_dynamic
     src, dst = Path(src), Path(dst)
     if not src.is_file(): raise ValueError(f"src: no ONNX file at {src}")
+    if dst.is_dir(): raise ValueError(f"dst: {dst} is a directory")
     dst.parent.mkdir(parents=True, exist_ok=True)
-    g = onnx.load(str(src))
+    try: g = onnx.load(str(src))
+    except Exception as e: raise ValueError(f"src: {src} is not a readable ONNX file: {_one_line(e)}") from None
     meta = {p.key: p.value for p in g.metadata_props}
     if _META not in meta: raise ValueError(f"src: {src} was not written by export_onnx (no {_META!r} metadata)")
     mats = {i.name for i in g.graph.initializer if len(i.dims) == 2}
@@ -363,14 +394,15 @@ def quantize_int8(src: Union[str, Path], dst: Union[str, Path]) -> Path:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         logging.disable(logging.WARNING)                    # its advice to pre-process, logged on the root logger
-        try: quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True,
-                         op_types_to_quantize=["MatMul", "Gemm", "Gather"], nodes_to_quantize=nodes)
-        finally: logging.disable(logging.NOTSET)
-    m = _compact(onnx.load(str(dst)))
+        with tempfile.TemporaryDirectory(dir=dst.parent, prefix=f".{dst.name}.{os.getpid()}.") as work:
+            tmp = Path(work) / "int8.onnx"                # beside `dst`: `save_onnx` renames the finished file over it
+            try: quantize_dynamic(str(src), str(tmp), weight_type=QuantType.QInt8, per_channel=True,
+                                  op_types_to_quantize=["MatMul", "Gemm", "Gather"], nodes_to_quantize=nodes)
+            finally: logging.disable(logging.NOTSET)
+            m = _compact(onnx.load(str(tmp)))
     onnx.helper.set_model_props(m, meta)
     onnx.checker.check_model(m, full_check=True)
-    onnx.save(m, str(dst))
-    return dst
+    return save_onnx(m, dst)
 
 # %% ../nbs/50_export.ipynb #fe1831ab
 def _read_json(p: Path) -> dict:
