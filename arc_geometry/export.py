@@ -10,6 +10,7 @@ import glob
 import json
 import math
 import os
+import shutil
 import sys
 import tempfile
 import warnings
@@ -28,8 +29,8 @@ if TYPE_CHECKING:                                   # names for the annotations 
     from arc_geometry.models import GeoLM
 
 # %% auto #0
-__all__ = ['EXPORT_GEOMETRIES', 'DEFAULT_OPSET', 'export_scores', 'export_attend', 'export_mode', 'export_onnx', 'save_onnx',
-           'filter_logits_np', 'sample_next_np', 'OnnxLM', 'quantize_int8', 'load_model', 'export_main']
+__all__ = ['EXPORT_GEOMETRIES', 'DEFAULT_OPSET', 'export_scores', 'export_attend', 'export_mode', 'export_onnx', 'remove_stale',
+           'save_onnx', 'filter_logits_np', 'sample_next_np', 'OnnxLM', 'quantize_int8', 'load_model', 'export_main']
 
 # %% ../nbs/50_export.ipynb #f0278090
 def _arcosh1p(R):
@@ -163,6 +164,7 @@ def export_onnx(model: GeoLM, path: Union[str, Path], *, opset: Optional[int] = 
     ids = torch.arange(2 * (P + S), device=dev).remainder(cfg.vocab_size).view(2, P + S)
     _register_symbolics()
     past_names, present_names = _io_names(cfg.depth)
+    remove_stale(path)
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.") as work:   # beside `path`
         raw = Path(work) / "export.onnx"
         _export_graph(model, raw, opset, ids, P, past_names, present_names)
@@ -196,6 +198,23 @@ def _export_graph(model, raw: Path, opset: int, ids, P: int, past_names, present
         raise
     finally:
         model.train(was_training)
+
+def _alive(pid: int) -> bool:
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return False
+    except PermissionError: pass
+    return True
+
+def remove_stale(path: Union[str, Path]) -> list:
+    """Remove what killed writers of `path` left beside it: the temporary files and directories `.NAME.PID.*` of
+    processes that no longer run (a running export's are kept). Returns the paths removed."""
+    path, gone = Path(path), []
+    for p in path.parent.glob(f".{glob.escape(path.name)}.*"):
+        pid = p.name[len(path.name) + 2:].split(".")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+            gone.append(p)
+    return gone
 
 def save_onnx(m, path: Union[str, Path]) -> Path:
     """Write the ONNX model `m` to `path` atomically (a temporary file beside it, fsync, rename): a killed export
@@ -382,6 +401,7 @@ def quantize_int8(src: Union[str, Path], dst: Union[str, Path]) -> Path:
     if not src.is_file(): raise ValueError(f"src: no ONNX file at {src}")
     if dst.is_dir(): raise ValueError(f"dst: {dst} is a directory")
     dst.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale(dst)
     try: g = onnx.load(str(src))
     except Exception as e: raise ValueError(f"src: {src} is not a readable ONNX file: {_one_line(e)}") from None
     meta = {p.key: p.value for p in g.metadata_props}
