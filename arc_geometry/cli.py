@@ -24,15 +24,16 @@ import yaml
 from . import __version__
 from .core import ArgumentParser, check_fields, config_from_dict
 from .models import GeoConfig, GeoLM
+from .pretrained import read_json_object
 from .tasks import ModularArithmetic
 from .train import MID_RUN_KEYS, NonFiniteLossError, TrainConfig, Trainer, TrainingInterrupted
 from .train_state import latest_checkpoint, unpack_training_state
 
 # %% auto #0
 __all__ = ['SECTIONS', 'DEFAULT_CONFIG', 'BENCHMARKS', 'EXTENSIONS', 'HELP', 'load_config', 'DataConfig', 'apply_overrides',
-           'RunConfig', 'build_config', 'validate_tune', 'validate_space', 'suggest', 'import_optuna',
-           'read_run_config', 'resume_config', 'init_distributed', 'end_distributed', 'run_training', 'cmd_train',
-           'cmd_eval', 'cmd_tune', 'cmd_passthrough', 'parser', 'main']
+           'RunConfig', 'model_bytes', 'check_memory', 'build_config', 'validate_tune', 'validate_space', 'suggest',
+           'import_optuna', 'read_run_config', 'resume_config', 'init_distributed', 'end_distributed', 'run_training',
+           'cmd_train', 'cmd_eval', 'cmd_tune', 'cmd_passthrough', 'parser', 'main']
 
 # %% ../nbs/33_cli.ipynb #799308cc
 SECTIONS = ("model", "data", "train", "tune")
@@ -113,6 +114,23 @@ class RunConfig:
         return {"model": self.model.to_dict(), "data": dataclasses.asdict(self.data), "train": self.train.to_dict(),
                 **({"tune": self.tune} if self.tune else {})}
 
+def model_bytes(c: GeoConfig) -> int:
+    """A lower bound of the bytes training a `GeoLM` of config `c` takes: 16 per parameter (float32 weights, gradients
+    and AdamW's two moments) of its embeddings, learned positions and the blocks' attention and MLP matrices."""
+    d = c.dim
+    n = c.vocab_size * d * (1 if c.tie_embeddings else 2) + (c.max_seq_len * d if c.positions == "learned" else 0)
+    return 16 * (n + c.depth * (4 + 2 * c.mlp_ratio) * d * d)
+
+def check_memory(c: GeoConfig, section: str = "model") -> None:
+    "`ValueError` (naming the sizes and the bytes) if training config `c` cannot fit in this machine's memory."
+    try: have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError): return        # unknown on this system
+    need = model_bytes(c)
+    if need > have:
+        raise ValueError(f"{section}: this model needs at least {need:,} bytes ({need / 2**30:,.1f} GiB) for its float32 "
+                         f"weights, gradients and AdamW state, more than this machine's {have / 2**30:,.1f} GiB "
+                         f"(dim = {c.dim}, depth = {c.depth}, vocab_size = {c.vocab_size}, max_seq_len = {c.max_seq_len})")
+
 def build_config(cfg: dict) -> RunConfig:
     "Validate every section of `cfg` (errors name the key); `model.vocab_size`/`max_seq_len` default to the task's."
     for sec in cfg:
@@ -129,6 +147,7 @@ def build_config(cfg: dict) -> RunConfig:
         raise ValueError(f"model.vocab_size must be >= the task's vocabulary {task.vocab_size}, got {model.vocab_size}")
     if model.max_seq_len < task.seq_len:
         raise ValueError(f"model.max_seq_len must be >= the task's input length {task.seq_len}, got {model.max_seq_len}")
+    check_memory(model)
     train = config_from_dict(TrainConfig, cfg.get("train"), "train")
     tune = validate_tune(cfg.get("tune") or {})
     return RunConfig(model, data, train, task, tune)
@@ -197,13 +216,19 @@ def read_run_config(run) -> dict:
     if not run.exists(): raise ValueError(f"run directory {run} does not exist")
     if not run.is_dir(): raise ValueError(f"{run} is not a run directory (it is a file)")
     p = run / "config.json"
-    if not p.is_file(): raise ValueError(f"{run} holds no run: {p.name} is missing")
-    try: return json.loads(p.read_text())
-    except ValueError as e: raise ValueError(f"{p}: invalid JSON ({e})") from None
+    if not p.exists(): raise ValueError(f"{run} holds no run: {p.name} is missing")
+    return read_json_object(p, "the run's config")
+
+def _saved_config(run) -> RunConfig:
+    "The validated config of run directory `run`; an invalid one is an error naming its file."
+    try: return build_config(read_run_config(run))
+    except (ValueError, TypeError) as e:
+        msg = str(e); p = str(Path(run) / "config.json")
+        raise ValueError(msg if msg.startswith(p) else f"{p}: {msg}") from None
 
 def resume_config(run, cfg: Optional[dict] = None, sets: Optional[list] = None) -> tuple[dict, list[str]]:
     "The config to resume `run` with, and the changes made: its `config.json`, changed only in `MID_RUN_KEYS`."
-    saved = build_config(read_run_config(run)).to_dict()
+    saved = _saved_config(run).to_dict()
     raw = apply_overrides(cfg if cfg is not None else saved, sets)
     def diff(want: dict, fixed_only: bool) -> tuple[list, list]:
         changes: list[str] = []; refused: list[str] = []
@@ -277,10 +302,15 @@ def cmd_train(a) -> int:
 # %% ../nbs/33_cli.ipynb #7a41ffad
 def cmd_eval(a) -> int:
     run = Path(a.run)
-    saved = read_run_config(run)
+    base = _saved_config(run)
+    saved = base.to_dict()
     fixed = [s for s in a.set if s.partition("=")[0].strip().startswith("model.")]
     if fixed: raise ValueError(f"--set {fixed[0]} is refused: eval reads the model from the run, model.* cannot be overridden")
     rc = build_config(apply_overrides(saved, a.set))
+    was, now = (base.data.task, base.data.p, base.task.vocab_size), (rc.data.task, rc.data.p, rc.task.vocab_size)
+    if was != now:                                   # the model's vocabulary and modulus are the run's
+        raise ValueError(f"--set: the run's model was trained on task {was[0]} mod p = {was[1]} (vocabulary {was[2]}); "
+                         f"it cannot be evaluated on task {now[0]} mod p = {now[1]} (vocabulary {now[2]})")
     if (run / "model" / "config.json").exists():
         model, source = GeoLM.from_pretrained(run / "model"), "model"
     else:
