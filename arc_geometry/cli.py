@@ -38,8 +38,8 @@ __all__ = ['SECTIONS', 'DEFAULT_CONFIG', 'BENCHMARKS', 'EXTENSIONS', 'HELP', 'lo
 # %% ../nbs/33_cli.ipynb #799308cc
 SECTIONS = ("model", "data", "train", "tune")
 
-def load_config(path) -> dict:
-    "Read a YAML (or, for `.json`, JSON) CONFIG file into a dict; `ValueError` naming the file otherwise."
+def load_config(path, sections: Sequence[str] = SECTIONS) -> dict:
+    "Read a YAML (or, for `.json`, JSON) CONFIG file into a dict (of `sections`); `ValueError` naming the file otherwise."
     p = Path(path)
     if not p.exists(): raise ValueError(f"CONFIG file {p} does not exist")
     if p.is_dir(): raise ValueError(f"CONFIG {p} is a directory, not a YAML or JSON file")
@@ -55,7 +55,7 @@ def load_config(path) -> dict:
             m = getattr(e, "problem_mark", None)
             at = f" at line {m.line + 1} column {m.column + 1}" if m is not None else ""
             raise ValueError(f"CONFIG {p}: invalid YAML{at}: {getattr(e, 'problem', None) or e}") from None
-    if not isinstance(d, dict): raise ValueError(f"CONFIG {p} must hold a mapping with sections {', '.join(SECTIONS)}, got {type(d).__name__}")
+    if not isinstance(d, dict): raise ValueError(f"CONFIG {p} must hold a mapping with sections {', '.join(sections)}, got {type(d).__name__}")
     return d
 
 # %% ../nbs/33_cli.ipynb #67432cef

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from .cli import apply_overrides, load_config
 from .core import ArgumentParser
-from .pretrained import atomic_write
+from .pretrained import atomic_write, read_json_object
 from .train import TrainingInterrupted
 
 # %% auto #0
@@ -51,9 +51,26 @@ class ResultsCSV:
             if data and not data.endswith(b"\n"): f.truncate(data.rfind(b"\n") + 1)
 
     def rows(self) -> list[dict]:
-        "Every row, as dicts of strings (an absent file has none)."
+        """Every row, as dicts of strings (an absent file has none), checked as read: a header with the key columns,
+        then rows of as many fields, no second header, no key twice; `ValueError` naming the file and line otherwise."""
         if not self.path.exists(): return []
-        with open(self.path, newline="") as f: return list(csv.DictReader(f))
+        out, seen = [], {}
+        with open(self.path, newline="") as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            if header is None: return []
+            missing = [k for k in self.key if k not in header]
+            if missing or len(set(header)) < len(header):
+                raise ValueError(f"{self.path} line 1: not a results table keyed by {list(self.key)}: its header is {header}")
+            for rec in reader:
+                at = f"{self.path} line {reader.line_num}"
+                if rec == header: raise ValueError(f"{at}: a second header line (two tables pasted together?)")
+                if len(rec) != len(header): raise ValueError(f"{at}: {len(rec)} fields, the header has {len(header)}")
+                row = dict(zip(header, rec)); key = self.key_of(row)
+                if "" in key: raise ValueError(f"{at}: an empty key column ({', '.join(self.key)} = {', '.join(key)})")
+                if key in seen: raise ValueError(f"{at}: the key {', '.join(key)} again (first on line {seen[key]}): duplicated rows")
+                seen[key] = reader.line_num; out.append(row)
+        return out
 
     def key_of(self, row: dict) -> tuple[str, ...]:
         "The key of `row` (a result or a job), as strings, as it reads back from the file."
@@ -206,7 +223,7 @@ def suite_config(config, sets: Optional[Sequence[str]], defaults: dict) -> dict:
     "Defaults, updated section by section from the YAML/JSON file `config` (if any), then by `--set` overrides."
     cfg = copy.deepcopy(defaults)
     if config is not None:
-        for sec, v in load_config(config).items():
+        for sec, v in load_config(config, tuple(defaults)).items():
             if sec not in defaults: raise ValueError(f"unknown section {sec!r} in {config}; sections: {', '.join(defaults)}")
             if not isinstance(v or {}, dict): raise ValueError(f"section {sec} must be a mapping, got {v!r}")
             cfg[sec] = {**cfg[sec], **(v or {})}
@@ -220,7 +237,8 @@ def check_run_dir(out, cfg: dict, fixed: Sequence[str]) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     f = out / "config.json"
     if f.exists():
-        old = json.loads(f.read_text())
+        try: old = read_json_object(f, "the configuration of the results in this directory")
+        except ValueError as e: raise ValueError(f"{e}; restore it, or use a new --out") from None
         changed = [s for s in fixed if old.get(s) != cfg.get(s)]
         if changed:
             raise ValueError(f"{out} holds results of another {'/'.join(changed)} configuration (see {f}); "
