@@ -82,8 +82,9 @@ class TrainConfig:
             if not 0 <= getattr(self, n) < 1: raise ValueError(f"train.{n} must be in [0, 1), got {getattr(self, n)}")
         if not 0 <= self.min_lr_ratio <= 1: raise ValueError(f"train.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         top = torch.finfo(torch.float32).max * (1 - self.beta1)      # AdamW's first step is lr / (1 - beta1), in float32
-        if not 0 < self.lr <= top: raise ValueError(f"train.lr must be in (0, {top:.3g}] (AdamW's step lr / (1 - beta1) "
-                                                    f"must be a float32), got {self.lr}")
+        if not self.lr > 0: raise ValueError(f"train.lr must be > 0, got {self.lr}")
+        if self.lr > top: raise ValueError(f"train.lr must be <= {top:.3g} (AdamW's first step, lr / (1 - beta1), must "
+                                           f"be a float32), got {self.lr}")
         if self.batch_size % self.grad_accum:
             raise ValueError(f"train.batch_size must be divisible by train.grad_accum = {self.grad_accum}, got {self.batch_size}")
         if self.schedule not in ("cosine", "constant"):
