@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from .export import OnnxLM, export_onnx, load_model, quantize_int8
 from .models import GeoConfig, GeoLM
+from .pretrained import atomic_write
 
 # %% auto #0
 __all__ = ['GEOMETRY_ORDER', 'RUNTIMES', 'FULL', 'TINY', 'bench_speed', 'train_default_runs', 'int8_table', 'targets', 'figure',
@@ -184,12 +185,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
     if not a.skip_speed:
         speed = pd.DataFrame(bench_speed(**(TINY if a.tiny else FULL)))
-        speed.to_csv(out / "export_cpu.csv", index=False, float_format="%.6g")
+        atomic_write(out / "export_cpu.csv", speed.to_csv(index=False, float_format="%.6g"))
         print(speed.pivot_table(index=["geometry", "threads", "batch", "prompt"], columns="runtime", values="decode_ms").round(2))
     if not a.skip_int8:
         runs = train_default_runs(a.runs or tempfile.mkdtemp(prefix="default_runs_"))
         q = pd.DataFrame(int8_table(runs))
-        q.to_csv(out / "export_int8.csv", index=False, float_format="%.6g")
+        atomic_write(out / "export_int8.csv", q.to_csv(index=False, float_format="%.6g"))
         print(q.round(4).to_string(index=False))
     return 0
 
