@@ -312,10 +312,14 @@ def sample_next_np(logits: np.ndarray, temperature: float, top_k: Optional[int],
                    rng: np.random.Generator) -> np.ndarray:
     "One token per row of `logits (B, V)`: argmax at `temperature == 0`, else a filtered softmax sample; `(B,)` int64."
     if temperature == 0: return logits.argmax(-1).astype(np.int64)
-    probs = _softmax(filter_logits_np(logits / temperature, top_k, top_p))
+    with np.errstate(over="ignore"): z = logits / temperature
+    over = ~np.isfinite(z.max(-1))                                 # T so small the quotient overflows: its limit, argmax
+    if over.all(): return logits.argmax(-1).astype(np.int64)
+    probs = _softmax(filter_logits_np(np.where(over[:, None], 0.0, z), top_k, top_p))
     cdf = np.cumsum(probs, -1)
     u = rng.random(len(cdf)) * cdf[:, -1]                      # < the total: the index lands on a token with mass
-    return np.array([np.searchsorted(c, x, side="right") for c, x in zip(cdf, u)], dtype=np.int64)
+    pick = np.array([np.searchsorted(c, x, side="right") for c, x in zip(cdf, u)], dtype=np.int64)
+    return np.where(over, logits.argmax(-1), pick).astype(np.int64)
 
 # %% ../nbs/50_export.ipynb #9ac6d86f
 class OnnxLM:
