@@ -20,7 +20,7 @@ import time
 from contextlib import contextmanager
 from multiprocessing.connection import wait
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -54,7 +54,7 @@ class ResultsCSV:
         """Every row, as dicts of strings (an absent file has none), checked as read: a header with the key columns,
         then rows of as many fields, no second header, no key twice; `ValueError` naming the file and line otherwise."""
         if not self.path.exists(): return []
-        out, seen = [], {}
+        out: list[dict] = []; seen: dict[tuple, int] = {}
         with open(self.path, newline="") as f:
             reader = csv.reader(f)
             header = next(reader, None)
@@ -128,6 +128,7 @@ def _worker(fn: Callable[[dict], dict], conn, ppid: int) -> None:
         try: job = conn.recv()
         except (EOFError, OSError): return                   # the parent closed its end
         if job is None: return
+        msg: tuple[str, Any]
         try: msg = ("ok", fn(job))
         except Exception as e: msg = ("err", e)
         try: conn.send(msg)
@@ -158,7 +159,7 @@ def _signals_held():
 def _pool(todo: list, fn: Callable[[dict], dict], workers: int, record: Callable, name: Callable) -> None:
     "Run `fn` on each job of `todo` in `workers` spawned processes; `record(job, row)` each result in this process."
     ctx = mp.get_context("spawn")
-    procs, conns, running = [], [], {}                   # running: connection → the job its worker is running
+    procs: list = []; conns: list = []; running: dict = {}    # running: connection → the job its worker is running
     pending = list(todo)
     try:
         for _ in range(min(workers, len(pending))):
