@@ -216,13 +216,13 @@ def remove_stale(path: Union[str, Path]) -> list:
             gone.append(p)
     return gone
 
-def save_onnx(m, path: Union[str, Path]) -> Path:
+def save_onnx(m, path: Union[str, Path], max_inline: int = 2**31 - 2**20) -> Path:
     """Write the ONNX model `m` to `path` atomically (a temporary file beside it, fsync, rename): a killed export
     leaves the previous file whole. A model past protobuf's 2 GB limit keeps its weights in a data file next to it,
     under a fresh name renamed into place first, so the old file keeps its own data until its own rename."""
     from arc_geometry.pretrained import atomic_write
-    path = Path(path)
-    if m.ByteSize() < 2**31 - 2**20: return atomic_write(path, m.SerializeToString())
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    if m.ByteSize() < max_inline: return atomic_write(path, m.SerializeToString())
     onnx = require("onnx", "export", "ONNX export")
     data = f"{path.name}.{os.urandom(4).hex()}.data"
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.") as tmp:
