@@ -113,8 +113,8 @@ def train_default_runs(out_dir, geometries: Sequence[str] = GEOMETRY_ORDER, extr
 
 def _val_split(run_dir: Path):
     "The validation sequences `(N, S)` (answer last) of a run, from its `config.json`."
-    from arc_geometry.cli import build_config
-    return build_config(json.loads((run_dir / "config.json").read_text())).task.val
+    from arc_geometry.cli import build_config, read_run_config
+    return build_config(read_run_config(run_dir)).task.val
 
 def int8_table(runs: dict, workdir=None) -> list[dict]:
     "Per geometry: float32 and int8 file sizes, and validation accuracy of PyTorch, ONNX Runtime float32 and int8."

@@ -430,10 +430,8 @@ def quantize_int8(src: Union[str, Path], dst: Union[str, Path]) -> Path:
 
 # %% ../nbs/50_export.ipynb #fe1831ab
 def _read_json(p: Path) -> dict:
-    try: d = json.loads(p.read_text())
-    except (OSError, ValueError) as e: raise ValueError(f"{p}: unreadable JSON ({e})") from None
-    if not isinstance(d, dict): raise ValueError(f"{p}: expected a JSON object, got {type(d).__name__}")
-    return d
+    from arc_geometry.pretrained import read_json_object     # the library's one JSON reader (it imports torch)
+    return read_json_object(p, "the config")
 
 def _names(ns: list, n: int = 6) -> str:
     return ", ".join(ns[:n]) + (f" and {len(ns) - n} more" if len(ns) > n else "")
