@@ -288,10 +288,18 @@ def study_main(argv: Optional[Sequence[str]] = None) -> int:
 SUMMARY_MEANS = ("final_val_acc", "val_ece", "val_brier", "val_ece_holdout", "val_ece_ts", "radius_spearman", "seconds")
 
 def read_results(out) -> list[dict]:
-    "The rows of `out/results.csv` (strings, as written)."
+    """The rows of `out/results.csv` (strings, as written), checked: the file's structure (`ResultsCSV.rows`), every
+    column of `COLUMNS`, numbers where `summarize` reads numbers; `ValueError` naming the file and line otherwise."""
     p = Path(out) / "results.csv"
     if not p.exists(): raise ValueError(f"no results in {out}: {p} does not exist")
-    return ResultsCSV(p, KEY).rows()
+    rows = ResultsCSV(p, KEY).rows()
+    missing = [c for c in COLUMNS if rows and c not in rows[0]]
+    if missing: raise ValueError(f"{p}: not a study results table, it lacks the column(s) {', '.join(missing)}")
+    for line, r in enumerate(rows, start=2):
+        for k in ("train_fraction", "steps_to_target") + SUMMARY_MEANS:
+            try: float(r[k]) if r[k] != "" else None
+            except ValueError: raise ValueError(f"{p} line {line}: {k} = {r[k]!r} is not a number") from None
+    return rows
 
 def summarize(rows: Sequence[dict]) -> list[dict]:
     "Per (task, train_fraction, geometry): `trials`, `reached`, `median_steps` (of those that reached), and the means of `SUMMARY_MEANS`."
