@@ -167,21 +167,24 @@ def _pool(todo: list, fn: Callable[[dict], dict], workers: int, record: Callable
             p = ctx.Process(target=_worker, args=(fn, theirs, os.getpid()), daemon=True, name="arc-geometry-worker")
             p.start(); theirs.close()
             procs.append(p); conns.append(mine)
+        def died(c, what: str) -> RuntimeError:
+            p = procs[conns.index(c)]; p.join(5)
+            return RuntimeError(f"worker process {p.pid} died (exit code {p.exitcode}) {what}")
         idle = list(conns)
         while pending or running:
             while idle and pending:
-                c = idle.pop(); running[c] = pending.pop(0); c.send(running[c])
+                c = idle.pop(); running[c] = pending.pop(0)
+                try: c.send(running[c])
+                except OSError: raise died(c, f"before running {name(running[c])}") from None
             ready = wait(list(running) + [p.sentinel for p in procs], timeout=1.0)
-            for c in [c for c in list(running) if c.poll()]:
+            for c in [c for c in list(running) if c.poll()]:       # an answer, or the end of a worker that died
                 try: kind, val = c.recv()
-                except (EOFError, OSError): continue                 # died mid-answer: the sentinel tells below
+                except (EOFError, OSError): raise died(c, f"while running {name(running[c])}") from None
                 job = running.pop(c); idle.append(c)
                 if kind == "err": raise val
                 record(job, val)
             for p, c in zip(procs, conns):
-                if p.sentinel in ready and not p.is_alive() and not c.poll():
-                    what = f"while running {name(running[c])}" if c in running else "while idle"
-                    raise RuntimeError(f"worker process {p.pid} died (exit code {p.exitcode}) {what}")
+                if p.sentinel in ready and not p.is_alive() and c not in running: raise died(c, "while idle")
     finally:                                             # done, error or signal: no worker outlives this call
         for p in procs:
             if p.is_alive(): p.kill()
