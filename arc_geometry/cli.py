@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import gc
 import importlib
 import json
 import os
@@ -23,21 +24,22 @@ import yaml
 from . import __version__
 from .core import ArgumentParser, check_fields, config_from_dict
 from .models import GeoConfig, GeoLM
+from .pretrained import read_json_object
 from .tasks import ModularArithmetic
 from .train import MID_RUN_KEYS, NonFiniteLossError, TrainConfig, Trainer, TrainingInterrupted
 from .train_state import latest_checkpoint, unpack_training_state
 
 # %% auto #0
 __all__ = ['SECTIONS', 'DEFAULT_CONFIG', 'BENCHMARKS', 'EXTENSIONS', 'HELP', 'load_config', 'DataConfig', 'apply_overrides',
-           'RunConfig', 'build_config', 'validate_tune', 'validate_space', 'suggest', 'import_optuna',
-           'read_run_config', 'resume_config', 'init_distributed', 'run_training', 'cmd_train', 'cmd_eval', 'cmd_tune',
-           'cmd_passthrough', 'parser', 'main']
+           'RunConfig', 'model_bytes', 'check_memory', 'build_config', 'validate_tune', 'validate_space', 'suggest',
+           'import_optuna', 'read_run_config', 'resume_config', 'init_distributed', 'end_distributed', 'run_training',
+           'cmd_train', 'cmd_eval', 'cmd_tune', 'cmd_passthrough', 'parser', 'main']
 
 # %% ../nbs/33_cli.ipynb #799308cc
 SECTIONS = ("model", "data", "train", "tune")
 
-def load_config(path) -> dict:
-    "Read a YAML (or, for `.json`, JSON) CONFIG file into a dict; `ValueError` naming the file otherwise."
+def load_config(path, sections: Sequence[str] = SECTIONS) -> dict:
+    "Read a YAML (or, for `.json`, JSON) CONFIG file into a dict (of `sections`); `ValueError` naming the file otherwise."
     p = Path(path)
     if not p.exists(): raise ValueError(f"CONFIG file {p} does not exist")
     if p.is_dir(): raise ValueError(f"CONFIG {p} is a directory, not a YAML or JSON file")
@@ -53,7 +55,7 @@ def load_config(path) -> dict:
             m = getattr(e, "problem_mark", None)
             at = f" at line {m.line + 1} column {m.column + 1}" if m is not None else ""
             raise ValueError(f"CONFIG {p}: invalid YAML{at}: {getattr(e, 'problem', None) or e}") from None
-    if not isinstance(d, dict): raise ValueError(f"CONFIG {p} must hold a mapping with sections {', '.join(SECTIONS)}, got {type(d).__name__}")
+    if not isinstance(d, dict): raise ValueError(f"CONFIG {p} must hold a mapping with sections {', '.join(sections)}, got {type(d).__name__}")
     return d
 
 # %% ../nbs/33_cli.ipynb #67432cef
@@ -112,6 +114,23 @@ class RunConfig:
         return {"model": self.model.to_dict(), "data": dataclasses.asdict(self.data), "train": self.train.to_dict(),
                 **({"tune": self.tune} if self.tune else {})}
 
+def model_bytes(c: GeoConfig) -> int:
+    """A lower bound of the bytes training a `GeoLM` of config `c` takes: 16 per parameter (float32 weights, gradients
+    and AdamW's two moments) of its embeddings, learned positions and the blocks' attention and MLP matrices."""
+    d = c.dim
+    n = c.vocab_size * d * (1 if c.tie_embeddings else 2) + (c.max_seq_len * d if c.positions == "learned" else 0)
+    return 16 * (n + c.depth * (4 + 2 * c.mlp_ratio) * d * d)
+
+def check_memory(c: GeoConfig, section: str = "model") -> None:
+    "`ValueError` (naming the sizes and the bytes) if training config `c` cannot fit in this machine's memory."
+    try: have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError): return        # unknown on this system
+    need = model_bytes(c)
+    if need > have:
+        raise ValueError(f"{section}: this model needs at least {need:,} bytes ({need / 2**30:,.1f} GiB) for its float32 "
+                         f"weights, gradients and AdamW state, more than this machine's {have / 2**30:,.1f} GiB "
+                         f"(dim = {c.dim}, depth = {c.depth}, vocab_size = {c.vocab_size}, max_seq_len = {c.max_seq_len})")
+
 def build_config(cfg: dict) -> RunConfig:
     "Validate every section of `cfg` (errors name the key); `model.vocab_size`/`max_seq_len` default to the task's."
     for sec in cfg:
@@ -128,6 +147,7 @@ def build_config(cfg: dict) -> RunConfig:
         raise ValueError(f"model.vocab_size must be >= the task's vocabulary {task.vocab_size}, got {model.vocab_size}")
     if model.max_seq_len < task.seq_len:
         raise ValueError(f"model.max_seq_len must be >= the task's input length {task.seq_len}, got {model.max_seq_len}")
+    check_memory(model)
     train = config_from_dict(TrainConfig, cfg.get("train"), "train")
     tune = validate_tune(cfg.get("tune") or {})
     return RunConfig(model, data, train, task, tune)
@@ -196,13 +216,19 @@ def read_run_config(run) -> dict:
     if not run.exists(): raise ValueError(f"run directory {run} does not exist")
     if not run.is_dir(): raise ValueError(f"{run} is not a run directory (it is a file)")
     p = run / "config.json"
-    if not p.is_file(): raise ValueError(f"{run} holds no run: {p.name} is missing")
-    try: return json.loads(p.read_text())
-    except ValueError as e: raise ValueError(f"{p}: invalid JSON ({e})") from None
+    if not p.exists(): raise ValueError(f"{run} holds no run: {p.name} is missing")
+    return read_json_object(p, "the run's config")
+
+def _saved_config(run) -> RunConfig:
+    "The validated config of run directory `run`; an invalid one is an error naming its file."
+    try: return build_config(read_run_config(run))
+    except (ValueError, TypeError) as e:
+        msg = str(e); p = str(Path(run) / "config.json")
+        raise ValueError(msg if msg.startswith(p) else f"{p}: {msg}") from None
 
 def resume_config(run, cfg: Optional[dict] = None, sets: Optional[list] = None) -> tuple[dict, list[str]]:
     "The config to resume `run` with, and the changes made: its `config.json`, changed only in `MID_RUN_KEYS`."
-    saved = build_config(read_run_config(run)).to_dict()
+    saved = _saved_config(run).to_dict()
     raw = apply_overrides(cfg if cfg is not None else saved, sets)
     def diff(want: dict, fixed_only: bool) -> tuple[list, list]:
         changes: list[str] = []; refused: list[str] = []
@@ -231,6 +257,17 @@ def init_distributed() -> bool:
     else: dist.init_process_group("gloo")
     return True
 
+def end_distributed(code: Optional[int] = None) -> None:
+    """Leave torch.distributed the same way every time: garbage collected (DDP's reducer holds the process group),
+    a barrier (every rank has finished writing), the group destroyed. With `code`, the rank then exits at once with
+    that status (`os._exit` after flushing stdout and stderr): the interpreter's own teardown, racing gloo's threads,
+    is what aborted a finished rank now and then under load (`terminate called without an active exception`)."""
+    gc.collect()
+    if dist.is_initialized(): dist.barrier(); dist.destroy_process_group()
+    gc.collect()
+    if code is not None:
+        sys.stdout.flush(); sys.stderr.flush(); os._exit(code)
+
 def _is_main() -> bool: return int(os.environ.get("RANK", "0")) == 0
 
 def run_training(cfg: dict, out, resume: bool = False, callbacks=()) -> dict:
@@ -253,18 +290,27 @@ def cmd_train(a) -> int:
     try:
         s = run_training(cfg, a.out, resume=a.resume)
         if not dist.is_initialized() or dist.get_rank() == 0: print(json.dumps(s))
-        return 0
-    finally:
-        if started:
-            dist.barrier(); dist.destroy_process_group()
+    except TrainingInterrupted:                          # every rank stops at the same step (the flag is all-reduced)
+        if started: end_distributed()
+        raise
+    except BaseException:                                # a rank alone may have failed: no barrier, it could wait forever
+        if started and dist.is_initialized(): dist.destroy_process_group()
+        raise
+    if started: end_distributed(0)                       # a finished torchrun rank exits 0 here, every time
+    return 0
 
 # %% ../nbs/33_cli.ipynb #7a41ffad
 def cmd_eval(a) -> int:
     run = Path(a.run)
-    saved = read_run_config(run)
+    base = _saved_config(run)
+    saved = base.to_dict()
     fixed = [s for s in a.set if s.partition("=")[0].strip().startswith("model.")]
     if fixed: raise ValueError(f"--set {fixed[0]} is refused: eval reads the model from the run, model.* cannot be overridden")
     rc = build_config(apply_overrides(saved, a.set))
+    was, now = (base.data.task, base.data.p, base.task.vocab_size), (rc.data.task, rc.data.p, rc.task.vocab_size)
+    if was != now:                                   # the model's vocabulary and modulus are the run's
+        raise ValueError(f"--set: the run's model was trained on task {was[0]} mod p = {was[1]} (vocabulary {was[2]}); "
+                         f"it cannot be evaluated on task {now[0]} mod p = {now[1]} (vocabulary {now[2]})")
     if (run / "model" / "config.json").exists():
         model, source = GeoLM.from_pretrained(run / "model"), "model"
     else:

@@ -29,10 +29,14 @@ def filter_logits(logits: Tensor, top_k: Optional[int] = None, top_p: Optional[f
 
 def sample_next(logits: Tensor, temperature: float = 1.0, top_k: Optional[int] = None,
                 top_p: Optional[float] = None, generator: Optional[torch.Generator] = None) -> Tensor:
-    "One token per row of `logits (B, V)`: argmax if `temperature == 0`, else a filtered softmax sample; `(B,)`."
+    """One token per row of `logits (B, V)`: argmax if `temperature == 0`, else a filtered softmax sample; `(B,)`.
+    A temperature so small that `logits / temperature` overflows (e.g. 1e-45) is its limit: argmax, for those rows."""
     if temperature == 0: return logits.argmax(-1)
-    probs = filter_logits(logits.float() / temperature, top_k, top_p).softmax(-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    z = logits.float() / temperature
+    over = ~torch.isfinite(z.max(-1).values)               # the limit T → 0 of the softmax is the argmax
+    if over.all(): return logits.argmax(-1)
+    probs = filter_logits(z.masked_fill(over[:, None], 0.0), top_k, top_p).softmax(-1)
+    return torch.where(over, logits.argmax(-1), torch.multinomial(probs, 1, generator=generator).squeeze(-1))
 
 # %% ../nbs/22_generation.ipynb #8e71f9a4
 def _check_generate(model, input_ids, max_new_tokens, temperature, top_k, top_p):

@@ -78,9 +78,13 @@ class TrainConfig:
             if not getattr(self, n) >= 0: raise ValueError(f"train.{n} must be >= 0, got {getattr(self, n)}")
         if self.num_threads is not None and self.num_threads < 1:
             raise ValueError(f"train.num_threads must be >= 1 or null, got {self.num_threads}")
+        for n in ("beta1", "beta2"):
+            if not 0 <= getattr(self, n) < 1: raise ValueError(f"train.{n} must be in [0, 1), got {getattr(self, n)}")
+        if not 0 <= self.min_lr_ratio <= 1: raise ValueError(f"train.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        top = torch.finfo(torch.float32).max * (1 - self.beta1)      # AdamW's first step is lr / (1 - beta1), in float32
         if not self.lr > 0: raise ValueError(f"train.lr must be > 0, got {self.lr}")
-        for n in ("beta1", "beta2", "min_lr_ratio"):
-            if not 0 <= getattr(self, n) <= 1: raise ValueError(f"train.{n} must be in [0, 1], got {getattr(self, n)}")
+        if self.lr > top: raise ValueError(f"train.lr must be <= {top:.3g} (AdamW's first step, lr / (1 - beta1), must "
+                                           f"be a float32), got {self.lr}")
         if self.batch_size % self.grad_accum:
             raise ValueError(f"train.batch_size must be divisible by train.grad_accum = {self.grad_accum}, got {self.batch_size}")
         if self.schedule not in ("cosine", "constant"):
