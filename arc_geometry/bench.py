@@ -14,13 +14,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .geometries import ATTENTION_GEOMETRIES as GEOMETRIES, GEOMETRIES as ROWS
+from .geometries import GEOMETRIES as ROWS, attention_geometries
 
 # %% auto #0
 __all__ = ['MALLOC_ENV', 'make_inputs', 'poincare_flex', 'attention_fn', 'run_case', 'with_tflops', 'bench_attention',
@@ -28,16 +28,10 @@ __all__ = ['MALLOC_ENV', 'make_inputs', 'poincare_flex', 'attention_fn', 'run_ca
 
 # %% ../nbs/90_bench_attention.ipynb #fc6c0f14
 def make_inputs(geometry: str, B: int, H: int, S: int, D: int, R: int, dtype=torch.float32, seed: int = 0):
-    "`(q, k, v, params)` for `geometry` with gradients on every floating tensor."
-    g = torch.Generator().manual_seed(seed)
-    r = lambda *s: torch.randn(*s, generator=g, dtype=dtype)
-    q, k, v = r(B, H, S, D) * 0.05, r(B, H, S, D) * 0.05, r(B, H, S, D)
-    params = {"dot": (), "metric": (r(H, R, D) * 0.1, torch.ones(H, dtype=dtype)),
-              "position_metric": (r(H, R, D) * 0.1, torch.ones(H, dtype=dtype), r(H, R, D) * 0.1, torch.ones(H, R, dtype=dtype)),
-              "poincare": (torch.ones(H, dtype=dtype),),
-              "hybrid": (torch.ones(H, dtype=dtype), torch.ones(H, dtype=dtype))}[geometry]
-    leaves = [t.requires_grad_() for t in (q, k, v, *params)]
-    return leaves[0], leaves[1], leaves[2], tuple(leaves[3:])
+    "`(q, k, v, params)` for `geometry` (its registry row's `example`, rank `R` where it has one), gradients on every floating tensor."
+    q, k, v, params = ROWS[geometry].example(B, H, S, S, D, D, seed=seed, dtype=dtype, R=R)
+    q, k, v = (t.requires_grad_() for t in (q, k, v))
+    return q, k, v, tuple(p.requires_grad_() if isinstance(p, Tensor) and p.is_floating_point() else p for p in params)
 
 _FLEX: dict[str, Any] = {}
 def poincare_flex(q: Tensor, k: Tensor, v: Tensor, c: Tensor, scale: float) -> Tensor:
@@ -63,8 +57,6 @@ def attention_fn(geometry: str, backend: str = "auto"):
     if geometry == "dot":
         return lambda q, k, v, p: F.scaled_dot_product_attention(q, k, v, is_causal=True)
     row = ROWS[geometry]
-    if geometry == "hybrid":
-        return lambda q, k, v, p: row(q, k, v, *p, q.shape[-1] // 2, causal=True, backend=backend)
     return lambda q, k, v, p: row(q, k, v, *p, causal=True, backend=backend)
 
 def _status_bytes(field: str) -> int:
@@ -124,7 +116,7 @@ def with_tflops(df, B: int = 1, H: int = 8, D: int = 64, causal: bool = True):
     if "fwdbwd_s" in df: df["fwdbwd_tflops"] = 2.5 * f / df.fwdbwd_s / 1e12
     return df
 
-def bench_attention(geometries: Sequence[str] = GEOMETRIES, seqlens: Sequence[int] = (256, 1024, 4096, 16384),
+def bench_attention(geometries: Optional[Sequence[str]] = None, seqlens: Sequence[int] = (256, 1024, 4096, 16384),
                     B: int = 1, H: int = 8, D: int = 64, R: int = 16, reference: bool = True,
                     ref_max_bytes: int = 3 * 2 ** 30, timeout_s: float = 300, repeats: int = 3,
                     progress: bool = True, flex: bool = True):
@@ -133,6 +125,7 @@ def bench_attention(geometries: Sequence[str] = GEOMETRIES, seqlens: Sequence[in
     import pandas as pd
     from tqdm.auto import tqdm
 
+    geometries = attention_geometries() if geometries is None else geometries
     cases = [("dot", "auto", S) for S in seqlens] + [(g, "auto", S) for g in geometries for S in seqlens]
     if flex and "poincare" in geometries: cases += [("poincare", "flex", S) for S in seqlens]
     if reference:
@@ -184,7 +177,7 @@ def main(argv: list | None = None) -> int:
     ap.add_argument("--out", default=None, help="directory for attention.csv, or a .csv file (default: a fresh directory "
                     "bench-attention-<time> here)")
     ap.add_argument("--seqlens", default="256,1024,4096,16384", help="comma-separated lengths")
-    ap.add_argument("--geometries", default=",".join(GEOMETRIES), help="comma-separated geometries (default: all)")
+    ap.add_argument("--geometries", default=",".join(attention_geometries()), help="comma-separated geometries (default: all)")
     ap.add_argument("--repeats", type=int, default=3, help="timed runs per short case (best is kept)")
     ap.add_argument("--reference", action=argparse.BooleanOptionalAction, default=True,
                     help="also time the materialised reference where it fits in memory")
@@ -194,8 +187,8 @@ def main(argv: list | None = None) -> int:
         print(json.dumps(run_case(**json.loads(a.case))))
         return 0
     geoms = [g for g in a.geometries.split(",") if g]
-    bad = [g for g in geoms if g not in GEOMETRIES]
-    if bad: ap.error(f"--geometries must be among {', '.join(GEOMETRIES)}, got {', '.join(bad)}")
+    bad = [g for g in geoms if g not in attention_geometries()]
+    if bad: ap.error(f"--geometries must be among {', '.join(attention_geometries())}, got {', '.join(bad)}")
     try: seqlens = [int(s) for s in a.seqlens.split(",")]
     except ValueError: ap.error(f"--seqlens must be comma-separated integers, got {a.seqlens!r}")
     path = bench_csv_path(a.out, "attention.csv", "attention")

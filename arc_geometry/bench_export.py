@@ -20,14 +20,13 @@ import torch
 from tqdm.auto import tqdm
 
 from .export import OnnxLM, export_onnx, load_model, quantize_int8
+from .geometries import GEOMETRIES
 from .models import GeoConfig, GeoLM
 
 # %% auto #0
-__all__ = ['GEOMETRY_ORDER', 'RUNTIMES', 'FULL', 'TINY', 'bench_speed', 'train_default_runs', 'int8_table', 'targets', 'figure',
-           'main']
+__all__ = ['RUNTIMES', 'FULL', 'TINY', 'bench_speed', 'train_default_runs', 'int8_table', 'targets', 'figure', 'main']
 
 # %% ../nbs/94_bench_export.ipynb #56742fa8
-GEOMETRY_ORDER = ("dot", "metric", "position_metric", "poincare", "hybrid")
 RUNTIMES = ("pytorch", "ort_fp32", "ort_int8")
 FULL: dict[str, Any] = dict(dim=128, depth=2, num_heads=4, rank=8, vocab_size=256, batches=(1, 8), prompts=(64, 512),
             decode_steps=16, repeats=3, threads=(1, 2))
@@ -67,11 +66,12 @@ def _run(r, ids: np.ndarray, steps: int) -> tuple:
         dec.append(time.perf_counter() - t0)
     return pre, dec
 
-def bench_speed(geometries: Sequence[str] = GEOMETRY_ORDER, workdir=None, seed: int = 0, *, dim: int, depth: int,
+def bench_speed(geometries: Optional[Sequence[str]] = None, workdir=None, seed: int = 0, *, dim: int, depth: int,
                 num_heads: int, rank: int, vocab_size: int, batches: Sequence[int], prompts: Sequence[int],
                 decode_steps: int, repeats: int, threads: Sequence[int]) -> list[dict]:
     """One row per (geometry, threads, batch, prompt, runtime): `prefill_tok_s` (prompt tokens/s) and `decode_ms`
     (median milliseconds per decoding step of one token per sequence), the three runtimes interleaved."""
+    geometries = tuple(GEOMETRIES) if geometries is None else geometries   # the registry's order
     wd = Path(workdir or tempfile.mkdtemp(prefix="bench_export_"))
     rows = []
     for g in tqdm(geometries, desc="geometries"):
@@ -99,8 +99,9 @@ def bench_speed(geometries: Sequence[str] = GEOMETRY_ORDER, workdir=None, seed: 
     return rows
 
 # %% ../nbs/94_bench_export.ipynb #c83f980e
-def train_default_runs(out_dir, geometries: Sequence[str] = GEOMETRY_ORDER, extra: Sequence[str] = ()) -> dict:
+def train_default_runs(out_dir, geometries: Optional[Sequence[str]] = None, extra: Sequence[str] = ()) -> dict:
     "Train the default job for each geometry into `out_dir/<geometry>` (skipped where a final model exists)."
+    geometries = tuple(GEOMETRIES) if geometries is None else geometries   # the registry's order
     out, runs = Path(out_dir), {}
     for g in tqdm(geometries, desc="training"):
         d = out / g
@@ -146,7 +147,7 @@ def targets(speed, int8) -> Any:
     out["size_target_met"] = q["size_ratio"] <= 0.35
     out["int8_drop_points"] = q["int8_drop_points"]
     out["accuracy_target_met"] = q["int8_drop_points"].abs() <= 1
-    return out.reindex([g for g in GEOMETRY_ORDER if g in out.index])
+    return out.reindex([g for g in GEOMETRIES if g in out.index])
 
 def figure(speed):
     "Plotly: decoding ms per step and prefill tokens/s per geometry, runtime as colour, one column per (batch, prompt)."

@@ -15,14 +15,15 @@ from typing import Any, Callable, Optional
 import torch
 import torch.nn.functional as F
 
+from .geometries import GEOMETRIES, attention_geometries
+
 SEQLENS = (1024, 4096, 16384)
 HEAD_DIMS = (64, 128)
-GEOMETRIES = ("metric", "position_metric", "poincare", "hybrid")
 
 
 # %% auto #0
-__all__ = ['SEQLENS', 'HEAD_DIMS', 'GEOMETRIES', 'flops', 'inputs', 'sdpa_flash', 'flex_poincare', 'implementations', 'measure',
-           'run', 'figure', 'main']
+__all__ = ['SEQLENS', 'HEAD_DIMS', 'flops', 'inputs', 'sdpa_flash', 'flex_poincare', 'implementations', 'measure', 'run',
+           'figure', 'main']
 
 # %% ../nbs/92_bench_gpu.ipynb #3e2f7c11
 def flops(B: int, H: int, S: int, D: int, causal: bool, mode: str) -> float:
@@ -31,18 +32,13 @@ def flops(B: int, H: int, S: int, D: int, causal: bool, mode: str) -> float:
     return f if mode == "fwd" else 3.5 * f
 
 def inputs(geometry: str, B: int, H: int, S: int, D: int, dtype=torch.bfloat16, device="cuda", R: int = 16) -> tuple:
-    "`(q, k, v, params)` for a benchmark, leaves requiring grad; hyperbolic points inside the ball, c = 1."
-    g = torch.Generator(device=device).manual_seed(0)
-    r = lambda *s: torch.randn(*s, generator=g, device=device, dtype=torch.float32)
-    q, k, v = r(B, H, S, D) * 0.3, r(B, H, S, D) * 0.3, r(B, H, S, D)
-    c = torch.ones(H, device=device)
-    if geometry in ("poincare", "hybrid"):
-        q, k = q / (1 + q.norm(dim=-1, keepdim=True)), k / (1 + k.norm(dim=-1, keepdim=True))
-    params = {"dot": (), "metric": (r(H, R, D) * 0.1, torch.full((H,), 0.5, device=device)),
-              "position_metric": (r(H, R, D) * 0.1, torch.full((H,), 0.5, device=device), r(H, R, D) * 0.1, r(H, R)),
-              "poincare": (c,), "hybrid": (c, torch.full((H,), 0.5, device=device), D // 2)}[geometry]
-    lead = lambda x: x.to(dtype).requires_grad_() if torch.is_tensor(x) and x.is_floating_point() else x
-    return lead(q), lead(k), lead(v), tuple(lead(p) for p in params)
+    """`(q, k, v, params)` for a benchmark, leaves requiring grad: the registry row's `example` for one batch of at most
+    1024 positions (made on the CPU in float64), tiled to `B × S` on `device` — the values do not change the cost."""
+    S0 = min(S, 1024)
+    q, k, v, params = GEOMETRIES[geometry].example(1, H, S0, S0, D, D, R=R, dtype=torch.float32)
+    tile = lambda x: x.repeat(B, 1, -(-S // S0), 1)[:, :, :S]
+    lead = lambda x: x.to(device, dtype).requires_grad_() if torch.is_tensor(x) and x.is_floating_point() else x
+    return lead(tile(q)), lead(tile(k)), lead(tile(v)), tuple(lead(p) for p in params)
 
 
 # %% ../nbs/92_bench_gpu.ipynb #d8c5681e
@@ -76,18 +72,14 @@ def flex_poincare(q, k, v, c, scale=None):
     return flex(q, k, v, score_mod=score_mod, block_mask=mask, scale=1.0)
 
 def implementations() -> dict[str, tuple[str, Callable]]:
-    "`name -> (geometry, fn(q, k, v, *params))`: SDPA, FlexAttention (Poincaré), and every geometry's public function."
-    from arc_geometry import attention as api
+    "`name -> (geometry, fn(q, k, v, *params))`: SDPA, FlexAttention (Poincaré), the metric kernel alone, and every geometry."
     from arc_geometry.ops import flash
     pub = lambda f: (lambda q, k, v, *p: f(q, k, v, *p, causal=True))
     return {"sdpa_flash": ("dot", sdpa_flash),
             "flex_poincare": ("poincare", flex_poincare),
-            "metric": ("metric", pub(api.metric_attention)),
             "metric_kernel": ("metric", lambda q, k, v, A, lam: flash.metric_kernel(q, k, v, A, lam, causal=True,
                                                                                      scale=1 / math.sqrt(q.shape[-1]))),
-            "position_metric": ("position_metric", pub(api.position_metric_attention)),
-            "poincare": ("poincare", pub(api.poincare_attention)),
-            "hybrid": ("hybrid", pub(api.hybrid_attention))}
+            **{g: (g, pub(GEOMETRIES[g])) for g in attention_geometries()}}     # every registered geometry, its row
 
 
 # %% ../nbs/92_bench_gpu.ipynb #7c25654b

@@ -23,10 +23,9 @@ from .geometries import GEOMETRIES
 from .models import GeoConfig, GeoLM
 
 # %% auto #0
-__all__ = ['GEOMETRY_ORDER', 'FULL', 'TINY', 'bench_one', 'run_benchmark', 'figure', 'main']
+__all__ = ['FULL', 'TINY', 'bench_one', 'run_benchmark', 'figure', 'main']
 
 # %% ../nbs/91_bench_model.ipynb #9a4464bf
-GEOMETRY_ORDER = tuple(GEOMETRIES)           # the registry's order: the baseline first
 FULL = dict(dim=256, depth=4, num_heads=8, seq_len=512, batch=8, steps=5, warmup=1, vocab_size=256, threads=None)
 TINY = dict(dim=32, depth=1, num_heads=2, seq_len=16, batch=2, steps=2, warmup=1, vocab_size=32, threads=1)
 
@@ -60,13 +59,14 @@ def bench_one(geometry: str, dim: int, depth: int, num_heads: int, seq_len: int,
                 threads=torch.get_num_threads())
 
 # %% ../nbs/91_bench_model.ipynb #5632f730
-def run_benchmark(out_csv, geometries: Sequence[str] = GEOMETRY_ORDER, sizes: Optional[dict] = None,
+def run_benchmark(out_csv, geometries: Optional[Sequence[str]] = None, sizes: Optional[dict] = None,
                   timeout: float = 1800) -> Any:
     "Benchmark `geometries` (dot first, as the baseline) at `sizes` (default `FULL`); write and return the table."
+    geometries = tuple(GEOMETRIES) if geometries is None else geometries   # the registry's order
     import pandas as pd
     sizes = {**FULL, **(sizes or {})}
-    bad = [g for g in geometries if g not in GEOMETRY_ORDER]
-    if bad: raise ValueError(f"geometries must be among {GEOMETRY_ORDER}, got {bad}")
+    bad = [g for g in geometries if g not in GEOMETRIES]
+    if bad: raise ValueError(f"geometries must be among {tuple(GEOMETRIES)}, got {bad}")
     geometries = ["dot"] + [g for g in geometries if g != "dot"]
     def one(g: str, sz: dict, env: Optional[dict] = None) -> dict:
         cmd = [sys.executable, "-m", "arc_geometry.bench_model", "--one", g, "--sizes", json.dumps(sz)]
@@ -114,7 +114,7 @@ def main(argv: Optional[list] = None) -> int:
                                 description="GeoLM training benchmark (CPU): tokens/s and peak memory per geometry")
     p.add_argument("--out", default=None, help="directory for model.csv, or a .csv file (default: a fresh directory "
                    "bench-model-<time> here)")
-    p.add_argument("--geometries", default=",".join(GEOMETRY_ORDER))
+    p.add_argument("--geometries", default=",".join(GEOMETRIES))
     p.add_argument("--sizes", default="{}", help="JSON overrides of the sizes, e.g. '{\"steps\": 3}'")
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)       # internal: one geometry, print JSON
     a = p.parse_args(argv)

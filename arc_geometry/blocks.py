@@ -14,13 +14,14 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from .core import causal_mask
+from .geometries import BLOCKS, GEOMETRIES, block_for, register_block
 from .manifolds import LowRankMetric, PoincareBall, PositionMetric, inv_softplus
 from .ops.common import acc_dtype
 
 # %% auto #0
-__all__ = ['rotary', 'Euclidean', 'Transported', 'recomputed', 'Ball', 'Product', 'KVCache', 'GeoAttention', 'DotAttention',
-           'MetricAttention', 'PositionMetricAttention', 'HeadCurvature', 'PoincareAttention', 'HybridAttention', 'MLP',
-           'GeoBlock']
+__all__ = ['rotary', 'Euclidean', 'Transported', 'recomputed', 'Ball', 'Product', 'KVCache', 'GeoAttention', 'Fp32Attention',
+           'DotAttention', 'MetricAttention', 'PositionMetricAttention', 'HeadCurvature', 'PoincareAttention',
+           'HybridAttention', 'MLP', 'GeoBlock']
 
 # %% ../nbs/20_blocks.ipynb #a371d005
 def rotary(x: Tensor, pos: Tensor, base: float = 10000.0) -> Tensor:
@@ -99,8 +100,11 @@ class KVCache:
 
 # %% ../nbs/20_blocks.ipynb #dc2fa05b
 class GeoAttention(nn.Module):
-    "Causal multi-head attention `(B, S, dim) → (B, S, dim)`; subclasses choose the geometry."
+    "Causal multi-head attention `(B, S, dim) → (B, S, dim)`; subclasses choose the geometry (and so register)."
     geometry: str = ""                                  # its name in the registry, `arc_geometry.geometries`
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        if cls.__dict__.get("geometry"): register_block(cls)
     @staticmethod
     def space(cfg) -> "Euclidean":
         "The residual space of a model of this geometry, from its config."
@@ -128,7 +132,6 @@ class GeoAttention(nn.Module):
     @property
     def spec(self):
         "This geometry's row of the registry: its attention function (`spec(q, k, v, *params, …)`) and score function."
-        from arc_geometry.geometries import GEOMETRIES   # here, not at the top: the registry imports this module
         return GEOMETRIES[self.geometry]
     def scores(self, q, k) -> Tensor:
         "Pre-softmax scores `(B, H, Sq, Sk)` of the points `q, k`, materialised."
@@ -166,7 +169,8 @@ class GeoAttention(nn.Module):
         o = self.attend(q, k, v, key_padding_mask)
         return self.proj(o.to(x.dtype).transpose(1, 2).reshape(B, S, self.dim))   # (B, S, dim)
 
-class _Fp32Attention(GeoAttention):
+# %% ../nbs/20_blocks.ipynb #78b92748
+class Fp32Attention(GeoAttention):
     "A geometry whose attention function runs in float32, autocast off."
     def cast(self, q, k, v):
         dt = acc_dtype(q.dtype)
@@ -181,7 +185,7 @@ class DotAttention(GeoAttention):
     geometry = "dot"
 
 # %% ../nbs/20_blocks.ipynb #d677a750
-class MetricAttention(_Fp32Attention):
+class MetricAttention(Fp32Attention):
     "Scores `−(q−k)ᵀ G_h (q−k)/√D_h` with a learned `G_h = A_hᵀA_h + λ_h I` per head."
     geometry = "metric"
     def __init__(self, cfg, layer: int = 0):
@@ -189,7 +193,7 @@ class MetricAttention(_Fp32Attention):
         self.metric = LowRankMetric(self.hd, cfg.rank, cfg.num_heads, lam_init=cfg.lam_init)
     def params(self): return (self.metric.A, self.metric.lam)
 
-class PositionMetricAttention(_Fp32Attention):
+class PositionMetricAttention(Fp32Attention):
     "Scores with the metric `G_h(m) = A_hᵀ diag(tanh(W_h m + b_h)²) A_h + λ_h I` at the pair midpoint `m`."
     geometry = "position_metric"
     @staticmethod
@@ -208,7 +212,7 @@ class HeadCurvature(nn.Module):
         self.offset = nn.Parameter(torch.zeros(num_heads))
     def forward(self) -> Tensor: return F.softplus(self.global_logit + self.offset).clamp_min(1e-6)
 
-class PoincareAttention(_Fp32Attention):
+class PoincareAttention(Fp32Attention):
     "Scores `−d_{c_h}(q, k)/√D_h` with `q, k = expmap0` of projected tangent vectors on per-head balls."
     geometry = "poincare"
     @staticmethod
@@ -223,7 +227,7 @@ class PoincareAttention(_Fp32Attention):
     def points(self, q, k): return recomputed(self._points, q, k)
     def params(self): return (self.curvature(),)
 
-class HybridAttention(_Fp32Attention):
+class HybridAttention(Fp32Attention):
     "Scores `−(‖q_e−k_e‖² + α_h d_{c_h}(q_h, k_h)²)/√D_h`; per head `dim_e/H` Euclidean coordinates."
     geometry = "hybrid"
     @staticmethod
@@ -256,8 +260,7 @@ class GeoBlock(nn.Module):
     "Pre-norm block `x → update(x, Attn(LN(tangent x))) → update(x, MLP(LN(tangent x)))` on `x (B, S, dim)`."
     def __init__(self, cfg, layer: int = 0):
         super().__init__()
-        from arc_geometry.geometries import GEOMETRIES   # here, not at the top: the registry imports this module
-        block = GEOMETRIES[cfg.geometry].block
+        block = block_for(cfg.geometry)
         self.space = block.space(cfg)
         self.ln1, self.attn = nn.LayerNorm(cfg.dim, bias=cfg.bias), block(cfg, layer)
         self.ln2, self.mlp = nn.LayerNorm(cfg.dim, bias=cfg.bias), MLP(cfg)

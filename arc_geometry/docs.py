@@ -162,7 +162,7 @@ def build(out: str = "_docs", root: Optional[Path] = None) -> list[Path]:
             shutil.copytree(extra, dest / extra.name)
     return [dest / n for n, _, _ in pages]
 
-
+# %% ../nbs/99_docs.ipynb #d0fb0897
 def readme_text(processed_index: Path) -> str:
     "README.md from nbdev's processed `index.ipynb`: the docs home page as GitHub markdown."
     nbformat = require("nbformat", "docs", "arc_geometry.docs")

@@ -16,13 +16,19 @@ from .geometries import GEOMETRIES
 from .study import summarize
 
 # %% auto #0
-__all__ = ['ORDER', 'SIZE_BINS', 'read_rows', 'sign_test', 'arc_table', 'arc_verdicts', 'arc_by_size', 'study_table',
-           'study_verdicts', 'curves_figure', 'arc_confidence']
+__all__ = ['PALETTE', 'SIZE_BINS', 'order', 'colours', 'read_rows', 'sign_test', 'arc_table', 'arc_verdicts', 'arc_by_size',
+           'study_table', 'study_verdicts', 'curves_figure', 'arc_confidence']
 
 # %% ../nbs/44_evidence.ipynb #e0690cf4
-ORDER = ("dot", "metric", "position_metric", "poincare", "hybrid")
-"Geometries in the order of the tables (the registry's geometries, dot first)."
-assert set(ORDER) == set(GEOMETRIES), "a new geometry must be placed in evidence.ORDER"
+def order() -> tuple[str, ...]:
+    "Geometries in the order of the tables: the registry's order (the baseline first)."
+    return tuple(GEOMETRIES)
+
+PALETTE = ("#636EFA", "#EF553B", "#00CC96", "#AB63FA", "#FFA15A", "#19D3F3", "#FF6692", "#B6E880", "#FF97FF", "#FECB52")
+
+def colours() -> dict[str, str]:
+    "A colour per geometry, in the registry's order (plotly's qualitative palette, repeated past ten)."
+    return {g: PALETTE[i % len(PALETTE)] for i, g in enumerate(order())}
 
 def read_rows(path) -> list[dict]:
     "The rows of a suite's `results.csv` (strings, as written); `[]` when the suite has not written it yet."
@@ -53,7 +59,7 @@ def arc_table(rows: Sequence[dict]) -> list[dict]:
     "Per (split, geometry): `runs`, `too_long`, `pass@2`, `pass@1` (means over the runs), `solved` (pass@2 = 1), `vote_share`, `cpu_s`."
     out = []
     for split in sorted({r["split"] for r in rows}):
-        for g in ORDER:
+        for g in order():
             rs = [r for r in rows if r["split"] == split and r["geometry"] == g and str(r["pass2"]) != ""]
             if not rs: continue
             p2, p1 = [float(r["pass2"]) for r in rs], [float(r["pass1"]) for r in rs]
@@ -73,7 +79,7 @@ def arc_verdicts(rows: Sequence[dict], baseline: str = "dot", alpha: float = 0.0
             if r["split"] == split and str(r["pass2"]) != "":
                 solved.setdefault(r["geometry"], {})[r["task"]] = float(r["pass2"]) == 1.0
         base = solved.get(baseline, {})
-        for g in ORDER:
+        for g in order():
             if g == baseline or g not in solved: continue
             common = sorted(set(base) & set(solved[g]))
             w = sum(solved[g][t] and not base[t] for t in common)
@@ -90,7 +96,7 @@ def arc_by_size(rows: Sequence[dict]) -> list[dict]:
     "Per (size bin, geometry): number of task-runs and mean pass@2, pooled over splits."
     out = []
     for lo, hi, name in SIZE_BINS:
-        for g in ORDER:
+        for g in order():
             rs = [r for r in rows if r["geometry"] == g and str(r["pass2"]) != "" and str(r.get("out_h", "")) != ""
                   and lo <= int(r["out_h"]) * int(r["out_w"]) <= hi]
             if rs: out.append({"answer size": name, "geometry": g, "runs": len(rs),
@@ -102,7 +108,7 @@ def study_table(rows: Sequence[dict]) -> list[dict]:
     "Per (task, train_fraction, geometry): trials, reached, steps to target and final val accuracy (mean ± std), ECE before/after scaling."
     means = {(s["task"], s["train_fraction"], s["geometry"]): s for s in summarize(rows)}
     out = []
-    for (t, f, g), s in sorted(means.items(), key=lambda kv: (kv[0][0], kv[0][1], ORDER.index(kv[0][2]))):
+    for (t, f, g), s in sorted(means.items(), key=lambda kv: (kv[0][0], kv[0][1], order().index(kv[0][2]))):
         rs = [r for r in rows if (r["task"], str(r["train_fraction"]), r["geometry"]) == (t, f, g)]
         steps = [float(r["steps_to_target"]) for r in rs if str(r["steps_to_target"]) != ""]
         acc = [float(r["final_val_acc"]) for r in rs if str(r["final_val_acc"]) != ""]
@@ -123,7 +129,7 @@ def study_verdicts(rows: Sequence[dict], baseline: str = "dot", min_seeds: int =
         if baseline not in by: continue
         def steps(rs): return [float(r["steps_to_target"]) if str(r["steps_to_target"]) != "" else math.inf for r in rs]
         b = steps(by[baseline])
-        for g in ORDER:
+        for g in order():
             if g == baseline or g not in by: continue
             s = steps(by[g])
             if min(len(s), len(b)) < min_seeds: verdict = f"too few seeds (< {min_seeds})"
@@ -138,7 +144,7 @@ def study_verdicts(rows: Sequence[dict], baseline: str = "dot", min_seeds: int =
 def curves_figure(out, rows: Sequence[dict], task: str, train_fraction: str = "0.5"):
     "Plotly figure: validation accuracy against step for every trial of `task` (one colour per geometry, one line per seed)."
     go = require("plotly.graph_objects", "widgets", "arc_geometry.evidence.curves_figure")
-    colours = dict(zip(ORDER, ("#636EFA", "#EF553B", "#00CC96", "#AB63FA", "#FFA15A")))
+    col = colours()
     fig, shown = go.Figure(), set()
     for r in rows:
         if r["task"] != task or str(r["train_fraction"]) != str(train_fraction) or not r.get("curve"): continue
@@ -147,7 +153,7 @@ def curves_figure(out, rows: Sequence[dict], task: str, train_fraction: str = "0
         if not pts: continue
         g = r["geometry"]
         fig.add_scatter(x=[int(p["step"]) for p in pts], y=[float(p["val_acc"]) for p in pts], mode="lines",
-                        line=dict(color=colours.get(g, "gray")), name=g, legendgroup=g, showlegend=g not in shown,
+                        line=dict(color=col.get(g, "gray")), name=g, legendgroup=g, showlegend=g not in shown,
                         hovertemplate=f"{g} seed {r['seed']}<br>step %{{x}}<br>val acc %{{y:.3f}}<extra></extra>")
         shown.add(g)
     fig.add_hline(y=0.99, line=dict(color="gray", dash="dot"))
@@ -159,7 +165,7 @@ def curves_figure(out, rows: Sequence[dict], task: str, train_fraction: str = "0
 def arc_confidence(rows: Sequence[dict]) -> dict:
     "`{geometry: (vote shares, solved 0/1)}` of the single-output ARC task-runs: the input of a reliability diagram."
     out: dict = {}
-    for g in ORDER:
+    for g in order():
         rs = [r for r in rows if r["geometry"] == g and str(r["pass2"]) != "" and r["status"] == "ok" and str(r.get("n_tests")) == "1"]
         if rs: out[g] = ([float(r["vote_share"]) for r in rs], [int(float(r["pass1"]) == 1.0) for r in rs])
     return out

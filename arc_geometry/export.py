@@ -26,64 +26,16 @@ if TYPE_CHECKING:                                   # names for the annotations 
     from arc_geometry.models import GeoLM
 
 # %% auto #0
-__all__ = ['EXPORT_GEOMETRIES', 'DEFAULT_OPSET', 'export_scores', 'export_attend', 'export_mode', 'export_onnx',
-           'filter_logits_np', 'sample_next_np', 'OnnxLM', 'quantize_int8', 'load_model', 'export_main']
+__all__ = ['DEFAULT_OPSET', 'export_scores', 'export_attend', 'export_mode', 'export_onnx', 'filter_logits_np', 'sample_next_np',
+           'OnnxLM', 'quantize_int8', 'load_model', 'export_main']
 
 # %% ../nbs/50_export.ipynb #f0278090
-def _arcosh1p(R):
-    "`arcosh(1 + R) = log(1 + R + √(R(R+2)))` for `R >= 0` (no `Acosh`, no `Log1p`: both are missing in float64 ONNX Runtime)."
-    import torch
-    return torch.log(1 + R + torch.sqrt(R * (R + 2)))
-
-def _ball_dist(x, y, c):
-    """Poincaré distances `(B, H, Sq, Sk)` of the points `x (B, H, Sq, D)`, `y (B, H, Sk, D)`, per-head `c (H,)`, in
-    float64. The points are the attention module's, already inside the ball (`expmap0` projects): not projected again,
-    which would cost a pass over every cached key at each decoding step."""
-    import torch
-    x, y, c = x.double(), y.double(), c.double().view(-1, 1, 1)
-    n = (x * x).sum(-1, keepdim=True)                                   # (B, H, Sq, 1)
-    m = (y * y).sum(-1).unsqueeze(-2)                                   # (B, H, 1, Sk)
-    d2 = n + m - 2 * (x @ y.transpose(-1, -2))
-    d2 = torch.where(d2 > 0, d2, torch.zeros_like(d2))                 # `Where`, not `Clip`: float64 Clip needs opset 12
-    den = (1 - c * n) * (1 - c * m)
-    R = 2 * c * d2 / torch.where(den > 1e-300, den, torch.full_like(den, 1e-300))
-    return _arcosh1p(R) / c.sqrt()
-
 def export_scores(attn: GeoAttention, q: Tensor, k: Tensor) -> Tensor:
     """Scores `(B, H, Sq, Sk)` of the points `q, k (B, H, S, D)` (as `attn.points` returns them) for the attention
-    module `attn`, up to a term constant along each query row (softmax does not see it); plain tensor operations only."""
+    module `attn`, up to a term constant along each query row (softmax does not see it): its registry row's `export`."""
     import torch
-    g, D = getattr(attn, "geometry", None), q.shape[-1]
-    scale = 1.0 / math.sqrt(D)
-    ps = tuple(p.to(q.dtype) if isinstance(p, torch.Tensor) else p for p in attn.params()) if g != "dot" else ()
-    kt = k.transpose(-1, -2)
-    if g == "dot": return (q @ kt) * scale
-    if g == "metric":
-        A, lam = ps
-        G = A.transpose(-1, -2) @ A + lam[:, None, None] * torch.eye(D, dtype=q.dtype, device=q.device)   # (H, D, D)
-        return scale * (2 * ((q @ G) @ kt) - ((k @ G) * k).sum(-1).unsqueeze(-2))
-    if g == "position_metric":
-        A, lam, W, b = ps
-        u = (q @ W.transpose(-1, -2)) / 2 + b[:, None, :]                  # (B, H, Sq, R)
-        w = (k @ W.transpose(-1, -2)) / 2                                  # (B, H, Sk, R)
-        a, a2 = q @ A.transpose(-1, -2), k @ A.transpose(-1, -2)
-        acc = lam[:, None, None] * ((k * k).sum(-1).unsqueeze(-2) - 2 * (q @ kt))
-        for r in range(A.shape[1]):
-            t = torch.tanh(u[..., r, None] + w[..., None, :, r]) * (a[..., r, None] - a2[..., None, :, r])
-            acc = acc + t * t
-        return -scale * acc
-    if g == "poincare":
-        (c,) = ps
-        return (-scale * _ball_dist(q, k, c)).to(q.dtype)
-    if g == "hybrid":
-        c, alpha, e = ps
-        qe, ke = q[..., :e].double(), k[..., :e].double()
-        E = 2 * (qe @ ke.transpose(-1, -2)) - (ke * ke).sum(-1).unsqueeze(-2)
-        dh = _ball_dist(q[..., e:], k[..., e:], c)
-        return (scale * (E - alpha.double()[:, None, None] * dh * dh)).to(q.dtype)
-    raise NotImplementedError(f"ONNX export has no attention for geometry {g!r}; it knows {', '.join(EXPORT_GEOMETRIES)}")
-
-EXPORT_GEOMETRIES = ("dot", "metric", "position_metric", "poincare", "hybrid")
+    ps = tuple(p.to(q.dtype) if isinstance(p, torch.Tensor) else p for p in attn.params())
+    return attn.spec.export(q, k, *ps, 1.0 / math.sqrt(q.shape[-1]))
 
 # %% ../nbs/50_export.ipynb #803092b1
 def export_attend(attn: GeoAttention, q: Tensor, k: Tensor, v: Tensor,
@@ -103,10 +55,6 @@ def export_mode(model: GeoLM):
     "Within the `with` block, every attention module of `model` attends with `export_attend` (plain operators)."
     from arc_geometry.blocks import GeoAttention
     mods = [m for m in model.modules() if isinstance(m, GeoAttention)]
-    for m in mods:
-        if getattr(m, "geometry", None) not in EXPORT_GEOMETRIES:
-            raise NotImplementedError(f"ONNX export has no attention for geometry {getattr(m, 'geometry', None)!r}; "
-                                      f"it knows {', '.join(EXPORT_GEOMETRIES)}")
     for m in mods: m.attend = partial(export_attend, m)                 # type: ignore[method-assign]
     try: yield model
     finally:

@@ -140,6 +140,7 @@ def kernel_report(capability: int, select: Optional[Callable[[str], bool]] = Non
 
 HALF_KINDS = {"fp16": {"mma.f16", "wgmma.f16"}, "bf16": {"mma.bf16", "wgmma.bf16"}}
 
+# %% ../nbs/18_kernels.ipynb #f69c77a5
 def report_violations(rows: list[dict], spill_free_dims: tuple = (64,)) -> list[str]:
     """What a kernel report breaks, one line each: a configuration that failed to compile or needs more shared memory
     than its architecture has; spill bytes at the head dims in `spill_free_dims` (named `…_d64…`), in every dtype;
@@ -163,20 +164,25 @@ def report_table(rows: list[dict]):
     import pandas as pd
     return pd.DataFrame([{**r, "tensor_core": " ".join(r.get("tensor_core") or [])} for r in rows]).set_index("name")
 
-
 # %% ../nbs/18_kernels.ipynb #a04853a1
 def main(argv: Optional[list[str]] = None) -> int:
-    "`python -m arc_geometry.kernels --report DIR [--capability 80 90]`: the full report as CSV files in DIR."
-    import argparse
-    p = argparse.ArgumentParser(prog="python -m arc_geometry.kernels", description=main.__doc__)
-    p.add_argument("--report", type=Path, required=True, help="output directory for kernel_report_sm<cap>.csv")
+    "`python -m arc_geometry.kernels --out DIR [--capability 80 90]`: the full report as CSV files in DIR."
+    import argparse, warnings
+    from arc_geometry.core import ArgumentParser
+    p = ArgumentParser(prog="python -m arc_geometry.kernels", description=main.__doc__)
+    p.add_argument("--out", type=Path, help="output directory for kernel_report_sm<cap>.csv")
+    p.add_argument("--report", type=Path, help=argparse.SUPPRESS)            # the old name, deprecated
     p.add_argument("--capability", type=int, nargs="+", default=[80, 90])
     a = p.parse_args(argv)
-    a.report.mkdir(parents=True, exist_ok=True)
+    if a.report is not None:
+        warnings.warn("--report is deprecated: use --out (as every other command does)", DeprecationWarning, stacklevel=2)
+        a.out = a.out or a.report
+    if a.out is None: p.error("--out DIR is required")
+    a.out.mkdir(parents=True, exist_ok=True)
     bad = []
     for cap in a.capability:
         rows = kernel_report(cap, progress=True)
-        report_table(rows).to_csv(a.report / f"kernel_report_sm{cap}.csv")
+        report_table(rows).to_csv(a.out / f"kernel_report_sm{cap}.csv")
         bad += report_violations(rows)
     print("\n".join(bad) if bad else "no violations")
     return 1 if bad else 0

@@ -25,6 +25,7 @@ from .core import check_fields
 
 POSITIONS = ("learned", "rotary")
 
+# %% ../nbs/21_model.ipynb #b4dd757f
 @dataclass
 class GeoConfig:
     "Configuration of a `GeoLM`; validated on construction (bad values raise `ValueError` naming the field)."

@@ -18,8 +18,10 @@ from .manifolds import PoincareBall
 # %% auto #0
 __all__ = ['metric_scores_ref', 'position_metric_scores_ref', 'poincare_dist_ref', 'poincare_scores_ref', 'hybrid_scores_ref',
            'dot_scores_ref', 'dot_attention_ref', 'metric_attention_ref', 'position_metric_attention_ref',
-           'poincare_attention_ref', 'hybrid_attention_ref', 'padding_mask', 'oracle_case', 'oracle_errors',
-           'assert_close_to_oracle']
+           'poincare_attention_ref', 'hybrid_attention_ref', 'padding_mask', 'qkv_case', 'dot_case', 'metric_case',
+           'position_metric_case', 'poincare_case', 'hybrid_case', 'oracle_errors', 'assert_close_to_oracle',
+           'ball_dist_plain', 'dot_scores_plain', 'metric_scores_plain', 'position_metric_scores_plain',
+           'poincare_scores_plain', 'hybrid_scores_plain']
 
 # %% ../nbs/02_reference.ipynb #3a80186d
 def _pairs(q: Tensor, k: Tensor) -> Tensor:
@@ -117,36 +119,62 @@ def _ball_points(g: torch.Generator, shape: tuple[int, ...], c: Tensor, radius: 
     r = torch.rand(*shape[:-1], 1, dtype=torch.float64, generator=g) * radius
     return u / u.norm(dim=-1, keepdim=True) * r / c.double().sqrt()[None, :, None, None]
 
-def oracle_case(geometry: str, Sq: int, Sk: Optional[int] = None, *, B: int = 2, H: int = 3, D: int = 8, Dv: int = 5,
-                R: int = 2, c: Optional[Tensor] = None, alpha: Optional[Tensor] = None, dim_e: Optional[int] = None,
-                radius: float = 0.9, equal: bool = False, scale: float = 0.5, seed: int = 0,
-                dtype: torch.dtype = torch.float64) -> dict[str, Any]:
-    """Arguments `dict(q, k, v, <parameters>)` of `geometry`'s attention (`dot`, `metric`, `position_metric`, `poincare`,
-    `hybrid`): `q (B, H, Sq, D)`, `k (B, H, Sk, D)`, `v (B, H, Sk, Dv)`. Flat coordinates are `N(0, scale²)`; ball
-    points reach `radius` of the boundary of curvature `−c (H,)` (default `0.5…2`); `equal`: keys `0…min(Sq,Sk)−1` equal
-    the queries. `hybrid`: the first `dim_e` (default `D // 2`) coordinates flat, `alpha (H,)` default `0…2`."""
-    Sk = Sq if Sk is None else Sk
-    g = torch.Generator().manual_seed(seed)
+def qkv_case(g: torch.Generator, B: int, H: int, Sq: int, Sk: int, D: int, Dv: int, *, scale: float = 0.5,
+             equal: bool = False, ball: int = 0, c: Optional[Tensor] = None, radius: float = 0.9) -> tuple[Tensor, Tensor, Tensor]:
+    """`q (B, H, Sq, D)`, `k (B, H, Sk, D)`, `v (B, H, Sk, Dv)` in float64: the first `D − ball` coordinates
+    `N(0, scale²)`, the last `ball` on each head's ball of curvature `−c (H,)`, up to `radius` of the way to its
+    boundary; `equal`: keys `0…min(Sq, Sk)−1` equal the queries."""
     def r(*s: int) -> Tensor: return torch.randn(*s, dtype=torch.float64, generator=g)
-    c = torch.linspace(0.5, 2.0, H, dtype=torch.float64) if c is None else c.double()
-    if geometry in ("poincare", "hybrid"):
-        De = (D // 2 if dim_e is None else dim_e) if geometry == "hybrid" else 0
-        q = torch.cat([r(B, H, Sq, De) * scale, _ball_points(g, (B, H, Sq, D - De), c, radius)], -1)
-        k = torch.cat([r(B, H, Sk, De) * scale, _ball_points(g, (B, H, Sk, D - De), c, radius)], -1)
+    if ball:
+        assert c is not None, "ball coordinates need c"
+        q = torch.cat([r(B, H, Sq, D - ball) * scale, _ball_points(g, (B, H, Sq, ball), c, radius)], -1)
+        k = torch.cat([r(B, H, Sk, D - ball) * scale, _ball_points(g, (B, H, Sk, ball), c, radius)], -1)
     else:
         q, k = r(B, H, Sq, D) * scale, r(B, H, Sk, D) * scale
     if equal:
         n = min(Sq, Sk); k[:, :, :n] = q[:, :, :n]
-    args: dict[str, Any] = dict(q=q, k=k, v=r(B, H, Sk, Dv))
-    if geometry in ("metric", "position_metric"):
-        args.update(A=r(H, R, D) * 0.5, lam=torch.rand(H, dtype=torch.float64, generator=g) + 0.1)
-        if geometry == "position_metric": args.update(W=r(H, R, D) * 0.5, b=r(H, R))
-    elif geometry == "poincare": args.update(c=c)
-    elif geometry == "hybrid":
-        args.update(c=c, alpha=torch.linspace(0.0, 2.0, H, dtype=torch.float64) if alpha is None else alpha.double(),
-                    dim_e=De)
-    elif geometry != "dot": raise ValueError(f"geometry must be one of dot, metric, position_metric, poincare, hybrid, got {geometry!r}")
-    return {n: (a.to(dtype) if isinstance(a, Tensor) else a) for n, a in args.items()}
+    return q, k, r(B, H, Sk, Dv)
+
+# %% ../nbs/02_reference.ipynb #23c25cbf
+def _curvatures(H: int, c: Optional[Tensor]) -> Tensor:
+    return torch.linspace(0.5, 2.0, H, dtype=torch.float64) if c is None else c.double()
+
+def dot_case(g: torch.Generator, B: int, H: int, Sq: int, Sk: int, D: int, Dv: int, *, scale: float = 0.5,
+             equal: bool = False, **_: Any) -> dict[str, Any]:
+    "Arguments `dict(q, k, v)` of dot-product attention (see `qkv_case`)."
+    q, k, v = qkv_case(g, B, H, Sq, Sk, D, Dv, scale=scale, equal=equal)
+    return dict(q=q, k=k, v=v)
+
+def metric_case(g: torch.Generator, B: int, H: int, Sq: int, Sk: int, D: int, Dv: int, *, R: int = 2,
+                scale: float = 0.5, equal: bool = False, **_: Any) -> dict[str, Any]:
+    "Arguments `dict(q, k, v, A, lam)` of metric attention: `A (H, R, D)`, `lam (H,)` in `[0.1, 1.1)`."
+    a = dot_case(g, B, H, Sq, Sk, D, Dv, scale=scale, equal=equal)
+    return a | dict(A=torch.randn(H, R, D, dtype=torch.float64, generator=g) * 0.5,
+                    lam=torch.rand(H, dtype=torch.float64, generator=g) + 0.1)
+
+def position_metric_case(g: torch.Generator, B: int, H: int, Sq: int, Sk: int, D: int, Dv: int, *, R: int = 2,
+                         scale: float = 0.5, equal: bool = False, **_: Any) -> dict[str, Any]:
+    "Arguments `dict(q, k, v, A, lam, W, b)` of position-metric attention: `W (H, R, D)`, `b (H, R)`."
+    a = metric_case(g, B, H, Sq, Sk, D, Dv, R=R, scale=scale, equal=equal)
+    return a | dict(W=torch.randn(H, R, D, dtype=torch.float64, generator=g) * 0.5,
+                    b=torch.randn(H, R, dtype=torch.float64, generator=g))
+
+# %% ../nbs/02_reference.ipynb #f666b112
+def poincare_case(g: torch.Generator, B: int, H: int, Sq: int, Sk: int, D: int, Dv: int, *,
+                  c: Optional[Tensor] = None, radius: float = 0.9, equal: bool = False, **_: Any) -> dict[str, Any]:
+    "Arguments `dict(q, k, v, c)` of Poincaré attention: points on balls of curvature `−c (H,)` (default `0.5…2`)."
+    c = _curvatures(H, c)
+    q, k, v = qkv_case(g, B, H, Sq, Sk, D, Dv, equal=equal, ball=D, c=c, radius=radius)
+    return dict(q=q, k=k, v=v, c=c)
+
+def hybrid_case(g: torch.Generator, B: int, H: int, Sq: int, Sk: int, D: int, Dv: int, *,
+                c: Optional[Tensor] = None, alpha: Optional[Tensor] = None, dim_e: Optional[int] = None,
+                radius: float = 0.9, scale: float = 0.5, equal: bool = False, **_: Any) -> dict[str, Any]:
+    "Arguments `dict(q, k, v, c, alpha, dim_e)` of hybrid attention: the first `dim_e` (default `D // 2`) coordinates flat."
+    c, De = _curvatures(H, c), D // 2 if dim_e is None else dim_e
+    q, k, v = qkv_case(g, B, H, Sq, Sk, D, Dv, scale=scale, equal=equal, ball=D - De, c=c, radius=radius)
+    alpha = torch.linspace(0.0, 2.0, H, dtype=torch.float64) if alpha is None else alpha.double()
+    return dict(q=q, k=k, v=v, c=c, alpha=alpha, dim_e=De)
 
 # %% ../nbs/02_reference.ipynb #e18bdee1
 def oracle_errors(fast: Callable[..., Tensor], ref: Callable[..., Tensor], args: dict[str, Any],
@@ -191,3 +219,50 @@ def assert_close_to_oracle(fast: Callable[..., Tensor], ref: Callable[..., Tenso
         bad = [n for n in bad if errs[n] > 4 * own[n]]
     if bad: raise AssertionError(f"gradient errors too large for {bad}: {errs}")
     return errs
+
+# %% ../nbs/02_reference.ipynb #07567b7f
+def _arcosh1p(R: Tensor) -> Tensor:
+    "`arcosh(1 + R)` for `R >= 0` from `log` and `sqrt` alone."
+    return torch.log(1 + R + torch.sqrt(R * (R + 2)))
+
+def ball_dist_plain(x: Tensor, y: Tensor, c: Tensor) -> Tensor:
+    "Poincaré distances `(B, H, Sq, Sk)` of `x (B, H, Sq, D)`, `y (B, H, Sk, D)` inside balls of curvature `−c (H,)`, in float64."
+    x, y, c = x.double(), y.double(), c.double().view(-1, 1, 1)
+    n, m = (x * x).sum(-1, keepdim=True), (y * y).sum(-1).unsqueeze(-2)           # (B, H, Sq, 1), (B, H, 1, Sk)
+    d2 = n + m - 2 * (x @ y.transpose(-1, -2))
+    d2 = torch.where(d2 > 0, d2, torch.zeros_like(d2))                 # `Where`, not `Clip`: float64 Clip needs opset 12
+    den = (1 - c * n) * (1 - c * m)
+    return _arcosh1p(2 * c * d2 / torch.where(den > 1e-300, den, torch.full_like(den, 1e-300))) / c.sqrt()
+
+# %% ../nbs/02_reference.ipynb #a4c3c426
+def dot_scores_plain(q: Tensor, k: Tensor, scale: float) -> Tensor:
+    "`scale·q·kᵀ`."
+    return (q @ k.transpose(-1, -2)) * scale
+
+def metric_scores_plain(q: Tensor, k: Tensor, A: Tensor, lam: Tensor, scale: float) -> Tensor:
+    "`scale·(2 qᵀGk − kᵀGk)`, `G = AᵀA + λI`: the metric score less the row constant `−scale·qᵀGq`."
+    G = A.transpose(-1, -2) @ A + lam[:, None, None] * torch.eye(q.shape[-1], dtype=q.dtype, device=q.device)
+    return scale * (2 * ((q @ G) @ k.transpose(-1, -2)) - ((k @ G) * k).sum(-1).unsqueeze(-2))
+
+def position_metric_scores_plain(q: Tensor, k: Tensor, A: Tensor, lam: Tensor, W: Tensor, b: Tensor, scale: float) -> Tensor:
+    "The position-metric score, one rank-1 gate term at a time (`R` terms of `(B, H, Sq, Sk)`), less `−scale·λ‖q‖²`."
+    u = (q @ W.transpose(-1, -2)) / 2 + b[:, None, :]                  # (B, H, Sq, R)
+    w = (k @ W.transpose(-1, -2)) / 2                                  # (B, H, Sk, R)
+    a, a2 = q @ A.transpose(-1, -2), k @ A.transpose(-1, -2)
+    acc = lam[:, None, None] * ((k * k).sum(-1).unsqueeze(-2) - 2 * (q @ k.transpose(-1, -2)))
+    for r in range(A.shape[1]):
+        t = torch.tanh(u[..., r, None] + w[..., None, :, r]) * (a[..., r, None] - a2[..., None, :, r])
+        acc = acc + t * t
+    return -scale * acc
+
+def poincare_scores_plain(q: Tensor, k: Tensor, c: Tensor, scale: float) -> Tensor:
+    "`−scale·d_c(q, k)` through `ball_dist_plain`, in `q`'s dtype."
+    return (-scale * ball_dist_plain(q, k, c)).to(q.dtype)
+
+def hybrid_scores_plain(q: Tensor, k: Tensor, c: Tensor, alpha: Tensor, dim_e: int, scale: float) -> Tensor:
+    "`scale·(2 qₑ·kₑ − ‖kₑ‖² − α d_c(qₕ, kₕ)²)`: the hybrid score less `−scale·‖qₑ‖²`."
+    e = dim_e
+    qe, ke = q[..., :e].double(), k[..., :e].double()
+    E = 2 * (qe @ ke.transpose(-1, -2)) - (ke * ke).sum(-1).unsqueeze(-2)
+    dh = ball_dist_plain(q[..., e:], k[..., e:], c)
+    return (scale * (E - alpha.double()[:, None, None] * dh * dh)).to(q.dtype)

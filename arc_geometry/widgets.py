@@ -28,11 +28,10 @@ else:                                                   # the `widgets` extra: a
     make_subplots = require("plotly.subplots", "widgets", "arc_geometry.widgets").make_subplots
 
 # %% auto #0
-__all__ = ['DISTANCE', 'trace', 'distances', 'Explorer', 'MetricExplorer', 'disk_points', 'PoincareExplorer', 'AttentionExplorer',
-           'read_run', 'TrainingDashboard']
+__all__ = ['trace', 'distances', 'Explorer', 'MetricExplorer', 'disk_points', 'PoincareExplorer', 'AttentionExplorer', 'read_run',
+           'TrainingDashboard']
 
 # %% ../nbs/60_widgets.ipynb #a83f877f
-DISTANCE = {name: g.distance for name, g in GEOMETRIES.items()}
 "What `−√D_h · score` is for each geometry: the distance behind the attention scores (from the registry)."
 
 def _check_model(model, arg: str = "model"):
@@ -152,6 +151,7 @@ def _unit_ellipse(G: Tensor, P: Tensor, n: int = 121) -> Tensor:
     circle = torch.stack([t.cos(), t.sin()], 1)                      # xᵀ G2 x = 1  ⇔  x = G2^{-1/2} · unit vector
     return circle @ (U @ torch.diag(ev.rsqrt()) @ U.T).T
 
+# %% ../nbs/60_widgets.ipynb #a8733c4e
 class MetricExplorer(Explorer):
     """Spectrum and unit ball of each head's metric `G_h` (layer dropdown, head slider) for a `metric` or
     `position_metric` model, beside the same for `other` (e.g. the model before training). With `input_ids (S,)`,
@@ -180,7 +180,7 @@ class MetricExplorer(Explorer):
     def _position_spectra(self, i: int) -> Optional[Tensor]:
         "Eigenvalues `(S, D_h)` (descending) of `G(m_t)` along the traced sequence, or None."
         att = self.models[i].attentions[self.layer.value]
-        if self.traces is None or att.geometry != "position_metric": return None
+        if self.traces is None or not hasattr(att.metric, "metric_at"): return None   # a position-dependent metric
         tr, l, h = self.traces[i], self.layer.value, self.head.value
         mid = ((tr["q"][l] + tr["k"][l]) / 2).to(att.metric.A.dtype)        # (1, H, S, D)
         G = att.metric.metric_at(mid)[0, h].double()                         # (S, D, D)
@@ -241,8 +241,10 @@ def disk_points(x: Tensor, c: float) -> Tensor:
     dirs = torch.where(n2 > 1e-12, u2 / n2.clamp_min(1e-300), torch.tensor([1.0, 0.0], dtype=u.dtype))
     return PoincareBall(c).expmap0(r * dirs) * math.sqrt(c)
 
+# %% ../nbs/60_widgets.ipynb #39df5bd9
 class PoincareExplorer(Explorer):
-    """Hidden states of a `poincare` model (or the hyperbolic part of a `hybrid` one) on the Poincaré disk:
+    """Hidden states of a model whose geometry has points on the ball (its registry row's `ball_points`: a `poincare`
+    model's states, the hyperbolic part of a `hybrid` one, a `lorentz` one's mapped from the hyperboloid) on the Poincaré disk:
     layer slider (0 = embeddings, `i` = after block `i`), colour dropdown; bars of each head's curvature.
     `input_ids (B, S)`, or `None`: the whole token embedding table (layer 0 only, each token without position);
     `position`: draw only that token of each sequence; `labels (B,)` or `(B, S)`: a colouring."""
@@ -250,7 +252,9 @@ class PoincareExplorer(Explorer):
         _check_model(model)
         g = model.config.geometry
         if "ball" not in GEOMETRIES[g].figures:
-            raise ValueError(f"model has geometry {g!r}: PoincareExplorer needs a 'poincare' or 'hybrid' model")
+            ball = [n for n, row in GEOMETRIES.items() if "ball" in row.figures]
+            raise ValueError(f"model has geometry {g!r}: PoincareExplorer needs a geometry with points on the ball "
+                             f"({', '.join(ball)})")
         table = input_ids is None
         if table: input_ids = torch.arange(model.config.vocab_size)[None]
         self.model, self.ids = model, _check_ids(input_ids, model)
@@ -282,7 +286,7 @@ class PoincareExplorer(Explorer):
     def points(self) -> tuple[Tensor, Tensor, Tensor]:
         "The drawn points `(N, 2)` on the unit disk, their ball coordinates `(N, d)` and their `(sequence, position)` `(N, 2)`."
         x = self.tr["hidden"][self.layer.value]                               # (B, S, dim)
-        if self.model.config.geometry == "hybrid": x = x[..., self.model.config.dim_e:]
+        x = GEOMETRIES[self.model.config.geometry].ball_points(x, self.model.config)   # the hyperbolic part
         B, S = x.shape[:2]
         idx = torch.stack(torch.meshgrid(torch.arange(B), torch.arange(S), indexing="ij"), -1)   # (B, S, 2)
         if self.position is not None:
@@ -344,7 +348,7 @@ class AttentionExplorer(Explorer):
     def _build(self) -> go.Figure:
         n, l, h = len(self.models), self.layer.value, self.head.value
         titles = [f"{nm} ({m.config.geometry}): attention" for nm, m in zip(self.names, self.models)]
-        titles += [f"{nm}: {DISTANCE[m.config.geometry]}" for nm, m in zip(self.names, self.models)]
+        titles += [f"{nm}: {GEOMETRIES[m.config.geometry].distance}" for nm, m in zip(self.names, self.models)]
         fig = make_subplots(rows=2, cols=n, subplot_titles=titles, vertical_spacing=0.14, horizontal_spacing=0.12)
         ticks = dict(tickmode="array", tickvals=list(range(len(self.labels))), ticktext=self.labels)
         for i in range(n):
@@ -384,6 +388,7 @@ def read_run(run_dir) -> list[dict]:
             raise ValueError(f"{p}: line {i + 1} is not JSON") from None
     return rows
 
+# %% ../nbs/60_widgets.ipynb #6050321e
 class TrainingDashboard(Explorer):
     "Live training curves: a `Trainer` callback (redraws every `every` steps) and a widget; `from_run(dir)` for a finished run."
     PANELS = ("loss", "accuracy", "gradient norm", "learning rate", "curvature per head", "metric condition number")

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
+from arc_geometry.geometries import GEOMETRIES
 
 CHECK = r'''
 import json, torch, importlib, importlib.util
@@ -65,7 +66,7 @@ def test_fresh_install_runs_every_geometry_without_triton(fresh_env):
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads(r.stdout.strip().splitlines()[-1])
     assert res["triton"] is False                                           # not pulled in by `pip install .`
-    assert res["geometries"] == {g: True for g in ("dot", "metric", "position_metric", "poincare", "hybrid")}
+    assert res["geometries"] == {g: True for g in GEOMETRIES}                 # every registered geometry
     assert 'pip install "arc_geometry[widgets]"' in res["errors"]["arc_geometry.widgets"]
     assert 'pip install "arc_geometry[kernels]"' in res["errors"]["arc_geometry.kernels"]
 

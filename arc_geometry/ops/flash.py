@@ -150,6 +150,7 @@ def _scores(ql, kl, kx, qh, kh, a, bb, c, coef, LIN: tl.constexpr, POWER: tl.con
         s += _hyp_score(r, c.to(ACC), coef.to(ACC), POWER)
     return s, r, pos
 
+# %% ../../nbs/16_flash.ipynb #78a175d8
 @triton.jit
 def _allowed(offs_m, offs_n, Sq, Sk, kp_ok, causal):
     "The allowed pairs of a tile: keys in range and not padded (`kp_ok`), and `j ≤ i + Sk − Sq` when causal."
@@ -187,7 +188,6 @@ def _query_blocks(n0, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, Sq, Sk, caus
         lo = tl.maximum(n0 - (Sk - Sq), 0) // BLOCK_M * BLOCK_M
         full = tl.maximum(tl.cdiv(tl.maximum(n0 + BLOCK_N - 1 - (Sk - Sq), 0), BLOCK_M) * BLOCK_M, lo)
     return lo, full
-
 
 # %% ../../nbs/16_flash.ipynb #36279217
 @triton.jit
@@ -299,6 +299,7 @@ def _bwd_q_step(dql, dqh, ga, start_n, ql, qh, a, ip, do, mll, delta, offs_m, KL
         ga += sx + tl.sum(tl.where(p > 0, Wr, 0).to(HT), 1)
     return dql, dqh, ga
 
+# %% ../../nbs/16_flash.ipynb #4c8ddd1c
 @triton.jit(do_not_specialize=_RUNTIME_INTS)
 def flash_bwd_q_kernel(QL, KL, KX, QH, KH, QN, KN, V, KPM, C, COEF, DO, M, LL, DELTA, DQL, DQH, svb, svh, svs, sdb, sdh, sds,
                        H, Sq, Sk, DL, DH, DV, causal, has_kpm,
@@ -334,6 +335,7 @@ def flash_bwd_q_kernel(QL, KL, KX, QH, KH, QN, KN, V, KPM, C, COEF, DO, M, LL, D
         dqh = 2 * c * ip[:, None] * (qh.to(HT) * ga[:, None] - dqh)
         store_rows(DQH + bh * Sq * DH, offs_m, Sq, DH, DH, dqh, BD)
 
+# %% ../../nbs/16_flash.ipynb #97a1de0b
 @triton.jit
 def _bwd_kv_step(dkl, dkx, dkh, gb, gc, gcoef, dv, start_m, kl, kx, kh, bb, iq, v, kp_ok, offs_n, QL, QH, QN, DOb, sds,
                  M, LL, DELTA, bh, Sq, Sk, DL, DH, DV, c, coef, causal, has_kpm, LIN: tl.constexpr,
@@ -366,6 +368,7 @@ def _bwd_kv_step(dkl, dkx, dkh, gb, gc, gcoef, dv, start_m, kl, kx, kh, bb, iq, 
         gcoef += tl.sum(tl.where(p > 0, tcoef, 0).to(HT), 0)
     return dkl, dkx, dkh, gb, gc, gcoef, dv
 
+# %% ../../nbs/16_flash.ipynb #2e0e129a
 @triton.jit(do_not_specialize=_RUNTIME_INTS)
 def flash_bwd_kv_kernel(QL, KL, KX, QH, KH, QN, KN, V, KPM, C, COEF, DO, M, LL, DELTA,
                         DKL, DKX, DKH, DV_, DC, DCOEF, svb, svh, svs, sdb, sdh, sds,
@@ -410,7 +413,6 @@ def flash_bwd_kv_kernel(QL, KL, KX, QH, KH, QN, KN, V, KPM, C, COEF, DO, M, LL, 
         store_rows(DKH + bh * Sk * DH, offs_n, Sk, DH, DH, dkh, BD)
         tl.store(DC + bh * tl.num_programs(0) + pid_n, tl.sum(tl.where(kp_ok, gc, 0), 0))
         tl.store(DCOEF + bh * tl.num_programs(0) + pid_n, tl.sum(tl.where(kp_ok, gcoef, 0), 0))
-
 
 # %% ../../nbs/16_flash.ipynb #9f05a3e5
 _TL = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float32: tl.float32, torch.float64: tl.float64}
@@ -509,6 +511,7 @@ def _rows(x: Tensor) -> Tensor:
     "`x` itself when its last dimension is unit-stride (the kernels take the other strides), else a contiguous copy."
     return x if x.stride(-1) == 1 else x.contiguous()
 
+# %% ../../nbs/16_flash.ipynb #d1e27e69
 class FlashScoreAttention(torch.autograd.Function):
     """Fused attention with scores `s_ij = [ql_i·kl_j + kx_j] + [−coef_h·d_c(qh_i, kh_j)^POWER]` (see `flash_attention`)."""
 
@@ -580,6 +583,7 @@ class FlashScoreAttention(torch.autograd.Function):
                 g(dqh, power and n[3], 3), g(dkh, power and n[4], 4), dv.to(dt),
                 g(dc, power and n[6], 5), g(dcoef, power and n[7], 6), None, None, None, None)
 
+# %% ../../nbs/16_flash.ipynb #6fc27b69
 def _poison(x: Tensor, dim: int, keep: Optional[Tensor] = None) -> Tensor:
     """`0·Σ x` over `dim` (kept), in float32 or wider: 0 where every summed value is finite, NaN where one is not — added to
     an output it turns exactly the rows (or columns) that a NaN or ±∞ reaches into NaN, as the reference's `0·NaN` does."""
@@ -614,7 +618,6 @@ def flash_attention(ql: Optional[Tensor], kl: Optional[Tensor], kx: Optional[Ten
     seen = _has_key(q.shape[0], q.shape[2], v.shape[2], causal, key_padding_mask, v.device)
     rows = sum(_poison(x, -1, seen) for x in (ql, qh) if x is not None)
     return o + (_poison(v, 2) + rows).to(o.dtype)
-
 
 # %% ../../nbs/16_flash.ipynb #06d1ca82
 def _on_ball(x: Tensor, c: Tensor) -> Tensor:

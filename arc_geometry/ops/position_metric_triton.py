@@ -81,6 +81,7 @@ def _fwd_step(acc, m_i, l_i, n0, q, lam, K, V, U, Wk, Aq, Ak, KPM, b, h, offs_m,
         acc += tl.dot((p - ph.to(dt)).to(v.dtype), v, input_precision="ieee").to(dt)
     return acc, m_new, l_i
 
+# %% ../../nbs/17_position_metric_triton.ipynb #11228403
 @triton.jit(do_not_specialize=_RUNTIME_INTS)
 def _fwd(Q, K, V, U, Wk, Aq, Ak, LAM, KPM, O, OA, LSE, sqb, sqh, sqs, skb, skh, sks, svb, svh, svs,
          H, Sq, Sk, R, D, DV, HAS_MASK, store_acc,
@@ -126,6 +127,7 @@ def _tile_g(q, k, v, do, lse, delta, lam, U, Wk, Aq, Ak, kp_ok, offs_m, offs_n, 
     g = -p * (dp - delta[:, None])
     return p, g, d2
 
+# %% ../../nbs/17_position_metric_triton.ipynb #eca1d5c1
 @triton.jit
 def _bwd_kv_step(dk, dv, m0, k, v, kp_ok, lam, Q, DO, LSE, DELTA, U, Wk, Aq, Ak, DW, DAK, b, h, bh, offs_n, n_ok,
                  sqb, sqh, sqs, sdb, sdh, sds, Sq, Sk, R, D, DV_, HAS_MASK, CAUSAL: tl.constexpr, DP: tl.constexpr,
@@ -185,6 +187,7 @@ def _bwd_kv(Q, K, V, U, Wk, Aq, Ak, LAM, KPM, DO, LSE, DELTA, DK, DV, DW, DAK, s
     tl.store(DK + bh * Sk * D + offs_n[:, None] * D + offs_d[None, :], dk.to(DK.dtype.element_ty), mask=n_ok[:, None] & (offs_d[None, :] < D))
     tl.store(DV + bh * Sk * DV_ + offs_n[:, None] * DV_ + offs_d[None, :], dv.to(DV.dtype.element_ty), mask=n_ok[:, None] & (offs_d[None, :] < DV_))
 
+# %% ../../nbs/17_position_metric_triton.ipynb #a0785c79
 @triton.jit
 def _bwd_q_step(dq, dl, n0, q, do, lse, delta, lam, K, V, U, Wk, Aq, Ak, KPM, DU, DAQ, b, h, offs_m, m_ok,
                 skb, skh, sks, svb, svh, svs, Sq, Sk, R, D, DV_, HAS_MASK, CAUSAL: tl.constexpr, DP: tl.constexpr,
@@ -297,6 +300,7 @@ def _rows(x: Tensor) -> Tensor:
     "`x` itself when its last dimension is unit-stride (the kernels take the other strides), else a contiguous copy."
     return x if x.stride(-1) == 1 else x.contiguous()
 
+# %% ../../nbs/17_position_metric_triton.ipynb #fac1f9b8
 class _PosMetricTriton(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, u, w, a, ap, lam, causal, kpm, block):
@@ -353,7 +357,6 @@ def position_metric_triton(q: Tensor, k: Tensor, v: Tensor, A: Tensor, lam: Tens
     out = _PosMetricTriton.apply(q, k, v, *feats, bool(causal), key_padding_mask, block)
     seen = _has_key(q.shape[0], q.shape[2], k.shape[2], causal, key_padding_mask, q.device)
     return out + (_poison(v, 2) + _poison(q, -1, seen)).to(out.dtype)
-
 
 # %% ../../nbs/17_position_metric_triton.ipynb #affeea6e
 _ARGS = {  # argument name → "in" (input dtype), "acc" (accumulation dtype), "i8" or "i32"
