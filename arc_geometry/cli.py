@@ -33,7 +33,7 @@ from .train_state import latest_checkpoint, unpack_training_state
 __all__ = ['SECTIONS', 'DEFAULT_CONFIG', 'BENCHMARKS', 'EXTENSIONS', 'HELP', 'load_config', 'DataConfig', 'apply_overrides',
            'RunConfig', 'model_bytes', 'check_memory', 'build_config', 'validate_tune', 'validate_space', 'suggest',
            'import_optuna', 'read_run_config', 'resume_config', 'init_distributed', 'end_distributed', 'run_training',
-           'cmd_train', 'cmd_eval', 'cmd_tune', 'cmd_passthrough', 'parser', 'main']
+           'cmd_train', 'cmd_eval', 'cmd_generate', 'cmd_tune', 'cmd_passthrough', 'parser', 'main']
 
 # %% ../nbs/33_cli.ipynb #799308cc
 SECTIONS = ("model", "data", "train", "tune")
@@ -70,7 +70,7 @@ class DataConfig:
 
     def __post_init__(self):
         check_fields(self, "data")
-        if self.task != "modular": raise ValueError(f"data.task must be 'modular', got {self.task!r}")
+        if self.task != "modular": raise ValueError(f"data.task must be 'modular' or 'text', got {self.task!r}")
 
     def build(self) -> ModularArithmetic:
         try: return ModularArithmetic(p=self.p, op=self.op, train_frac=self.train_frac, split_seed=self.split_seed)
@@ -105,9 +105,9 @@ def apply_overrides(cfg: dict, sets: Optional[list[str]], sections: Sequence[str
 class RunConfig:
     "A validated config: the model, data and train sections as objects, and the task they describe."
     model: GeoConfig
-    data: DataConfig
+    data: Any                  # DataConfig, or text.TextDataConfig for `task: text`
     train: TrainConfig
-    task: ModularArithmetic
+    task: Any                  # ModularArithmetic, or text.TextTask
     tune: dict
 
     def to_dict(self) -> dict:
@@ -136,8 +136,12 @@ def build_config(cfg: dict) -> RunConfig:
     for sec in cfg:
         if sec not in SECTIONS: raise ValueError(f"unknown section {sec!r}; a config has sections {', '.join(SECTIONS)}")
         if not isinstance(cfg[sec] or {}, dict): raise ValueError(f"section {sec} must be a mapping, got {cfg[sec]!r}")
-    data = config_from_dict(DataConfig, cfg.get("data"), "data")
-    task = data.build()
+    d: Any = cfg.get("data")
+    if isinstance(d, dict) and d.get("task") == "text":                 # a text corpus: arc_geometry.text
+        from arc_geometry.text import text_task
+        data, task = text_task(d, cfg.get("model"))
+    else:
+        data = config_from_dict(DataConfig, d, "data"); task = data.build()
     m = dict(cfg.get("model") or {})
     m.setdefault("vocab_size", task.vocab_size); m.setdefault("max_seq_len", task.seq_len)
     try: model = config_from_dict(GeoConfig, m, "model")
@@ -164,8 +168,8 @@ def validate_tune(t: dict) -> dict:
     t = {"metric": "val_acc", "direction": "maximize", "space": {}, **t}
     if t["direction"] not in ("maximize", "minimize"):
         raise ValueError(f"tune.direction must be 'maximize' or 'minimize', got {t['direction']!r}")
-    if t["metric"] not in ("val_acc", "val_loss", "loss", "step"):
-        raise ValueError(f"tune.metric must be one of val_acc, val_loss, loss, step, got {t['metric']!r}")
+    if t["metric"] not in ("val_acc", "val_loss", "loss", "step", "val_bpb", "val_ppl"):
+        raise ValueError(f"tune.metric must be one of val_acc, val_loss, loss, step, val_bpb, val_ppl, got {t['metric']!r}")
     if not isinstance(t["space"], dict): raise ValueError(f"tune.space must be a mapping, got {t['space']!r}")
     for key, spec in t["space"].items():
         sec, _, k = key.partition(".")
@@ -274,9 +278,12 @@ def run_training(cfg: dict, out, resume: bool = False, callbacks=()) -> dict:
     "Validate `cfg`, build model and task, train into `out`; returns the summary."
     rc = build_config(cfg)
     if rc.train.num_threads: torch.set_num_threads(rc.train.num_threads)
+    if hasattr(rc.task, "prepare"): rc.task.prepare(out, resume=resume, progress=rc.train.progress)   # text: tokenise (cached)
     torch.manual_seed(rc.train.seed)
     model = GeoLM(rc.model)
-    return Trainer(model, rc.task, rc.train, out, callbacks=callbacks, run_config=rc.to_dict()).fit(resume=resume)
+    s = Trainer(model, rc.task, rc.train, out, callbacks=callbacks, run_config=rc.to_dict()).fit(resume=resume)
+    if hasattr(rc.task, "save_tokenizer") and _is_main(): rc.task.save_tokenizer(Path(out) / "model")   # the model carries its tokenizer
+    return s
 
 def cmd_train(a) -> int:
     if a.resume:
@@ -302,12 +309,18 @@ def cmd_train(a) -> int:
 # %% ../nbs/33_cli.ipynb #7a41ffad
 def cmd_eval(a) -> int:
     run = Path(a.run)
+    if getattr(a, "data", None):                                           # any text files, with the run's tokenizer
+        from arc_geometry.text import evaluate_files, load_text_model
+        model, tok, source = load_text_model(run)
+        res = evaluate_files(model, tok, a.data)
+        print(json.dumps({"data": a.data, "source": source, **res})); return 0
     base = _saved_config(run)
     saved = base.to_dict()
     fixed = [s for s in a.set if s.partition("=")[0].strip().startswith("model.")]
     if fixed: raise ValueError(f"--set {fixed[0]} is refused: eval reads the model from the run, model.* cannot be overridden")
     rc = build_config(apply_overrides(saved, a.set))
-    was, now = (base.data.task, base.data.p, base.task.vocab_size), (rc.data.task, rc.data.p, rc.task.vocab_size)
+    key = lambda c: (c.data.task, getattr(c.data, "p", None), c.task.vocab_size)
+    was, now = key(base), key(rc)
     if was != now:                                   # the model's vocabulary and modulus are the run's
         raise ValueError(f"--set: the run's model was trained on task {was[0]} mod p = {was[1]} (vocabulary {was[2]}); "
                          f"it cannot be evaluated on task {now[0]} mod p = {now[1]} (vocabulary {now[2]})")
@@ -321,9 +334,25 @@ def cmd_eval(a) -> int:
         step = unpack_training_state(t, s, model, restore_rng=False)["step"]
         source = f"checkpoints/{path.name}"
         print(f"eval: {run} has no final model; evaluating its newest checkpoint {path.name} (step {step})", file=sys.stderr)
+    if hasattr(rc.task, "prepare"): rc.task.prepare(run, resume=True, write=False)   # text: the run's own tokenizer
     tr = Trainer(model, rc.task, rc.train)
     res = tr.evaluate(rc.task.val if a.split == "val" else rc.task.train, prefix=a.split)
     print(json.dumps({"split": a.split, "source": source, **res})); return 0
+
+# %% ../nbs/33_cli.ipynb #9f31a61c
+def cmd_generate(a) -> int:
+    from arc_geometry.text import load_text_model, stream_text
+    model, tok, _ = load_text_model(a.run)
+    k = len(tok.encode(a.prompt)); room = model.config.max_seq_len - 1 - k     # EOD + prompt come first
+    if room < 1: raise ValueError(f"--prompt is {k} tokens; the model's context "
+                                  f"(max_seq_len = {model.config.max_seq_len}) leaves no room to generate")
+    n = a.max_new_tokens or room
+    if n > room: raise ValueError(f"--max-new-tokens {n} is more than the {room} tokens the model's context "
+                                  f"(max_seq_len = {model.config.max_seq_len}) leaves after the prompt")
+    sys.stdout.write(a.prompt); sys.stdout.flush()
+    for piece in stream_text(model, tok, a.prompt, n, a.temperature, a.top_k, a.top_p, a.seed):
+        sys.stdout.write(piece); sys.stdout.flush()
+    sys.stdout.write("\n"); return 0
 
 # %% ../nbs/33_cli.ipynb #bfa8cb30
 def cmd_tune(a) -> int:
@@ -390,11 +419,15 @@ HELP = """Train, evaluate, tune and benchmark arc_geometry models.
   arc-geometry train CONFIG --out DIR              train as CONFIG (YAML/JSON) says
   arc-geometry train --out DIR --resume            continue a run as its config.json says
   arc-geometry eval DIR [--split train]            evaluate a run (its final model, or its newest checkpoint)
+  arc-geometry train nbs/configs/python_stdlib.yaml --out runs/stdlib   a GeoLM on the Python standard library
+  arc-geometry generate DIR --prompt TEXT          stream text from a text run (or its model/)
+  arc-geometry eval DIR --data FILES...            loss, ppl and bits per byte of a text run on any files
   arc-geometry tune CONFIG --trials N --out DIR    Optuna sweep over CONFIG's tune.space
   arc-geometry bench attention|model [--out DIR]   the attention and model benchmarks
   arc-geometry arc | study | export ...            ARC-AGI evaluation, the algorithmic study, ONNX export
 
-A CONFIG has sections model (GeoConfig fields), data (task, p, op, train_frac, split_seed) and
+A CONFIG has sections model (GeoConfig fields), data (task: modular with p, op, train_frac, split_seed; or
+task: text with files, tokenizer, val_fraction, split_seed, ...) and
 train (max_steps, batch_size, lr, weight_decay, warmup_steps, eval_every, checkpoint_every_s, seed, ...).
 Override any key with --set section.key=value (repeatable). Errors are one line (exit 2); --debug shows
 the traceback. Multi-process:
@@ -411,7 +444,7 @@ def _positive_int(s: str) -> int:
 def parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="arc-geometry", description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"arc-geometry {__version__}")
-    sub = p.add_subparsers(dest="command", required=True, metavar="{train,eval,tune,bench,arc,study,export}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{train,eval,generate,tune,bench,arc,study,export}")
     sets: dict[str, Any] = dict(action="append", default=[], metavar="SECTION.KEY=VALUE",
                 help="override one config key, e.g. --set train.max_steps=5000 (repeatable)")
     t = sub.add_parser("train", help="train a model (the default job if no CONFIG)",
@@ -424,6 +457,8 @@ def parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="evaluate a run", description="Loss and accuracy of DIR/model (or DIR's newest checkpoint) on the run's task.")
     e.add_argument("run", help="a run directory written by `arc-geometry train`")
     e.add_argument("--split", choices=("val", "train"), default="val")
+    e.add_argument("--data", nargs="+", metavar="FILES", help="text runs: loss, ppl and bpb on these files, directories or "
+                   "globs, tokenised with the run's tokenizer")
     e.add_argument("--set", **sets)
     u = sub.add_parser("tune", help="Optuna hyper-parameter sweep", description=(
         "Run N trials of `train`, each with values drawn from the config's tune.space, e.g.\n"
@@ -439,6 +474,16 @@ def parser() -> argparse.ArgumentParser:
     u.add_argument("--storage", default=None, help="Optuna storage URL (default sqlite:///OUT/optuna.db)")
     u.add_argument("--seed", type=int, default=None, help="seed of the sampler, for a reproducible sweep")
     u.add_argument("--set", **sets)
+    g = sub.add_parser("generate", help="stream text from a text run or model", description=(
+        "Continue --prompt with a model trained on text (a run directory, or its model/ directory), printing the text "
+        "as it is produced. Generation stops at the end of a document or after --max-new-tokens."))
+    g.add_argument("run", metavar="RUN_OR_MODEL_DIR")
+    g.add_argument("--prompt", default="", help="the text to continue")
+    g.add_argument("--max-new-tokens", type=_positive_int, default=None, help="default: up to the model's max_seq_len")
+    g.add_argument("--temperature", type=float, default=1.0, help="0: greedy")
+    g.add_argument("--top-k", type=_positive_int, default=None)
+    g.add_argument("--top-p", type=float, default=None)
+    g.add_argument("--seed", type=int, default=None, help="seed of the sampler, for reproducible text")
     sub.add_parser("bench", help="benchmarks: `bench attention …` or `bench model …` (see `bench attention -h`)", add_help=False)
     sub.add_parser("arc", help="ARC-AGI evaluation (arc_geometry.arc_solve)", add_help=False)
     sub.add_parser("study", help="the algorithmic study (arc_geometry.study)", add_help=False)
@@ -459,7 +504,8 @@ def main(argv: Optional[list] = None) -> int:
         command, run = argv[0], (lambda: cmd_passthrough(argv[0], argv[1:]))
     else:
         a = parser().parse_args(argv)
-        command, run = a.command, (lambda: {"train": cmd_train, "eval": cmd_eval, "tune": cmd_tune}[a.command](a))
+        command, run = a.command, (lambda: {"train": cmd_train, "eval": cmd_eval, "tune": cmd_tune,
+                                             "generate": cmd_generate}[a.command](a))
     try:
         return run()
     except TrainingInterrupted as e:
