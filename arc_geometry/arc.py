@@ -14,8 +14,8 @@ import numpy as np
 from .extras import require
 
 # %% auto #0
-__all__ = ['VERSIONS', 'SPLITS', 'NL', 'IN', 'OUT', 'END', 'SEP', 'PAD', 'VOCAB_SIZE', 'TOKEN_NAMES', 'ARC_COLORS', 'ArcTask',
-           'load_tasks', 'encode_grid', 'decode_grid', 'Transform', 'augment', 'encode_pair', 'encode_task',
+__all__ = ['VERSIONS', 'SPLITS', 'MAX_SIDE', 'NL', 'IN', 'OUT', 'END', 'SEP', 'PAD', 'VOCAB_SIZE', 'TOKEN_NAMES', 'ARC_COLORS',
+           'ArcTask', 'load_tasks', 'encode_grid', 'decode_grid', 'Transform', 'augment', 'encode_pair', 'encode_task',
            'task_length', 'shuffled_order', 'select_tasks', 'score_task', 'draw_grids']
 
 # %% ../nbs/40_arc.ipynb #5ff77ad6
@@ -32,9 +32,19 @@ class ArcTask:
     def __repr__(self) -> str:
         return f"ArcTask({self.id!r}, {len(self.train)} demos, {len(self.test)} tests)"
 
+MAX_SIDE = 30
+"ARC grids are at most 30 × 30 (the task length bound `task_length` assumes it)."
+
 def _grid(g) -> np.ndarray:
-    a = np.asarray(g, dtype=np.int64)
+    "`g` as an `int64` array `(H, W)` of colours, checked: integer values (never truncated), 1 ≤ H, W ≤ 30, 0..9."
+    try: a = np.asarray(g)
+    except ValueError as e: raise ValueError(f"grid must be a 2-D array of colours 0..9: {e}") from None
+    if a.dtype.kind not in "iuf" or (a.dtype.kind == "f" and not np.all(np.isfinite(a) & (a == np.round(a)))):
+        bad = a.ravel()[0] if a.dtype.kind not in "iuf" else a[~(np.isfinite(a) & (a == np.round(a)))].ravel()[0]
+        raise ValueError(f"grid must hold integer colours 0..9, got {a.dtype} values such as {bad}")
     if a.ndim != 2 or a.size == 0: raise ValueError(f"grid must be a non-empty 2-D array, got shape {a.shape}")
+    if max(a.shape) > MAX_SIDE: raise ValueError(f"grid must be at most {MAX_SIDE} × {MAX_SIDE} (ARC's largest), got {a.shape[0]} × {a.shape[1]}")
+    a = a.astype(np.int64)
     if a.min() < 0 or a.max() > 9: raise ValueError(f"grid colours must be in 0..9, got {a.min()}..{a.max()}")
     return a
 

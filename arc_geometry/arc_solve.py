@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import functools
+import io
 import json
 import math
 import os
@@ -20,13 +21,14 @@ import torch
 import torch.nn.functional as F
 
 from .arc import (END, NL, PAD, VOCAB_SIZE, ArcTask, Transform, decode_grid, encode_pair, encode_task,
-                              load_tasks, score_task, select_tasks, task_length, encode_grid, IN, OUT)
+                              load_tasks, score_task, select_tasks, task_length, encode_grid, IN, OUT, SPLITS, VERSIONS)
 from .core import config_from_dict
 from .geometries import GEOMETRIES
 from .models import GeoConfig, GeoLM
 from .pretrained import atomic_write
-from .runs import ResultsCSV, check_run_dir, run_jobs, suite_config, suite_parser
-from .train import TrainConfig, lr_factor, param_groups, resolve_device
+from .cli import check_memory
+from .runs import ResultsCSV, check_run_dir, run_jobs, stop_on_signals, suite_config, suite_parser
+from .train import TrainConfig, TrainingInterrupted, lr_factor, param_groups, resolve_device
 
 # %% auto #0
 __all__ = ['ARC_DEFAULTS', 'SOLVER_KEYS', 'KEY', 'loo_example', 'collate', 'answer_loss', 'fit', 'greedy_answer', 'vote',
@@ -261,10 +263,16 @@ def _check_arc(a: dict) -> dict:
     unknown = sorted(set(a) - set(ARC_DEFAULTS["arc"]))
     if unknown: raise ValueError(f"unknown key(s) arc.{', arc.'.join(unknown)}; known keys: {', '.join(ARC_DEFAULTS['arc'])}")
     a = dict(a); a["version"] = str(a["version"])
+    if a["version"] not in VERSIONS: raise ValueError(f"arc.version must be one of {sorted(VERSIONS)}, got {a['version']!r}")
+    for k in ("split", "pretrain_split"):
+        if a[k] not in SPLITS: raise ValueError(f"arc.{k} must be one of {list(SPLITS)}, got {a[k]!r}")
     for k in ("geometries", "seeds"):
         if not isinstance(a[k], (list, tuple)) or not a[k]: raise ValueError(f"arc.{k} must be a non-empty list, got {a[k]!r}")
+        if len(set(map(str, a[k]))) != len(a[k]): raise ValueError(f"arc.{k} has repeated values: {a[k]}")
     bad = [g for g in a["geometries"] if g not in GEOMETRIES]
     if bad: raise ValueError(f"arc.geometries must be among {sorted(GEOMETRIES)}, got {bad}")
+    bad = [s for s in a["seeds"] if isinstance(s, bool) or not isinstance(s, int) or s < 0]
+    if bad: raise ValueError(f"arc.seeds must be ints >= 0, got {bad[0]!r}")
     t = a["tasks"]
     if not (t is None or (isinstance(t, int) and not isinstance(t, bool)) or
             (isinstance(t, (list, tuple)) and t and all(isinstance(i, str) for i in t))):
@@ -295,6 +303,28 @@ def solve_job(job: dict) -> dict:
     atomic_write(out / "answers" / f"{task.id}__{job['geometry']}__{job['seed']}.json", json.dumps(answers))
     return {**{k: job[k] for k in KEY}, **row}
 
+def _load_state(f: Path) -> Optional[dict]:
+    "The state dict in `f`, or None (and a line saying why) if it cannot be read: a kill or a full disk cut it short."
+    try: return torch.load(f, map_location="cpu", weights_only=True)
+    except Exception as e:
+        print(f"{f} is unreadable ({' '.join(str(e).split()).split('. ')[0]}): pre-training it again", flush=True)
+        return None
+
+def _pretrained(out: Path, tasks, done: set, cfg: dict, arc: dict) -> dict:
+    "`{(geometry, seed): file}` of the pre-trained states the pending jobs need, trained (and saved atomically) if missing or unreadable."
+    ids, pre = {t.id for t in tasks}, {}
+    pool = [t for t in load_tasks(arc["version"], arc["pretrain_split"]) if t.id not in ids]
+    for g in arc["geometries"]:
+        for s in arc["seeds"]:
+            f = out / "pretrained" / f"{g}__{s}.pt"
+            pending = any((arc["version"], arc["split"], t.id, g, str(s)) not in done for t in tasks)
+            if pending and (not f.exists() or _load_state(f) is None):
+                print(f"pre-training {g}, seed {s}: {arc['pretrain_steps']} steps on {len(pool)} tasks", flush=True)
+                buf = io.BytesIO(); torch.save(pretrain(pool, g, s, cfg["model"], cfg["train"], arc), buf)
+                atomic_write(f, buf.getvalue())
+            pre[(g, s)] = str(f)
+    return pre
+
 def arc_main(argv: Optional[Sequence[str]] = None) -> int:
     "`arc-geometry arc [CONFIG] --out DIR [--set …] [--workers N]`: the resumable ARC study; returns the exit status."
     p = suite_parser("arc-geometry arc", "Solve ARC-AGI tasks with small geometric LMs (test-time training, "
@@ -303,25 +333,19 @@ def arc_main(argv: Optional[Sequence[str]] = None) -> int:
     cfg = suite_config(a.config, a.set, ARC_DEFAULTS)
     arc = cfg["arc"] = _check_arc(cfg["arc"])
     mcs = [model_config(cfg["model"], g) for g in arc["geometries"]]     # validate before any work
+    for mc in mcs: check_memory(mc)
     if train_config(cfg["train"]).num_threads: torch.set_num_threads(cfg["train"]["num_threads"])
     tasks, long = select_tasks(load_tasks(arc["version"], arc["split"]), arc["tasks"], context_len(mcs[0], arc))
     out = check_run_dir(a.out, {**cfg, "solver": {k: arc[k] for k in SOLVER_KEYS}}, fixed=("model", "train", "solver"))
     table = ResultsCSV(out / "results.csv", KEY)
+    done = table.done()                                  # results.csv checked before any work
     pre: dict = {}
     if arc["pretrain_steps"]:
-        ids = {t.id for t in tasks}
-        pool = [t for t in load_tasks(arc["version"], arc["pretrain_split"]) if t.id not in ids]
-        done = table.done()
-        for g in arc["geometries"]:
-            for s in arc["seeds"]:
-                f = out / "pretrained" / f"{g}__{s}.pt"
-                pending = any((arc["version"], arc["split"], t.id, g, str(s)) not in done for t in tasks)
-                if pending and not f.exists():
-                    print(f"pre-training {g}, seed {s}: {arc['pretrain_steps']} steps on {len(pool)} tasks", flush=True)
-                    state = pretrain(pool, g, s, cfg["model"], cfg["train"], arc)
-                    f.parent.mkdir(parents=True, exist_ok=True)
-                    tmp = f.with_name(f.name + ".tmp"); torch.save(state, tmp); os.replace(tmp, f)
-                pre[(g, s)] = str(f)
+        with stop_on_signals():
+            try: pre = _pretrained(out, tasks, done, cfg, arc)
+            except TrainingInterrupted as e:
+                raise TrainingInterrupted(e.signum, None, f"{e} while pre-training (finished states are kept in "
+                                          f"{out / 'pretrained'}); run the same command again to resume") from None
     jobs = [{"version": arc["version"], "split": arc["split"], "task": t.id, "geometry": g, "seed": s,
              "cfg": cfg, "out": str(out), "pretrained": pre.get((g, s))}
             for t in tasks for s in arc["seeds"] for g in arc["geometries"]]   # task-major: a stopped run compares every geometry

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .geometries import GEOMETRIES as ROWS, attention_geometries
+from .pretrained import atomic_write
 
 # %% auto #0
 __all__ = ['MALLOC_ENV', 'make_inputs', 'poincare_flex', 'attention_fn', 'run_case', 'with_tflops', 'bench_attention',
@@ -191,10 +192,12 @@ def main(argv: list | None = None) -> int:
     if bad: ap.error(f"--geometries must be among {', '.join(attention_geometries())}, got {', '.join(bad)}")
     try: seqlens = [int(s) for s in a.seqlens.split(",")]
     except ValueError: ap.error(f"--seqlens must be comma-separated integers, got {a.seqlens!r}")
+    if not seqlens or min(seqlens) < 1: ap.error(f"--seqlens must be integers >= 1, got {a.seqlens!r}")
+    if a.repeats < 1: ap.error(f"--repeats must be >= 1, got {a.repeats}")
+    if not (math.isfinite(a.timeout) and a.timeout > 0): ap.error(f"--timeout must be a number of seconds > 0, got {a.timeout}")
     path = bench_csv_path(a.out, "attention.csv", "attention")
     df = bench_attention(geometries=geoms, seqlens=seqlens, timeout_s=a.timeout, repeats=a.repeats, reference=a.reference)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    df.to_csv(path, index=False)
+    atomic_write(path, df.to_csv(index=False))                 # a killed run leaves no half table
     print(df.to_string(index=False, float_format=lambda x: f"{x:.3g}"))
     print(f"wrote {path}", file=sys.stderr)
     return 0

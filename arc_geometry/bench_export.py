@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import subprocess
 import sys
 import tempfile
@@ -22,6 +21,7 @@ from tqdm.auto import tqdm
 from .export import OnnxLM, export_onnx, load_model, quantize_int8
 from .geometries import GEOMETRIES
 from .models import GeoConfig, GeoLM
+from .pretrained import atomic_write
 
 # %% auto #0
 __all__ = ['RUNTIMES', 'FULL', 'TINY', 'bench_speed', 'train_default_runs', 'int8_table', 'targets', 'figure', 'main']
@@ -113,8 +113,8 @@ def train_default_runs(out_dir, geometries: Optional[Sequence[str]] = None, extr
 
 def _val_split(run_dir: Path):
     "The validation sequences `(N, S)` (answer last) of a run, from its `config.json`."
-    from arc_geometry.cli import build_config
-    return build_config(json.loads((run_dir / "config.json").read_text())).task.val
+    from arc_geometry.cli import build_config, read_run_config
+    return build_config(read_run_config(run_dir)).task.val
 
 def int8_table(runs: dict, workdir=None) -> list[dict]:
     "Per geometry: float32 and int8 file sizes, and validation accuracy of PyTorch, ONNX Runtime float32 and int8."
@@ -185,12 +185,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
     if not a.skip_speed:
         speed = pd.DataFrame(bench_speed(**(TINY if a.tiny else FULL)))
-        speed.to_csv(out / "export_cpu.csv", index=False, float_format="%.6g")
+        atomic_write(out / "export_cpu.csv", speed.to_csv(index=False, float_format="%.6g"))
         print(speed.pivot_table(index=["geometry", "threads", "batch", "prompt"], columns="runtime", values="decode_ms").round(2))
     if not a.skip_int8:
         runs = train_default_runs(a.runs or tempfile.mkdtemp(prefix="default_runs_"))
         q = pd.DataFrame(int8_table(runs))
-        q.to_csv(out / "export_int8.csv", index=False, float_format="%.6g")
+        atomic_write(out / "export_int8.csv", q.to_csv(index=False, float_format="%.6g"))
         print(q.round(4).to_string(index=False))
     return 0
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import math
 import time
 from pathlib import Path
@@ -16,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from .geometries import GEOMETRIES, attention_geometries
+from .pretrained import atomic_write
 
 SEQLENS = (1024, 4096, 16384)
 HEAD_DIMS = (64, 128)
@@ -103,7 +105,7 @@ def measure(fn: Callable, args: tuple, mode: str, reps: int = 10) -> tuple[float
 
 def run(out: Path, seqlens=SEQLENS, head_dims=HEAD_DIMS, B: int = 4, H: int = 16, names: Optional[list] = None,
         budget_s: float = 450.0) -> list[dict]:
-    """Time every implementation in bf16, causal, forward and forward + backward; write `gpu.csv` (appended row by row)
+    """Time every implementation in bf16, causal, forward and forward + backward; write `gpu.csv` (rewritten atomically after each row)
     and `gpu.html` under `out`. Stops cleanly when `budget_s` seconds have passed (the rows so far are kept)."""
     from tqdm.auto import tqdm
     out.mkdir(parents=True, exist_ok=True)
@@ -113,23 +115,25 @@ def run(out: Path, seqlens=SEQLENS, head_dims=HEAD_DIMS, B: int = 4, H: int = 16
     t0 = time.time()
     path = out / "gpu.csv"
     fields = ["impl", "geometry", "D", "S", "mode", "ms", "tflops", "peak_mib", "vs_sdpa", "device"]
-    with open(path, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fields); w.writeheader()
-        jobs = [(D, S, n, m) for D in head_dims for S in seqlens for n in names for m in ("fwd", "fwd+bwd")]
-        for D, S, name, mode in tqdm(jobs, desc="gpu bench"):
-            if time.time() - t0 > budget_s: print(f"time budget of {budget_s:.0f} s spent: stopping"); break
-            geom, fn = impls[name]
-            try:
-                ms, mib = measure(fn, inputs(geom, B, H, S, D), mode)
-            except Exception as e:                               # one failing entry is a row, not the end of the run
-                print(f"{name} D={D} S={S} {mode}: {type(e).__name__}: {str(e)[:200]}"); continue
-            base = next((r["ms"] for r in rows if r["impl"] == "sdpa_flash" and (r["D"], r["S"], r["mode"]) == (D, S, mode)), None)
-            row = dict(impl=name, geometry=geom, D=D, S=S, mode=mode, ms=round(ms, 4),
-                       tflops=round(flops(B, H, S, D, True, mode) / ms / 1e9, 2), peak_mib=round(mib, 1),
-                       vs_sdpa=round(ms / base, 3) if base else None, device=torch.cuda.get_device_name())
-            rows.append(row); w.writerow(row); fh.flush()
-            torch.cuda.empty_cache()
-    figure(rows).write_html(out / "gpu.html")
+    def save(rows):                                               # the whole table so far, atomically
+        buf = io.StringIO(); w = csv.DictWriter(buf, fields); w.writeheader(); w.writerows(rows)
+        atomic_write(path, buf.getvalue())
+    jobs = [(D, S, n, m) for D in head_dims for S in seqlens for n in names for m in ("fwd", "fwd+bwd")]
+    for D, S, name, mode in tqdm(jobs, desc="gpu bench"):
+        if time.time() - t0 > budget_s: print(f"time budget of {budget_s:.0f} s spent: stopping"); break
+        geom, fn = impls[name]
+        try:
+            ms, mib = measure(fn, inputs(geom, B, H, S, D), mode)
+        except Exception as e:                               # one failing entry is a row, not the end of the run
+            print(f"{name} D={D} S={S} {mode}: {type(e).__name__}: {str(e)[:200]}"); continue
+        base = next((r["ms"] for r in rows if r["impl"] == "sdpa_flash" and (r["D"], r["S"], r["mode"]) == (D, S, mode)), None)
+        row = dict(impl=name, geometry=geom, D=D, S=S, mode=mode, ms=round(ms, 4),
+                   tflops=round(flops(B, H, S, D, True, mode) / ms / 1e9, 2), peak_mib=round(mib, 1),
+                   vs_sdpa=round(ms / base, 3) if base else None, device=torch.cuda.get_device_name())
+        rows.append(row); save(rows)
+        torch.cuda.empty_cache()
+    save(rows)
+    atomic_write(out / "gpu.html", figure(rows).to_html())
     return rows
 
 def figure(rows: list[dict]):

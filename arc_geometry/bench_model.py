@@ -21,9 +21,10 @@ from tqdm.auto import tqdm
 
 from .geometries import GEOMETRIES
 from .models import GeoConfig, GeoLM
+from .pretrained import atomic_write
 
 # %% auto #0
-__all__ = ['FULL', 'TINY', 'bench_one', 'run_benchmark', 'figure', 'main']
+__all__ = ['FULL', 'TINY', 'bench_one', 'run_benchmark', 'figure', 'check_sizes', 'main']
 
 # %% ../nbs/91_bench_model.ipynb #9a4464bf
 FULL = dict(dim=256, depth=4, num_heads=8, seq_len=512, batch=8, steps=5, warmup=1, vocab_size=256, threads=None)
@@ -86,8 +87,7 @@ def run_benchmark(out_csv, geometries: Optional[Sequence[str]] = None, sizes: Op
     df["tokens_per_s_vs_dot"] = df.tokens_per_s / base.tokens_per_s
     df["peak_mem_vs_dot"] = df.peak_mem_mib / max(base.peak_mem_mib, 1e-9)
     df["meets_target"] = (df.tokens_per_s_vs_dot >= 0.5) & (df.peak_mem_vs_dot <= 1.5)
-    Path(out_csv).parent.mkdir(parents=True, exist_ok=True)
-    df.to_csv(out_csv, index=False)
+    atomic_write(out_csv, df.to_csv(index=False))                    # a killed run leaves no half table
     return df
 
 def figure(df):
@@ -106,6 +106,18 @@ def figure(df):
                       f"heads={r.num_heads}, S={r.seq_len}, batch={r.batch}, {r.threads} threads")
     return fig
 
+def check_sizes(sizes: dict, geometries: Sequence[str]) -> None:
+    "`ValueError` naming the `--sizes` key (or the model config) that no benchmark process could run."
+    for k, v in sizes.items():
+        low = 0 if k == "warmup" else 1
+        if not (v is None and k == "threads") and (isinstance(v, bool) or not isinstance(v, int) or v < low):
+            raise ValueError(f"--sizes: {k} must be an int >= {low}{' or null' if k == 'threads' else ''}, got {v!r}")
+    for g in geometries:
+        if g not in GEOMETRY_ORDER: raise ValueError(f"--geometries must be among {', '.join(GEOMETRY_ORDER)}, got {g!r}")
+        try: GeoConfig(vocab_size=sizes["vocab_size"], dim=sizes["dim"], depth=sizes["depth"], num_heads=sizes["num_heads"],
+                       geometry=g, max_seq_len=sizes["seq_len"], rank=max(1, min(8, sizes["dim"] // sizes["num_heads"])))
+        except ValueError as e: raise ValueError(f"--sizes: no {g} model of these sizes: {e}") from None
+
 def main(argv: Optional[list] = None) -> int:
     "`arc-geometry bench model …` / `python -m arc_geometry.bench_model …`: run the benchmark, write the CSV, print the table."
     from arc_geometry.bench import bench_csv_path
@@ -123,6 +135,8 @@ def main(argv: Optional[list] = None) -> int:
     if not isinstance(over, dict) or set(over) - set(FULL):
         p.error(f"--sizes must be a JSON object with keys among {', '.join(FULL)}, got {a.sizes!r}")
     sizes = {**FULL, **over}
+    try: check_sizes(sizes, a.geometries.split(","))
+    except ValueError as e: p.error(str(e))
     if a.one:
         print(json.dumps(bench_one(a.one, **sizes)))
         return 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import gc
 import importlib
 import json
 import os
@@ -23,21 +24,22 @@ import yaml
 from . import __version__
 from .core import ArgumentParser, check_fields, config_from_dict
 from .models import GeoConfig, GeoLM
+from .pretrained import read_json_object
 from .tasks import ModularArithmetic
 from .train import MID_RUN_KEYS, NonFiniteLossError, TrainConfig, Trainer, TrainingInterrupted
 from .train_state import latest_checkpoint, unpack_training_state
 
 # %% auto #0
 __all__ = ['SECTIONS', 'DEFAULT_CONFIG', 'BENCHMARKS', 'EXTENSIONS', 'HELP', 'load_config', 'DataConfig', 'apply_overrides',
-           'RunConfig', 'build_config', 'validate_tune', 'validate_space', 'suggest', 'import_optuna',
-           'read_run_config', 'resume_config', 'init_distributed', 'run_training', 'cmd_train', 'cmd_eval', 'cmd_tune',
-           'cmd_passthrough', 'parser', 'main']
+           'RunConfig', 'model_bytes', 'check_memory', 'build_config', 'validate_tune', 'validate_space', 'suggest',
+           'import_optuna', 'read_run_config', 'resume_config', 'init_distributed', 'end_distributed', 'run_training',
+           'cmd_train', 'cmd_eval', 'cmd_generate', 'cmd_tune', 'cmd_passthrough', 'parser', 'main']
 
 # %% ../nbs/33_cli.ipynb #799308cc
 SECTIONS = ("model", "data", "train", "tune")
 
-def load_config(path) -> dict:
-    "Read a YAML (or, for `.json`, JSON) CONFIG file into a dict; `ValueError` naming the file otherwise."
+def load_config(path, sections: Sequence[str] = SECTIONS) -> dict:
+    "Read a YAML (or, for `.json`, JSON) CONFIG file into a dict (of `sections`); `ValueError` naming the file otherwise."
     p = Path(path)
     if not p.exists(): raise ValueError(f"CONFIG file {p} does not exist")
     if p.is_dir(): raise ValueError(f"CONFIG {p} is a directory, not a YAML or JSON file")
@@ -53,7 +55,7 @@ def load_config(path) -> dict:
             m = getattr(e, "problem_mark", None)
             at = f" at line {m.line + 1} column {m.column + 1}" if m is not None else ""
             raise ValueError(f"CONFIG {p}: invalid YAML{at}: {getattr(e, 'problem', None) or e}") from None
-    if not isinstance(d, dict): raise ValueError(f"CONFIG {p} must hold a mapping with sections {', '.join(SECTIONS)}, got {type(d).__name__}")
+    if not isinstance(d, dict): raise ValueError(f"CONFIG {p} must hold a mapping with sections {', '.join(sections)}, got {type(d).__name__}")
     return d
 
 # %% ../nbs/33_cli.ipynb #67432cef
@@ -68,7 +70,7 @@ class DataConfig:
 
     def __post_init__(self):
         check_fields(self, "data")
-        if self.task != "modular": raise ValueError(f"data.task must be 'modular', got {self.task!r}")
+        if self.task != "modular": raise ValueError(f"data.task must be 'modular' or 'text', got {self.task!r}")
 
     def build(self) -> ModularArithmetic:
         try: return ModularArithmetic(p=self.p, op=self.op, train_frac=self.train_frac, split_seed=self.split_seed)
@@ -103,22 +105,43 @@ def apply_overrides(cfg: dict, sets: Optional[list[str]], sections: Sequence[str
 class RunConfig:
     "A validated config: the model, data and train sections as objects, and the task they describe."
     model: GeoConfig
-    data: DataConfig
+    data: Any                  # DataConfig, or text.TextDataConfig for `task: text`
     train: TrainConfig
-    task: ModularArithmetic
+    task: Any                  # ModularArithmetic, or text.TextTask
     tune: dict
 
     def to_dict(self) -> dict:
         return {"model": self.model.to_dict(), "data": dataclasses.asdict(self.data), "train": self.train.to_dict(),
                 **({"tune": self.tune} if self.tune else {})}
 
+def model_bytes(c: GeoConfig) -> int:
+    """A lower bound of the bytes training a `GeoLM` of config `c` takes: 16 per parameter (float32 weights, gradients
+    and AdamW's two moments) of its embeddings, learned positions and the blocks' attention and MLP matrices."""
+    d = c.dim
+    n = c.vocab_size * d * (1 if c.tie_embeddings else 2) + (c.max_seq_len * d if c.positions == "learned" else 0)
+    return 16 * (n + c.depth * (4 + 2 * c.mlp_ratio) * d * d)
+
+def check_memory(c: GeoConfig, section: str = "model") -> None:
+    "`ValueError` (naming the sizes and the bytes) if training config `c` cannot fit in this machine's memory."
+    try: have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError): return        # unknown on this system
+    need = model_bytes(c)
+    if need > have:
+        raise ValueError(f"{section}: this model needs at least {need:,} bytes ({need / 2**30:,.1f} GiB) for its float32 "
+                         f"weights, gradients and AdamW state, more than this machine's {have / 2**30:,.1f} GiB "
+                         f"(dim = {c.dim}, depth = {c.depth}, vocab_size = {c.vocab_size}, max_seq_len = {c.max_seq_len})")
+
 def build_config(cfg: dict) -> RunConfig:
     "Validate every section of `cfg` (errors name the key); `model.vocab_size`/`max_seq_len` default to the task's."
     for sec in cfg:
         if sec not in SECTIONS: raise ValueError(f"unknown section {sec!r}; a config has sections {', '.join(SECTIONS)}")
         if not isinstance(cfg[sec] or {}, dict): raise ValueError(f"section {sec} must be a mapping, got {cfg[sec]!r}")
-    data = config_from_dict(DataConfig, cfg.get("data"), "data")
-    task = data.build()
+    d: Any = cfg.get("data")
+    if isinstance(d, dict) and d.get("task") == "text":                 # a text corpus: arc_geometry.text
+        from arc_geometry.text import text_task
+        data, task = text_task(d, cfg.get("model"))
+    else:
+        data = config_from_dict(DataConfig, d, "data"); task = data.build()
     m = dict(cfg.get("model") or {})
     m.setdefault("vocab_size", task.vocab_size); m.setdefault("max_seq_len", task.seq_len)
     try: model = config_from_dict(GeoConfig, m, "model")
@@ -128,6 +151,7 @@ def build_config(cfg: dict) -> RunConfig:
         raise ValueError(f"model.vocab_size must be >= the task's vocabulary {task.vocab_size}, got {model.vocab_size}")
     if model.max_seq_len < task.seq_len:
         raise ValueError(f"model.max_seq_len must be >= the task's input length {task.seq_len}, got {model.max_seq_len}")
+    check_memory(model)
     train = config_from_dict(TrainConfig, cfg.get("train"), "train")
     tune = validate_tune(cfg.get("tune") or {})
     return RunConfig(model, data, train, task, tune)
@@ -144,8 +168,8 @@ def validate_tune(t: dict) -> dict:
     t = {"metric": "val_acc", "direction": "maximize", "space": {}, **t}
     if t["direction"] not in ("maximize", "minimize"):
         raise ValueError(f"tune.direction must be 'maximize' or 'minimize', got {t['direction']!r}")
-    if t["metric"] not in ("val_acc", "val_loss", "loss", "step"):
-        raise ValueError(f"tune.metric must be one of val_acc, val_loss, loss, step, got {t['metric']!r}")
+    if t["metric"] not in ("val_acc", "val_loss", "loss", "step", "val_bpb", "val_ppl"):
+        raise ValueError(f"tune.metric must be one of val_acc, val_loss, loss, step, val_bpb, val_ppl, got {t['metric']!r}")
     if not isinstance(t["space"], dict): raise ValueError(f"tune.space must be a mapping, got {t['space']!r}")
     for key, spec in t["space"].items():
         sec, _, k = key.partition(".")
@@ -196,13 +220,19 @@ def read_run_config(run) -> dict:
     if not run.exists(): raise ValueError(f"run directory {run} does not exist")
     if not run.is_dir(): raise ValueError(f"{run} is not a run directory (it is a file)")
     p = run / "config.json"
-    if not p.is_file(): raise ValueError(f"{run} holds no run: {p.name} is missing")
-    try: return json.loads(p.read_text())
-    except ValueError as e: raise ValueError(f"{p}: invalid JSON ({e})") from None
+    if not p.exists(): raise ValueError(f"{run} holds no run: {p.name} is missing")
+    return read_json_object(p, "the run's config")
+
+def _saved_config(run) -> RunConfig:
+    "The validated config of run directory `run`; an invalid one is an error naming its file."
+    try: return build_config(read_run_config(run))
+    except (ValueError, TypeError) as e:
+        msg = str(e); p = str(Path(run) / "config.json")
+        raise ValueError(msg if msg.startswith(p) else f"{p}: {msg}") from None
 
 def resume_config(run, cfg: Optional[dict] = None, sets: Optional[list] = None) -> tuple[dict, list[str]]:
     "The config to resume `run` with, and the changes made: its `config.json`, changed only in `MID_RUN_KEYS`."
-    saved = build_config(read_run_config(run)).to_dict()
+    saved = _saved_config(run).to_dict()
     raw = apply_overrides(cfg if cfg is not None else saved, sets)
     def diff(want: dict, fixed_only: bool) -> tuple[list, list]:
         changes: list[str] = []; refused: list[str] = []
@@ -231,6 +261,17 @@ def init_distributed() -> bool:
     else: dist.init_process_group("gloo")
     return True
 
+def end_distributed(code: Optional[int] = None) -> None:
+    """Leave torch.distributed the same way every time: garbage collected (DDP's reducer holds the process group),
+    a barrier (every rank has finished writing), the group destroyed. With `code`, the rank then exits at once with
+    that status (`os._exit` after flushing stdout and stderr): the interpreter's own teardown, racing gloo's threads,
+    is what aborted a finished rank now and then under load (`terminate called without an active exception`)."""
+    gc.collect()
+    if dist.is_initialized(): dist.barrier(); dist.destroy_process_group()
+    gc.collect()
+    if code is not None:
+        sys.stdout.flush(); sys.stderr.flush(); os._exit(code)
+
 def _is_main() -> bool: return int(os.environ.get("RANK", "0")) == 0
 
 def run_training(cfg: dict, out, resume: bool = False, callbacks=()) -> dict:
@@ -239,9 +280,12 @@ def run_training(cfg: dict, out, resume: bool = False, callbacks=()) -> dict:
     if adapts(cfg): return run_adaptation(cfg, out, resume, callbacks)
     rc = build_config(cfg)
     if rc.train.num_threads: torch.set_num_threads(rc.train.num_threads)
+    if hasattr(rc.task, "prepare"): rc.task.prepare(out, resume=resume, progress=rc.train.progress)   # text: tokenise (cached)
     torch.manual_seed(rc.train.seed)
     model = GeoLM(rc.model)
-    return Trainer(model, rc.task, rc.train, out, callbacks=callbacks, run_config=rc.to_dict()).fit(resume=resume)
+    s = Trainer(model, rc.task, rc.train, out, callbacks=callbacks, run_config=rc.to_dict()).fit(resume=resume)
+    if hasattr(rc.task, "save_tokenizer") and _is_main(): rc.task.save_tokenizer(Path(out) / "model")   # the model carries its tokenizer
+    return s
 
 def cmd_train(a) -> int:
     if a.resume:
@@ -256,18 +300,33 @@ def cmd_train(a) -> int:
     try:
         s = run_training(cfg, a.out, resume=a.resume)
         if not dist.is_initialized() or dist.get_rank() == 0: print(json.dumps(s))
-        return 0
-    finally:
-        if started:
-            dist.barrier(); dist.destroy_process_group()
+    except TrainingInterrupted:                          # every rank stops at the same step (the flag is all-reduced)
+        if started: end_distributed()
+        raise
+    except BaseException:                                # a rank alone may have failed: no barrier, it could wait forever
+        if started and dist.is_initialized(): dist.destroy_process_group()
+        raise
+    if started: end_distributed(0)                       # a finished torchrun rank exits 0 here, every time
+    return 0
 
 # %% ../nbs/33_cli.ipynb #7a41ffad
 def cmd_eval(a) -> int:
     run = Path(a.run)
-    saved = read_run_config(run)
+    if getattr(a, "data", None):                                           # any text files, with the run's tokenizer
+        from arc_geometry.text import evaluate_files, load_text_model
+        model, tok, source = load_text_model(run)
+        res = evaluate_files(model, tok, a.data)
+        print(json.dumps({"data": a.data, "source": source, **res})); return 0
+    base = _saved_config(run)
+    saved = base.to_dict()
     fixed = [s for s in a.set if s.partition("=")[0].strip().startswith("model.")]
     if fixed: raise ValueError(f"--set {fixed[0]} is refused: eval reads the model from the run, model.* cannot be overridden")
     rc = build_config(apply_overrides(saved, a.set))
+    key = lambda c: (c.data.task, getattr(c.data, "p", None), c.task.vocab_size)
+    was, now = key(base), key(rc)
+    if was != now:                                   # the model's vocabulary and modulus are the run's
+        raise ValueError(f"--set: the run's model was trained on task {was[0]} mod p = {was[1]} (vocabulary {was[2]}); "
+                         f"it cannot be evaluated on task {now[0]} mod p = {now[1]} (vocabulary {now[2]})")
     if (run / "model" / "config.json").exists():
         model, source = GeoLM.from_pretrained(run / "model"), "model"
     else:
@@ -278,9 +337,25 @@ def cmd_eval(a) -> int:
         step = unpack_training_state(t, s, model, restore_rng=False)["step"]
         source = f"checkpoints/{path.name}"
         print(f"eval: {run} has no final model; evaluating its newest checkpoint {path.name} (step {step})", file=sys.stderr)
+    if hasattr(rc.task, "prepare"): rc.task.prepare(run, resume=True, write=False)   # text: the run's own tokenizer
     tr = Trainer(model, rc.task, rc.train)
     res = tr.evaluate(rc.task.val if a.split == "val" else rc.task.train, prefix=a.split)
     print(json.dumps({"split": a.split, "source": source, **res})); return 0
+
+# %% ../nbs/33_cli.ipynb #9f31a61c
+def cmd_generate(a) -> int:
+    from arc_geometry.text import load_text_model, stream_text
+    model, tok, _ = load_text_model(a.run)
+    k = len(tok.encode(a.prompt)); room = model.config.max_seq_len - 1 - k     # EOD + prompt come first
+    if room < 1: raise ValueError(f"--prompt is {k} tokens; the model's context "
+                                  f"(max_seq_len = {model.config.max_seq_len}) leaves no room to generate")
+    n = a.max_new_tokens or room
+    if n > room: raise ValueError(f"--max-new-tokens {n} is more than the {room} tokens the model's context "
+                                  f"(max_seq_len = {model.config.max_seq_len}) leaves after the prompt")
+    sys.stdout.write(a.prompt); sys.stdout.flush()
+    for piece in stream_text(model, tok, a.prompt, n, a.temperature, a.top_k, a.top_p, a.seed):
+        sys.stdout.write(piece); sys.stdout.flush()
+    sys.stdout.write("\n"); return 0
 
 # %% ../nbs/33_cli.ipynb #bfa8cb30
 def cmd_tune(a) -> int:
@@ -347,12 +422,16 @@ HELP = """Train, evaluate, tune and benchmark arc_geometry models.
   arc-geometry train CONFIG --out DIR              train as CONFIG (YAML/JSON) says
   arc-geometry train --out DIR --resume            continue a run as its config.json says
   arc-geometry eval DIR [--split train]            evaluate a run (its final model, or its newest checkpoint)
+  arc-geometry train nbs/configs/python_stdlib.yaml --out runs/stdlib   a GeoLM on the Python standard library
+  arc-geometry generate DIR --prompt TEXT          stream text from a text run (or its model/)
+  arc-geometry eval DIR --data FILES...            loss, ppl and bits per byte of a text run on any files
   arc-geometry tune CONFIG --trials N --out DIR    Optuna sweep over CONFIG's tune.space
   arc-geometry bench attention|model [--out DIR]   the attention and model benchmarks
   arc-geometry arc | study | export ...            ARC-AGI evaluation, the algorithmic study, ONNX export
   arc-geometry prune RUN --ratio 0.3 --out DIR     a smaller model: heads and MLP units removed, fine-tuned
 
-A CONFIG has sections model (GeoConfig fields), data (task, p, op, train_frac, split_seed) and
+A CONFIG has sections model (GeoConfig fields), data (task: modular with p, op, train_frac, split_seed; or
+task: text with files, tokenizer, val_fraction, split_seed, ...) and
 train (max_steps, batch_size, lr, weight_decay, warmup_steps, eval_every, checkpoint_every_s, seed, ...).
 Override any key with --set section.key=value (repeatable). Errors are one line (exit 2); --debug shows
 the traceback. Multi-process:
@@ -369,7 +448,7 @@ def _positive_int(s: str) -> int:
 def parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="arc-geometry", description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"arc-geometry {__version__}")
-    sub = p.add_subparsers(dest="command", required=True, metavar="{train,eval,tune,bench,arc,study,export,prune}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{train,eval,generate,tune,bench,arc,study,export,prune}")
     sets: dict[str, Any] = dict(action="append", default=[], metavar="SECTION.KEY=VALUE",
                 help="override one config key, e.g. --set train.max_steps=5000 (repeatable)")
     t = sub.add_parser("train", help="train a model (the default job if no CONFIG)",
@@ -382,6 +461,8 @@ def parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="evaluate a run", description="Loss and accuracy of DIR/model (or DIR's newest checkpoint) on the run's task.")
     e.add_argument("run", help="a run directory written by `arc-geometry train`")
     e.add_argument("--split", choices=("val", "train"), default="val")
+    e.add_argument("--data", nargs="+", metavar="FILES", help="text runs: loss, ppl and bpb on these files, directories or "
+                   "globs, tokenised with the run's tokenizer")
     e.add_argument("--set", **sets)
     u = sub.add_parser("tune", help="Optuna hyper-parameter sweep", description=(
         "Run N trials of `train`, each with values drawn from the config's tune.space, e.g.\n"
@@ -397,6 +478,16 @@ def parser() -> argparse.ArgumentParser:
     u.add_argument("--storage", default=None, help="Optuna storage URL (default sqlite:///OUT/optuna.db)")
     u.add_argument("--seed", type=int, default=None, help="seed of the sampler, for a reproducible sweep")
     u.add_argument("--set", **sets)
+    g = sub.add_parser("generate", help="stream text from a text run or model", description=(
+        "Continue --prompt with a model trained on text (a run directory, or its model/ directory), printing the text "
+        "as it is produced. Generation stops at the end of a document or after --max-new-tokens."))
+    g.add_argument("run", metavar="RUN_OR_MODEL_DIR")
+    g.add_argument("--prompt", default="", help="the text to continue")
+    g.add_argument("--max-new-tokens", type=_positive_int, default=None, help="default: up to the model's max_seq_len")
+    g.add_argument("--temperature", type=float, default=1.0, help="0: greedy")
+    g.add_argument("--top-k", type=_positive_int, default=None)
+    g.add_argument("--top-p", type=float, default=None)
+    g.add_argument("--seed", type=int, default=None, help="seed of the sampler, for reproducible text")
     sub.add_parser("bench", help="benchmarks: `bench attention …` or `bench model …` (see `bench attention -h`)", add_help=False)
     sub.add_parser("arc", help="ARC-AGI evaluation (arc_geometry.arc_solve)", add_help=False)
     sub.add_parser("study", help="the algorithmic study (arc_geometry.study)", add_help=False)
@@ -418,7 +509,8 @@ def main(argv: Optional[list] = None) -> int:
         command, run = argv[0], (lambda: cmd_passthrough(argv[0], argv[1:]))
     else:
         a = parser().parse_args(argv)
-        command, run = a.command, (lambda: {"train": cmd_train, "eval": cmd_eval, "tune": cmd_tune}[a.command](a))
+        command, run = a.command, (lambda: {"train": cmd_train, "eval": cmd_eval, "tune": cmd_tune,
+                                             "generate": cmd_generate}[a.command](a))
     try:
         return run()
     except TrainingInterrupted as e:

@@ -6,8 +6,11 @@
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import math
+import os
+import shutil
 import sys
 import tempfile
 import warnings
@@ -26,8 +29,8 @@ if TYPE_CHECKING:                                   # names for the annotations 
     from arc_geometry.models import GeoLM
 
 # %% auto #0
-__all__ = ['DEFAULT_OPSET', 'export_scores', 'export_attend', 'export_mode', 'export_onnx', 'filter_logits_np', 'sample_next_np',
-           'OnnxLM', 'quantize_int8', 'load_model', 'export_main']
+__all__ = ['DEFAULT_OPSET', 'export_scores', 'export_attend', 'export_mode', 'export_onnx', 'remove_stale', 'save_onnx',
+           'filter_logits_np', 'sample_next_np', 'OnnxLM', 'quantize_int8', 'load_model', 'export_main']
 
 # %% ../nbs/50_export.ipynb #f0278090
 def export_scores(attn: GeoAttention, q: Tensor, k: Tensor) -> Tensor:
@@ -100,16 +103,30 @@ def export_onnx(model: GeoLM, path: Union[str, Path], *, opset: Optional[int] = 
     if isinstance(opset, bool) or not isinstance(opset, int) or opset < 1:
         raise ValueError(f"opset must be a positive int, got {opset!r}")
     path = Path(path)
+    if path.is_dir(): raise ValueError(f"path: {path} is a directory")
     path.parent.mkdir(parents=True, exist_ok=True)
     cfg = model.config
     dev = next(model.parameters()).device
     S = 2 if cfg.max_seq_len >= 3 else 1                     # a sample with a non-empty cache where the model allows
     P = min(2, cfg.max_seq_len - S)
     ids = torch.arange(2 * (P + S), device=dev).remainder(cfg.vocab_size).view(2, P + S)
-    was_training = model.training
-    model.eval()
     _register_symbolics()
     past_names, present_names = _io_names(cfg.depth)
+    remove_stale(path)
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.") as work:   # beside `path`
+        raw = Path(work) / "export.onnx"
+        _export_graph(model, raw, opset, ids, P, past_names, present_names)
+        _optimize(raw, opset)
+        m = _compact(onnx.load(str(raw)))
+        onnx.helper.set_model_props(m, {_META: json.dumps(cfg.to_dict()), "arc_geometry.format": "kv-graph/1"})
+        onnx.checker.check_model(m, full_check=True)
+        return save_onnx(m, path)
+
+def _export_graph(model, raw: Path, opset: int, ids, P: int, past_names, present_names) -> None:
+    "`torch.onnx.export` of `model` (eval mode, the export path) to `raw`; its errors as `ValueError`s naming the opset."
+    import torch
+    cfg, was_training = model.config, model.training
+    model.eval()
     try:
         with torch.no_grad(), export_mode(model), warnings.catch_warnings(), _quiet_output():
             warnings.simplefilter("ignore")                   # tracer and deprecation warnings of the exporter
@@ -119,7 +136,7 @@ def export_onnx(model: GeoLM, path: Union[str, Path], *, opset: Optional[int] = 
             axes = {"input_ids": {0: "batch", 1: "sequence"}, "logits": {0: "batch", 1: "sequence"},
                     **{n: {0: "batch", 2: "past"} for n in past_names},
                     **{n: {0: "batch", 2: "total"} for n in present_names}}
-            torch.onnx.export(_graph_module(model), (ids[:, P:], *past), str(path), dynamo=False,
+            torch.onnx.export(_graph_module(model), (ids[:, P:], *past), str(raw), dynamo=False,
                               opset_version=opset, verbose=False, input_names=["input_ids", *past_names],
                               output_names=["logits", *present_names], dynamic_axes=axes, do_constant_folding=True)
     except torch.onnx.errors.OnnxExporterError as e:
@@ -129,11 +146,40 @@ def export_onnx(model: GeoLM, path: Union[str, Path], *, opset: Optional[int] = 
         raise
     finally:
         model.train(was_training)
-    _optimize(path, opset)
-    m = _compact(onnx.load(str(path)))
-    onnx.helper.set_model_props(m, {_META: json.dumps(cfg.to_dict()), "arc_geometry.format": "kv-graph/1"})
-    onnx.checker.check_model(m, full_check=True)
-    onnx.save(m, str(path))
+
+def _alive(pid: int) -> bool:
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return False
+    except PermissionError: pass
+    return True
+
+def remove_stale(path: Union[str, Path]) -> list:
+    """Remove what killed writers of `path` left beside it: the temporary files and directories `.NAME.PID.*` of
+    processes that no longer run (a running export's are kept). Returns the paths removed."""
+    path, gone = Path(path), []
+    for p in path.parent.glob(f".{glob.escape(path.name)}.*"):
+        pid = p.name[len(path.name) + 2:].split(".")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+            gone.append(p)
+    return gone
+
+def save_onnx(m, path: Union[str, Path], max_inline: int = 2**31 - 2**20) -> Path:
+    """Write the ONNX model `m` to `path` atomically (a temporary file beside it, fsync, rename): a killed export
+    leaves the previous file whole. A model past protobuf's 2 GB limit keeps its weights in a data file next to it,
+    under a fresh name renamed into place first, so the old file keeps its own data until its own rename."""
+    from arc_geometry.pretrained import atomic_write
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    if m.ByteSize() < max_inline: return atomic_write(path, m.SerializeToString())
+    onnx = require("onnx", "export", "ONNX export")
+    data = f"{path.name}.{os.urandom(4).hex()}.data"
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.") as tmp:
+        onnx.save(m, os.path.join(tmp, "m.onnx"), save_as_external_data=True, all_tensors_to_one_file=True, location=data)
+        with open(os.path.join(tmp, data), "rb+") as f: os.fsync(f.fileno())
+        os.replace(os.path.join(tmp, data), path.parent / data)
+        atomic_write(path, Path(tmp, "m.onnx").read_bytes())
+    for old in path.parent.glob(f"{glob.escape(path.name)}.*.data"):
+        if old.name != data: old.unlink(missing_ok=True)
     return path
 
 def _compact(m):
@@ -167,7 +213,7 @@ def _optimize(path: Path, opset: int) -> None:
     so.optimized_model_filepath = str(tmp)
     try: ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     except Exception as e:
-        path.unlink(missing_ok=True); tmp.unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)                    # `path` is the export's own temporary file
         raise ValueError(f"opset {opset}: ONNX Runtime cannot run the exported graph: {_one_line(e)}") from None
     tmp.replace(path)
 
@@ -214,10 +260,14 @@ def sample_next_np(logits: np.ndarray, temperature: float, top_k: Optional[int],
                    rng: np.random.Generator) -> np.ndarray:
     "One token per row of `logits (B, V)`: argmax at `temperature == 0`, else a filtered softmax sample; `(B,)` int64."
     if temperature == 0: return logits.argmax(-1).astype(np.int64)
-    probs = _softmax(filter_logits_np(logits / temperature, top_k, top_p))
+    with np.errstate(over="ignore"): z = logits / temperature
+    over = ~np.isfinite(z.max(-1))                                 # T so small the quotient overflows: its limit, argmax
+    if over.all(): return logits.argmax(-1).astype(np.int64)
+    probs = _softmax(filter_logits_np(np.where(over[:, None], 0.0, z), top_k, top_p))
     cdf = np.cumsum(probs, -1)
     u = rng.random(len(cdf)) * cdf[:, -1]                      # < the total: the index lands on a token with mass
-    return np.array([np.searchsorted(c, x, side="right") for c, x in zip(cdf, u)], dtype=np.int64)
+    pick = np.array([np.searchsorted(c, x, side="right") for c, x in zip(cdf, u)], dtype=np.int64)
+    return np.where(over, logits.argmax(-1), pick).astype(np.int64)
 
 # %% ../nbs/50_export.ipynb #9ac6d86f
 class OnnxLM:
@@ -228,7 +278,9 @@ class OnnxLM:
         if not p.is_file(): raise ValueError(f"path: no ONNX file at {p}")
         so = ort.SessionOptions()
         if threads is not None: so.intra_op_num_threads, so.inter_op_num_threads = int(threads), 1
-        self.path, self.session = p, ort.InferenceSession(str(p), so, providers=["CPUExecutionProvider"])
+        try: self.path, self.session = p, ort.InferenceSession(str(p), so, providers=["CPUExecutionProvider"])
+        except Exception as e:                            # ONNX Runtime's own errors (InvalidProtobuf, …): name the file
+            raise ValueError(f"path: {p} is not a readable ONNX model: {_one_line(e)}") from None
         meta = self.session.get_modelmeta().custom_metadata_map
         if _META not in meta: raise ValueError(f"path: {p} was not written by export_onnx (no {_META!r} metadata)")
         self.config: dict = json.loads(meta[_META])
@@ -243,8 +295,8 @@ class OnnxLM:
 
     def _ids(self, input_ids) -> np.ndarray:
         ids = np.asarray(input_ids)
-        if ids.ndim != 2 or ids.shape[1] < 1 or ids.dtype.kind not in "iu":
-            raise ValueError(f"input_ids must be an integer array (B, S) with S >= 1, got {ids.dtype} {ids.shape}")
+        if ids.ndim != 2 or ids.shape[0] < 1 or ids.shape[1] < 1 or ids.dtype.kind not in "iu":
+            raise ValueError(f"input_ids must be an integer array (B, S) with B, S >= 1, got {ids.dtype} {ids.shape}")
         if ids.size and (ids.min() < 0 or ids.max() >= self.vocab_size):
             raise ValueError(f"input_ids must be in [0, vocab_size = {self.vocab_size}), got [{ids.min()}, {ids.max()}]")
         return ids.astype(np.int64)
@@ -299,8 +351,11 @@ def quantize_int8(src: Union[str, Path], dst: Union[str, Path]) -> Path:
     QuantType, quantize_dynamic = q.QuantType, q.quantize_dynamic
     src, dst = Path(src), Path(dst)
     if not src.is_file(): raise ValueError(f"src: no ONNX file at {src}")
+    if dst.is_dir(): raise ValueError(f"dst: {dst} is a directory")
     dst.parent.mkdir(parents=True, exist_ok=True)
-    g = onnx.load(str(src))
+    remove_stale(dst)
+    try: g = onnx.load(str(src))
+    except Exception as e: raise ValueError(f"src: {src} is not a readable ONNX file: {_one_line(e)}") from None
     meta = {p.key: p.value for p in g.metadata_props}
     if _META not in meta: raise ValueError(f"src: {src} was not written by export_onnx (no {_META!r} metadata)")
     mats = {i.name for i in g.graph.initializer if len(i.dims) == 2}
@@ -311,21 +366,20 @@ def quantize_int8(src: Union[str, Path], dst: Union[str, Path]) -> Path:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         logging.disable(logging.WARNING)                    # its advice to pre-process, logged on the root logger
-        try: quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True,
-                         op_types_to_quantize=["MatMul", "Gemm", "Gather"], nodes_to_quantize=nodes)
-        finally: logging.disable(logging.NOTSET)
-    m = _compact(onnx.load(str(dst)))
+        with tempfile.TemporaryDirectory(dir=dst.parent, prefix=f".{dst.name}.{os.getpid()}.") as work:
+            tmp = Path(work) / "int8.onnx"                # beside `dst`: `save_onnx` renames the finished file over it
+            try: quantize_dynamic(str(src), str(tmp), weight_type=QuantType.QInt8, per_channel=True,
+                                  op_types_to_quantize=["MatMul", "Gemm", "Gather"], nodes_to_quantize=nodes)
+            finally: logging.disable(logging.NOTSET)
+            m = _compact(onnx.load(str(tmp)))
     onnx.helper.set_model_props(m, meta)
     onnx.checker.check_model(m, full_check=True)
-    onnx.save(m, str(dst))
-    return dst
+    return save_onnx(m, dst)
 
 # %% ../nbs/50_export.ipynb #fe1831ab
 def _read_json(p: Path) -> dict:
-    try: d = json.loads(p.read_text())
-    except (OSError, ValueError) as e: raise ValueError(f"{p}: unreadable JSON ({e})") from None
-    if not isinstance(d, dict): raise ValueError(f"{p}: expected a JSON object, got {type(d).__name__}")
-    return d
+    from arc_geometry.pretrained import read_json_object     # the library's one JSON reader (it imports torch)
+    return read_json_object(p, "the config")
 
 def _names(ns: list, n: int = 6) -> str:
     return ", ".join(ns[:n]) + (f" and {len(ns) - n} more" if len(ns) > n else "")

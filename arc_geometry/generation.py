@@ -6,13 +6,13 @@
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
 from torch import Tensor
 
 # %% auto #0
-__all__ = ['filter_logits', 'sample_next', 'generate']
+__all__ = ['filter_logits', 'sample_next', 'generate', 'generate_stream']
 
 # %% ../nbs/22_generation.ipynb #ce35596c
 def filter_logits(logits: Tensor, top_k: Optional[int] = None, top_p: Optional[float] = None) -> Tensor:
@@ -29,10 +29,14 @@ def filter_logits(logits: Tensor, top_k: Optional[int] = None, top_p: Optional[f
 
 def sample_next(logits: Tensor, temperature: float = 1.0, top_k: Optional[int] = None,
                 top_p: Optional[float] = None, generator: Optional[torch.Generator] = None) -> Tensor:
-    "One token per row of `logits (B, V)`: argmax if `temperature == 0`, else a filtered softmax sample; `(B,)`."
+    """One token per row of `logits (B, V)`: argmax if `temperature == 0`, else a filtered softmax sample; `(B,)`.
+    A temperature so small that `logits / temperature` overflows (e.g. 1e-45) is its limit: argmax, for those rows."""
     if temperature == 0: return logits.argmax(-1)
-    probs = filter_logits(logits.float() / temperature, top_k, top_p).softmax(-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    z = logits.float() / temperature
+    over = ~torch.isfinite(z.max(-1).values)               # the limit T → 0 of the softmax is the argmax
+    if over.all(): return logits.argmax(-1)
+    probs = filter_logits(z.masked_fill(over[:, None], 0.0), top_k, top_p).softmax(-1)
+    return torch.where(over, logits.argmax(-1), torch.multinomial(probs, 1, generator=generator).squeeze(-1))
 
 # %% ../nbs/22_generation.ipynb #8e71f9a4
 def _check_generate(model, input_ids, max_new_tokens, temperature, top_k, top_p):
@@ -68,5 +72,23 @@ def generate(model, input_ids: Tensor, max_new_tokens: int, temperature: float =
             out.append(nxt)
             if i + 1 < max_new_tokens: logits = model(nxt, cache=cache)[:, -1]   # one new token against the cache
         return torch.cat(out, 1)
+    finally:
+        model.train(was_training)
+
+# %% ../nbs/22_generation.ipynb #c4d84da3
+@torch.no_grad()
+def generate_stream(model, input_ids: Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: Optional[int] = None,
+                    top_p: Optional[float] = None, generator: Optional[torch.Generator] = None) -> Iterator[Tensor]:
+    "Like `generate`, but yield each new token `(B,)` as it is sampled (KV cache; greedy if `temperature == 0`)."
+    _check_generate(model, input_ids, max_new_tokens, temperature, top_k, top_p)
+    was_training = model.training
+    model.eval()
+    try:
+        cache = model.new_cache()
+        logits = model(input_ids, cache=cache)[:, -1]
+        for i in range(max_new_tokens):
+            nxt = sample_next(logits, temperature, top_k, top_p, generator).to(input_ids.dtype)
+            yield nxt
+            if i + 1 < max_new_tokens: logits = model(nxt[:, None], cache=cache)[:, -1]
     finally:
         model.train(was_training)

@@ -20,8 +20,8 @@ from .models import GeoConfig
 
 # %% auto #0
 __all__ = ['CONFIG_NAME', 'WEIGHTS_NAME', 'INDEX_NAME', 'CheckpointError', 'atomic_write', 'tensor_sha256', 'verify_sha256',
-           'parse_size', 'unique_state_dict', 'save_pretrained', 'load_model_config', 'load_state_dict',
-           'from_pretrained']
+           'read_json_object', 'parse_size', 'unique_state_dict', 'save_pretrained', 'load_model_config',
+           'load_state_dict', 'from_pretrained']
 
 # %% ../nbs/23_pretrained.ipynb #dbb3c530
 class CheckpointError(ValueError):
@@ -62,6 +62,23 @@ def verify_sha256(path, tensors: dict, sums: dict) -> None:
     if set(sums) != set(tensors): raise CheckpointError(f"{path}: header checksums do not match its tensors")
     for k, t in tensors.items():
         if tensor_sha256(t) != sums[k]: raise CheckpointError(f"{path}: tensor {k!r} fails its SHA-256 check (tampered or corrupt)")
+
+# %% ../nbs/23_pretrained.ipynb #03cd7843
+def read_json_object(path, what: str = "JSON file") -> dict:
+    """The JSON object stored in `path`; `ValueError` naming the file and `what` it is when it is missing, unreadable,
+    not JSON (cut short or damaged: the line and column) or not an object (a list, a number, null)."""
+    p = Path(path)
+    if not p.exists(): raise ValueError(f"{p}: {what} is missing")
+    if not p.is_file(): raise ValueError(f"{p}: {what} is not a file")
+    try: text = p.read_text()
+    except (OSError, UnicodeDecodeError) as e: raise ValueError(f"{p}: {what} cannot be read ({e})") from None
+    try: d = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{p}: {what} is not valid JSON (truncated or damaged): {e.msg} at line {e.lineno} column {e.colno}") from None
+    if not isinstance(d, dict):
+        kind = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(type(d), "a number")
+        raise ValueError(f"{p}: {what} must hold a JSON object, got {kind}: {text.strip()[:40]}")
+    return d
 
 # %% ../nbs/23_pretrained.ipynb #36f44243
 CONFIG_NAME, WEIGHTS_NAME, INDEX_NAME = "config.json", "model.safetensors", "model.safetensors.index.json"
@@ -130,11 +147,11 @@ def load_model_config(save_dir) -> GeoConfig:
     p = Path(save_dir) / CONFIG_NAME
     if not p.is_file(): raise CheckpointError(f"{p}: missing")
     try:
-        d = json.loads(p.read_text())
+        d = read_json_object(p, "the file")
         d.pop("architecture", None); d.pop("structure", None)
         return GeoConfig.from_dict(d)
     except (ValueError, TypeError) as e:
-        raise CheckpointError(f"{p}: invalid config: {e}") from None
+        raise CheckpointError(f"{p}: invalid config: {str(e).removeprefix(f'{p}: ')}") from None
 
 def _read_shard(path: Path, names=None) -> dict:
     if not path.is_file(): raise CheckpointError(f"{path}: missing")

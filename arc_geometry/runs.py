@@ -7,26 +7,31 @@ from __future__ import annotations
 
 import copy
 import csv
+import ctypes
 import fcntl
 import io
 import json
 import multiprocessing as mp
 import os
 import signal
+import sys
 import threading
-from concurrent.futures import ProcessPoolExecutor, as_completed
+import time
+from contextlib import contextmanager
+from multiprocessing.connection import wait
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
 from .cli import apply_overrides, load_config
 from .core import ArgumentParser
-from .pretrained import atomic_write
+from .pretrained import atomic_write, read_json_object
+from .train import TrainingInterrupted
 
 # %% auto #0
-__all__ = ['ResultsCSV', 'run_jobs', 'suite_config', 'check_run_dir', 'suite_parser']
+__all__ = ['ResultsCSV', 'stop_on_signals', 'run_jobs', 'suite_config', 'check_run_dir', 'suite_parser']
 
 # %% ../nbs/36_runs.ipynb #54cfb1bc
 class ResultsCSV:
@@ -46,9 +51,26 @@ class ResultsCSV:
             if data and not data.endswith(b"\n"): f.truncate(data.rfind(b"\n") + 1)
 
     def rows(self) -> list[dict]:
-        "Every row, as dicts of strings (an absent file has none)."
+        """Every row, as dicts of strings (an absent file has none), checked as read: a header with the key columns,
+        then rows of as many fields, no second header, no key twice; `ValueError` naming the file and line otherwise."""
         if not self.path.exists(): return []
-        with open(self.path, newline="") as f: return list(csv.DictReader(f))
+        out: list[dict] = []; seen: dict[tuple, int] = {}
+        with open(self.path, newline="") as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            if header is None: return []
+            missing = [k for k in self.key if k not in header]
+            if missing or len(set(header)) < len(header):
+                raise ValueError(f"{self.path} line 1: not a results table keyed by {list(self.key)}: its header is {header}")
+            for rec in reader:
+                at = f"{self.path} line {reader.line_num}"
+                if rec == header: raise ValueError(f"{at}: a second header line (two tables pasted together?)")
+                if len(rec) != len(header): raise ValueError(f"{at}: {len(rec)} fields, the header has {len(header)}")
+                row = dict(zip(header, rec)); key = self.key_of(row)
+                if "" in key: raise ValueError(f"{at}: an empty key column ({', '.join(self.key)} = {', '.join(key)})")
+                if key in seen: raise ValueError(f"{at}: the key {', '.join(key)} again (first on line {seen[key]}): duplicated rows")
+                seen[key] = reader.line_num; out.append(row)
+        return out
 
     def key_of(self, row: dict) -> tuple[str, ...]:
         "The key of `row` (a result or a job), as strings, as it reads back from the file."
@@ -84,16 +106,97 @@ class ResultsCSV:
         return True
 
 # %% ../nbs/36_runs.ipynb #6ae10492
-def _one_thread() -> None: torch.set_num_threads(1)
+def _die_with_parent(ppid: int) -> None:
+    """Make this (worker) process die with its parent `ppid`, whatever kills the parent: the kernel's
+    `PR_SET_PDEATHSIG` on Linux, and a thread polling `os.getppid()` everywhere (a SIGKILL either way)."""
+    if sys.platform.startswith("linux"):
+        try: ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)    # 1 = PR_SET_PDEATHSIG
+        except (OSError, AttributeError): pass
+    if os.getppid() != ppid: os._exit(1)                     # the parent died before the line above took effect
+    def watch():
+        while os.getppid() == ppid: time.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGKILL)
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
-def _terminated(signum, frame):
-    raise SystemExit(128 + signum)             # unwinds run_jobs, which stops its workers; finished rows are kept
+def _worker(fn: Callable[[dict], dict], conn, ppid: int) -> None:
+    "A worker process: run `fn` on each job received on `conn`, send back `('ok', row)` or `('err', exception)`."
+    _die_with_parent(ppid)
+    os.setpgrp()                                             # signals sent to the parent's group are the parent's to handle
+    signal.signal(signal.SIGINT, signal.SIG_IGN)             # Ctrl-C reaches the whole group: the parent decides
+    torch.set_num_threads(1)
+    while True:
+        try: job = conn.recv()
+        except (EOFError, OSError): return                   # the parent closed its end
+        if job is None: return
+        msg: tuple[str, Any]
+        try: msg = ("ok", fn(job))
+        except Exception as e: msg = ("err", e)
+        try: conn.send(msg)
+        except Exception: conn.send(("err", RuntimeError(f"{type(msg[1]).__name__}: {msg[1]}")))   # unpicklable
+
+def _stop(signum, frame):
+    raise TrainingInterrupted(signum, None, f"{signal.Signals(signum).name}: stopped")
+
+@contextmanager
+def stop_on_signals():
+    "SIGTERM and SIGINT raise `TrainingInterrupted` (exit status 143/130 from the command line) in the main thread."
+    if threading.current_thread() is not threading.main_thread(): yield; return
+    old = {s: signal.signal(s, _stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    try: yield
+    finally:
+        for s, h in old.items(): signal.signal(s, h)
+
+@contextmanager
+def _signals_held():
+    "Hold SIGTERM/SIGINT (delivered on exit) while a row is written, so that a stop never cuts one."
+    sigs = {signal.SIGTERM, signal.SIGINT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
+    try: yield
+    finally: signal.pthread_sigmask(signal.SIG_UNBLOCK, sigs)
+
+
+# %% ../nbs/36_runs.ipynb #16fe70d6
+def _pool(todo: list, fn: Callable[[dict], dict], workers: int, record: Callable, name: Callable) -> None:
+    "Run `fn` on each job of `todo` in `workers` spawned processes; `record(job, row)` each result in this process."
+    ctx = mp.get_context("spawn")
+    procs: list = []; conns: list = []; running: dict = {}    # running: connection → the job its worker is running
+    pending = list(todo)
+    try:
+        for _ in range(min(workers, len(pending))):
+            mine, theirs = ctx.Pipe()
+            p = ctx.Process(target=_worker, args=(fn, theirs, os.getpid()), daemon=True, name="arc-geometry-worker")
+            p.start(); theirs.close()
+            procs.append(p); conns.append(mine)
+        def died(c, what: str) -> RuntimeError:
+            p = procs[conns.index(c)]; p.join(5)
+            return RuntimeError(f"worker process {p.pid} died (exit code {p.exitcode}) {what}")
+        idle = list(conns)
+        while pending or running:
+            while idle and pending:
+                c = idle.pop(); running[c] = pending.pop(0)
+                try: c.send(running[c])
+                except OSError: raise died(c, f"before running {name(running[c])}") from None
+            ready = wait(list(running) + [p.sentinel for p in procs], timeout=1.0)
+            for c in [c for c in list(running) if c.poll()]:       # an answer, or the end of a worker that died
+                try: kind, val = c.recv()
+                except (EOFError, OSError): raise died(c, f"while running {name(running[c])}") from None
+                job = running.pop(c); idle.append(c)
+                if kind == "err": raise val
+                record(job, val)
+            for p, c in zip(procs, conns):
+                if p.sentinel in ready and not p.is_alive() and c not in running: raise died(c, "while idle")
+    finally:                                             # done, error or signal: no worker outlives this call
+        for p in procs:
+            if p.is_alive(): p.kill()
+        for p in procs: p.join(10)
+        for c in conns: c.close()
 
 def run_jobs(jobs: Sequence[dict], fn: Callable[[dict], dict], table: ResultsCSV, workers: int = 1,
              desc: str = "trials") -> int:
     """Run `fn(job)` for each job whose key is not in `table` yet and append the row it returns as soon as it
     finishes; return how many ran. `workers > 1` runs them in that many processes (one thread each; `fn` must
-    be importable, i.e. a module-level function). The row must carry the job's key."""
+    be importable, i.e. a module-level function), which die with this one. The row must carry the job's key.
+    SIGTERM/SIGINT stop it at once with `TrainingInterrupted`, whose message says what is kept and how to resume."""
     if workers < 1: raise ValueError(f"workers must be >= 1, got {workers}")
     done = table.done()
     todo = [j for j in jobs if table.key_of(j) not in done]
@@ -102,34 +205,29 @@ def run_jobs(jobs: Sequence[dict], fn: Callable[[dict], dict], table: ResultsCSV
     def record(job: dict, row: dict) -> None:
         if table.key_of(row) != table.key_of(job):
             raise ValueError(f"the row of job {table.key_of(job)} has key {table.key_of(row)}")
-        table.append(row); bar.update()
-    main = threading.current_thread() is threading.main_thread()
-    old = signal.signal(signal.SIGTERM, _terminated) if main else None
+        with _signals_held(): table.append(row)
+        bar.update()
     try:
-        if workers == 1 or len(todo) <= 1:
-            for j in todo: record(j, fn(j))
-        else:
-            ex = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_one_thread)
-            try:
-                futures = {ex.submit(fn, j): j for j in todo}
-                for f in as_completed(futures): record(futures[f], f.result())
-            except BaseException:                  # error, Ctrl-C or SIGTERM: running trials are abandoned, not left behind
-                for p in list((getattr(ex, "_processes", None) or {}).values()):   # no public call before 3.14
-                    p.terminate()
-                raise
-            finally:
-                ex.shutdown(wait=True, cancel_futures=True)
-    finally:
-        bar.close()
-        if main: signal.signal(signal.SIGTERM, old)
+        with stop_on_signals():
+            if workers == 1 or len(todo) <= 1:
+                for j in todo: record(j, fn(j))
+            else: _pool(todo, fn, workers, record, table.key_of)
+    except TrainingInterrupted as e:
+        have = len(table.done() & {table.key_of(j) for j in jobs})
+        name = signal.Signals(e.signum).name
+        raise TrainingInterrupted(e.signum, e.checkpoint, f"{name}: stopped with {have} of the {len(jobs)} {desc} "
+                                  f"rows in {table.path} (the running ones are dropped); run the same command again "
+                                  "to resume") from None
+    finally: bar.close()
     return len(todo)
+
 
 # %% ../nbs/36_runs.ipynb #dece78e0
 def suite_config(config, sets: Optional[Sequence[str]], defaults: dict) -> dict:
     "Defaults, updated section by section from the YAML/JSON file `config` (if any), then by `--set` overrides."
     cfg = copy.deepcopy(defaults)
     if config is not None:
-        for sec, v in load_config(config).items():
+        for sec, v in load_config(config, tuple(defaults)).items():
             if sec not in defaults: raise ValueError(f"unknown section {sec!r} in {config}; sections: {', '.join(defaults)}")
             if not isinstance(v or {}, dict): raise ValueError(f"section {sec} must be a mapping, got {v!r}")
             cfg[sec] = {**cfg[sec], **(v or {})}
@@ -143,7 +241,8 @@ def check_run_dir(out, cfg: dict, fixed: Sequence[str]) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     f = out / "config.json"
     if f.exists():
-        old = json.loads(f.read_text())
+        try: old = read_json_object(f, "the configuration of the results in this directory")
+        except ValueError as e: raise ValueError(f"{e}; restore it, or use a new --out") from None
         changed = [s for s in fixed if old.get(s) != cfg.get(s)]
         if changed:
             raise ValueError(f"{out} holds results of another {'/'.join(changed)} configuration (see {f}); "

@@ -21,6 +21,7 @@ from torch import Tensor
 
 from .blocks import Ball, Product
 from .calibration import TemperatureScaler, brier, ece, radius_confidence
+from .cli import check_memory
 from .geometries import GEOMETRIES
 from .models import GeoConfig, GeoLM
 from .pretrained import atomic_write
@@ -50,7 +51,9 @@ class TableTask:
         seqs = torch.stack([x, torch.full_like(x, n), y, torch.full_like(x, n + 1), r], 1)      # (N, 5)
         perm = torch.randperm(len(seqs), generator=torch.Generator().manual_seed(self.split_seed))
         k = round(self.train_frac * len(seqs))
-        if not 0 < k < len(seqs): raise ValueError(f"train_frac={self.train_frac} leaves an empty split of {len(seqs)} pairs")
+        if not 0 < k < len(seqs):
+            raise ValueError(f"train_frac={self.train_frac} leaves the {'training' if k == 0 else 'validation'} split empty: "
+                             f"{k} of the {len(seqs)} pairs for training, {len(seqs) - k} for validation")
         self.train, self.val = seqs[perm[:k]], seqs[perm[k:]]
 
     @property
@@ -247,8 +250,13 @@ def check_study_config(cfg: dict) -> dict:
                         ("p", lambda v: isinstance(v, int) and not isinstance(v, bool) and is_prime(v), "a prime int")):
         if not ok(s[k]): raise ValueError(f"study.{k} must be {want}, got {s[k]!r}")
     s["target_accuracy"] = float(s["target_accuracy"])
+    vocab = 0
+    for t in s["tasks"]:                                 # every split of the grid is built now, not trials later
+        for f in s["train_fractions"]:
+            try: vocab = max(vocab, make_task(t, f, 0, s["p"]).vocab_size)
+            except ValueError as e: raise ValueError(f"study.train_fractions: {f} for task {t}: {e}") from None
     for g in s["geometries"]:                            # the model and train sections, as a trial will build them
-        GeoConfig.from_dict({**cfg["model"], "vocab_size": 8, "max_seq_len": 4, "geometry": g})
+        check_memory(GeoConfig.from_dict({**cfg["model"], "vocab_size": vocab, "max_seq_len": 4, "geometry": g}))
     TrainConfig.from_dict({**cfg["train"], "max_steps": s["max_steps"], "seed": 0, "target_accuracy": s["target_accuracy"]})
     return {**cfg, "study": s}
 
@@ -280,10 +288,18 @@ def study_main(argv: Optional[Sequence[str]] = None) -> int:
 SUMMARY_MEANS = ("final_val_acc", "val_ece", "val_brier", "val_ece_holdout", "val_ece_ts", "radius_spearman", "seconds")
 
 def read_results(out) -> list[dict]:
-    "The rows of `out/results.csv` (strings, as written)."
+    """The rows of `out/results.csv` (strings, as written), checked: the file's structure (`ResultsCSV.rows`), every
+    column of `COLUMNS`, numbers where `summarize` reads numbers; `ValueError` naming the file and line otherwise."""
     p = Path(out) / "results.csv"
     if not p.exists(): raise ValueError(f"no results in {out}: {p} does not exist")
-    return ResultsCSV(p, KEY).rows()
+    rows = ResultsCSV(p, KEY).rows()
+    missing = [c for c in COLUMNS if rows and c not in rows[0]]
+    if missing: raise ValueError(f"{p}: not a study results table, it lacks the column(s) {', '.join(missing)}")
+    for line, r in enumerate(rows, start=2):
+        for k in ("train_fraction", "steps_to_target") + SUMMARY_MEANS:
+            try: float(r[k]) if r[k] != "" else None
+            except ValueError: raise ValueError(f"{p} line {line}: {k} = {r[k]!r} is not a number") from None
+    return rows
 
 def summarize(rows: Sequence[dict]) -> list[dict]:
     "Per (task, train_fraction, geometry): `trials`, `reached`, `median_steps` (of those that reached), and the means of `SUMMARY_MEANS`."

@@ -71,6 +71,9 @@ class ModularArithmetic:
         seqs = torch.stack(cols + [torch.full_like(ans, self.eq_token), ans], 1)            # (N, 2n+1)
         perm = torch.randperm(len(seqs), generator=torch.Generator().manual_seed(self.split_seed))
         k = round(self.train_frac * len(seqs))
+        if not 0 < k < len(seqs):
+            raise ValueError(f"train_frac={self.train_frac} leaves the {'training' if k == 0 else 'validation'} split empty: "
+                             f"{k} of the {len(seqs)} sequences for training, {len(seqs) - k} for validation")
         self.train, self.val = seqs[perm[:k]], seqs[perm[k:]]
 
     @property

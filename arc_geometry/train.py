@@ -78,9 +78,13 @@ class TrainConfig:
             if not getattr(self, n) >= 0: raise ValueError(f"train.{n} must be >= 0, got {getattr(self, n)}")
         if self.num_threads is not None and self.num_threads < 1:
             raise ValueError(f"train.num_threads must be >= 1 or null, got {self.num_threads}")
+        for n in ("beta1", "beta2"):
+            if not 0 <= getattr(self, n) < 1: raise ValueError(f"train.{n} must be in [0, 1), got {getattr(self, n)}")
+        if not 0 <= self.min_lr_ratio <= 1: raise ValueError(f"train.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        top = torch.finfo(torch.float32).max * (1 - self.beta1)      # AdamW's first step is lr / (1 - beta1), in float32
         if not self.lr > 0: raise ValueError(f"train.lr must be > 0, got {self.lr}")
-        for n in ("beta1", "beta2", "min_lr_ratio"):
-            if not 0 <= getattr(self, n) <= 1: raise ValueError(f"train.{n} must be in [0, 1], got {getattr(self, n)}")
+        if self.lr > top: raise ValueError(f"train.lr must be <= {top:.3g} (AdamW's first step, lr / (1 - beta1), must "
+                                           f"be a float32), got {self.lr}")
         if self.batch_size % self.grad_accum:
             raise ValueError(f"train.batch_size must be divisible by train.grad_accum = {self.grad_accum}, got {self.batch_size}")
         if self.schedule not in ("cosine", "constant"):
@@ -294,7 +298,8 @@ class _TrainerBase:
                                            betas=(config.beta1, config.beta2))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, config))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.precision == "fp16")
-        self.sampler = EpochSampler(len(task.train), config.seed)
+        sampler = getattr(task, "sampler", None)       # a task may bring its own (text: random windows of a token stream)
+        self.sampler = sampler(config.seed) if callable(sampler) else EpochSampler(len(task.train), config.seed)
         self.step, self.samples, self.elapsed = 0, 0, 0.0
         self.last_metrics: dict = {}
         self.stop_reason: Optional[str] = None
@@ -372,6 +377,7 @@ class _TrainerStep(_TrainerBase):
     @torch.no_grad()
     def evaluate(self, data=None, prefix: str = "val") -> dict:
         "The task's loss and accuracy on `data` (default: the validation split), sharded over ranks: `{prefix}_loss`, `{prefix}_acc`."
+        if callable(getattr(self.task, "evaluate", None)): return self.task.evaluate(self, data, prefix)   # e.g. text: loss, ppl, bpb
         data = self.task.val if data is None else data
         was = self.model.training; self.model.eval()
         s = torch.zeros(3, device=self.device)
@@ -469,6 +475,8 @@ class Trainer(_TrainerCheckpoints):
                 row = self.train_step()
                 self.elapsed += time.perf_counter() - t0
                 row["elapsed_s"] = round(self.elapsed, 3)
+                if getattr(self.task, "tokens_per_sample", None):
+                    row["tokens_per_s"] = round(self.task.tokens_per_sample * self.cfg.batch_size * self.world / (time.perf_counter() - t0), 1)
                 if self.cfg.eval_every and (self.step % self.cfg.eval_every == 0 or self.step == self.cfg.max_steps):
                     row.update(self.evaluate())
                     if hasattr(self.model, "geometry_stats"): row.update(self.model.geometry_stats())
@@ -487,7 +495,8 @@ class Trainer(_TrainerCheckpoints):
                                       "continue with --resume" if ckpt else f"{name}: stopped at step {self.step}; "
                                       "no checkpoint was written (no out_dir)")
         summary = {"step": self.step, "stopped": self.stop_reason, "elapsed_s": round(self.elapsed, 3),
-                   **{k: self.last_metrics.get(k) for k in ("loss", "val_loss", "val_acc")}}
+                   **{k: self.last_metrics.get(k) for k in ("loss", "val_loss", "val_acc")},
+                   **{k: self.last_metrics[k] for k in ("val_ppl", "val_bpb") if k in self.last_metrics}}
         if self.is_main and self.out_dir:
             if hasattr(self.model, "save_pretrained"): self.model.save_pretrained(self.out_dir / "model")
             atomic_write(self.out_dir / "summary.json", json.dumps(summary, indent=2))

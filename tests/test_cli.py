@@ -193,6 +193,25 @@ def test_bench_entry_points_write_where_told(tmp_path):
     one_line_error(cli("bench", "kernels"), "expected `attention` or `model`")
 
 
+@pytest.mark.parametrize("args, msg", [
+    (["attention", "--seqlens", "0"], "--seqlens must be integers >= 1, got '0'"),
+    (["attention", "--seqlens", "16,-16"], "--seqlens must be integers >= 1"),
+    (["attention", "--repeats", "0"], "--repeats must be >= 1, got 0"),
+    (["attention", "--timeout", "-1"], "--timeout must be a number of seconds > 0, got -1.0"),
+    (["attention", "--timeout", "nan"], "--timeout must be a number of seconds > 0"),
+    (["model", "--sizes", '{"steps": 0}'], "--sizes: steps must be an int >= 1, got 0"),
+    (["model", "--sizes", '{"dim": 30, "num_heads": 4}'], "dim must be divisible by num_heads"),
+    (["model", "--sizes", '{"threads": 0}'], "--sizes: threads must be an int >= 1 or null, got 0"),
+])
+def test_bench_arguments_checked_before_any_case(tmp_path, capsys, args, msg):
+    "In-process (cheap): exit 2, one line naming the argument, and nothing written."
+    with pytest.raises(SystemExit) as e: main(["bench", *args, "--out", str(tmp_path / "b")])   # argparse's exit
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and msg in err, err
+    assert not (tmp_path / "b").exists()
+
+
 def test_bench_default_output_is_a_fresh_directory(tmp_path, monkeypatch):
     # run from a directory holding files of the old default names: they are left alone, each run gets a new directory
     import pandas as pd

@@ -21,6 +21,7 @@ SMALL = {
     "index.ipynb": {"S": 16},
     "90_bench_attention.ipynb": {"QUICK": True},
     "91_bench_model.ipynb": {"QUICK": True},
+    "95_bench_text.ipynb": {"QUICK": True},
     "61_explore.ipynb": {"STEPS": 20},
     "43_study.ipynb": {"STEPS": 10},
 }

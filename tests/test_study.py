@@ -106,25 +106,53 @@ def _alive(pid):
         return False
 
 
+def _started_workers(p):
+    "The children of `p` once its two workers and the resource tracker run, a second later (workers busy)."
+    t0 = time.monotonic()
+    while len(_children(p.pid)) < 3:                       # the resource tracker and two workers
+        assert p.poll() is None, "the run ended before its workers started"
+        assert time.monotonic() - t0 < 60, "no workers within 60 s"
+        time.sleep(0.05)
+    time.sleep(1.0)                                         # workers are importing or training
+    return _children(p.pid)
+
+
+def test_sigkill_of_the_parent_stops_every_worker(tmp_path):
+    "SIGKILL to `study --workers 2`: its workers (and the resource tracker) die with it and write nothing more."
+    cfg = tmp_path / "long.yaml"
+    cfg.write_text(TINY.replace("max_steps: 10", "max_steps: 100000"))
+    run = tmp_path / "run"
+    p = subprocess.Popen(cmd(cfg, "--out", run, "--workers", "2"), stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, env=subprocess_env(), cwd=ROOT)
+    try:
+        kids = _started_workers(p)
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait(timeout=30)
+    finally:
+        if p.poll() is None: p.kill()
+    t0 = time.monotonic()
+    while any(_alive(k) for k in kids) and time.monotonic() - t0 < 10: time.sleep(0.1)
+    assert not any(_alive(k) for k in kids), [k for k in kids if _alive(k)]
+    assert not (run / "curves").exists() or not list((run / "curves").iterdir())   # nothing written, not even a part
+
+
 def test_sigterm_stops_the_worker_processes(tmp_path):
     "SIGTERM to `study --workers 2` ends it with status 143 and leaves no worker running; finished rows stay."
     cfg = tmp_path / "long.yaml"
     cfg.write_text(TINY.replace("max_steps: 10", "max_steps: 100000"))
     p = subprocess.Popen(cmd(cfg, "--out", tmp_path / "run", "--workers", "2"), stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL, env=subprocess_env(), cwd=ROOT)
+                         stderr=subprocess.PIPE, text=True, env=subprocess_env(), cwd=ROOT)
     try:
-        t0 = time.monotonic()
-        while len(_children(p.pid)) < 3:                       # the resource tracker and two workers
-            assert p.poll() is None, "the run ended before its workers started"
-            assert time.monotonic() - t0 < 60, "no workers within 60 s"
-            time.sleep(0.05)
-        time.sleep(1.0)                                         # workers are importing or training
-        kids = _children(p.pid)
+        kids = _started_workers(p)
         p.send_signal(signal.SIGTERM)
-        p.wait(timeout=60)
+        t0 = time.monotonic()
+        err = p.communicate(timeout=60)[1]
+        assert time.monotonic() - t0 < 15, "SIGTERM took more than 15 s to stop the run"
     finally:
         if p.poll() is None: p.kill()
-    assert p.returncode == 143
+    assert p.returncode == 143, err
+    last = err.strip().splitlines()[-1]
+    assert "SIGTERM: stopped with 0 of the 8" in last and "run the same command again" in last, err
     t0 = time.monotonic()
     while any(_alive(k) for k in kids) and time.monotonic() - t0 < 20: time.sleep(0.1)
     assert not any(_alive(k) for k in kids), [k for k in kids if _alive(k)]
