@@ -113,7 +113,7 @@ def check_sizes(sizes: dict, geometries: Sequence[str]) -> None:
         if not (v is None and k == "threads") and (isinstance(v, bool) or not isinstance(v, int) or v < low):
             raise ValueError(f"--sizes: {k} must be an int >= {low}{' or null' if k == 'threads' else ''}, got {v!r}")
     for g in geometries:
-        if g not in GEOMETRY_ORDER: raise ValueError(f"--geometries must be among {', '.join(GEOMETRY_ORDER)}, got {g!r}")
+        if g not in GEOMETRIES: raise ValueError(f"--geometries must be among {', '.join(GEOMETRIES)}, got {g!r}")
         try: GeoConfig(vocab_size=sizes["vocab_size"], dim=sizes["dim"], depth=sizes["depth"], num_heads=sizes["num_heads"],
                        geometry=g, max_seq_len=sizes["seq_len"], rank=max(1, min(8, sizes["dim"] // sizes["num_heads"])))
         except ValueError as e: raise ValueError(f"--sizes: no {g} model of these sizes: {e}") from None

@@ -41,13 +41,34 @@ else:
     flash = _pmt = None                                  # type: ignore[assignment]
     _NO_TRITON = 'Triton is not installed: pip install "arc_geometry[kernels]"'
 
-# %% ../nbs/03_geometries.ipynb #760c36ee
+# %% ../nbs/03_geometries.ipynb #a37df743
 BACKENDS = ("auto", "triton", "cpu", "reference")
 _CALLABLE = ("reference", "scores", "cpu", "inputs", "export")
 
+def _check_row(row: Any) -> None:
+    "Refuse a row that lacks a part, with a `TypeError` naming the part: what `Geometry` checks when it is built."
+    if not (isinstance(row.name, str) and row.name.isidentifier()):
+        raise TypeError(f"a geometry's name must be an identifier, got {row.name!r}")
+    for part in _CALLABLE:
+        if not callable(getattr(row, part)):
+            raise TypeError(f"geometry {row.name!r} must provide {part} (a callable), got {getattr(row, part)!r}")
+    if row.params and not callable(row.validate):
+        raise TypeError(f"geometry {row.name!r} has parameters {row.params} and must provide validate")
+    if row.triton is None and not row.no_triton:
+        raise TypeError(f"geometry {row.name!r} has no Triton path and must say why (no_triton)")
+    if "ball" in row.figures and not callable(row.ball_points):
+        raise TypeError(f"geometry {row.name!r} lists the 'ball' figure and must provide ball_points")
+    if row.triton is not None and not callable(row.aot):
+        raise TypeError(f"geometry {row.name!r} has a Triton path and must provide aot (its kernel configurations)")
+    ref = list(inspect.signature(row.reference).parameters)[3:3 + len(row.params)]
+    if ref != list(row.params):
+        raise TypeError(f"geometry {row.name!r}: reference takes parameters {tuple(ref)} after q, k, v, "
+                        f"but the row says params = {row.params}")
+
+# %% ../nbs/03_geometries.ipynb #d0a25e16
 @dataclass(frozen=True, kw_only=True)
 class Geometry:
-    "One geometry and every part the library needs of it."
+    "One geometry and every part the library needs of it; calling it runs the attention."
     name: str                        # the key in `GEOMETRIES`, `GeoConfig.geometry`, file names and tables
     summary: str                     # what it can express, one line
     distance: str                    # what its scores measure, as figures label them
@@ -65,76 +86,47 @@ class Geometry:
     config: tuple[str, ...] = ()     # the GeoConfig fields only this geometry (and others naming them) uses
     figures: tuple[str, ...] = ()    # explorers that apply: "metric" (a learned G), "ball" (points on the disk)
     ball_points: Optional[Callable[[Tensor, Any], Tensor]] = None   # "ball": (hidden (..., dim), config) -> ball points
+    def __post_init__(self) -> None: _check_row(self)
 
-    def __post_init__(self) -> None:
-        if not (isinstance(self.name, str) and self.name.isidentifier()):
-            raise TypeError(f"a geometry's name must be an identifier, got {self.name!r}")
-        for part in _CALLABLE:
-            if not callable(getattr(self, part)):
-                raise TypeError(f"geometry {self.name!r} must provide {part} (a callable), got {getattr(self, part)!r}")
-        if self.params and not callable(self.validate):
-            raise TypeError(f"geometry {self.name!r} has parameters {self.params} and must provide validate")
-        if self.triton is None and not self.no_triton:
-            raise TypeError(f"geometry {self.name!r} has no Triton path and must say why (no_triton)")
-        if "ball" in self.figures and not callable(self.ball_points):
-            raise TypeError(f"geometry {self.name!r} lists the 'ball' figure and must provide ball_points")
-        if self.triton is not None and not callable(self.aot):
-            raise TypeError(f"geometry {self.name!r} has a Triton path and must provide aot (its kernel configurations)")
-        ref = list(inspect.signature(self.reference).parameters)[3:3 + len(self.params)]
-        if ref != list(self.params):
-            raise TypeError(f"geometry {self.name!r}: reference takes parameters {tuple(ref)} after q, k, v, "
-                            f"but the row says params = {self.params}")
+    def resolve(self, q: Tensor, backend: str = "auto") -> str:
+        "The backend that runs for `q`: see the table below."
+        if backend not in BACKENDS: raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if backend != "auto": return backend
+        return "triton" if self.triton is not None and (q.is_cuda or triton_interpret()) else "cpu"
 
-# %% ../nbs/03_geometries.ipynb #a6ff0cd6
-from fastcore.basics import patch
+    def implementation(self, backend: str, q: Optional[Tensor] = None) -> Callable[..., Tensor]:
+        "The function that computes this geometry on the resolved `backend` (checked against `q`'s device if given)."
+        if backend == "reference": return self.reference
+        if backend == "cpu": return self.cpu
+        if backend != "triton": raise ValueError(f"backend must be one of {BACKENDS[1:]} once resolved, got {backend!r}")
+        if self.triton is None: raise ValueError(f"backend='triton': {self.name} attention has no Triton path ({self.no_triton})")
+        if q is not None and not q.is_cuda and not triton_interpret():
+            raise ValueError(f"backend='triton' needs CUDA tensors, or TRITON_INTERPRET=1 to run the kernels in Triton's "
+                             f"interpreter on CPU (set it before importing arc_geometry); q is on {q.device}")
+        return self.triton
 
-@patch
-def resolve(self: Geometry, q: Tensor, backend: str = "auto") -> str:
-    "The backend that runs for `q`: see the table above."
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if backend != "auto": return backend
-    return "triton" if self.triton is not None and (q.is_cuda or triton_interpret()) else "cpu"
+    def __call__(self, q: Tensor, k: Tensor, v: Tensor, *params: Any, causal: bool = False,
+                 key_padding_mask: Optional[Tensor] = None, scale: Optional[float] = None, backend: str = "auto") -> Tensor:
+        "Attention `(B, H, Sq, Dv)` of `q, k (B, H, Sq|Sk, D)`, `v (B, H, Sk, Dv)` with this geometry's `params`."
+        *_, scale = check_attention(q, k, v, key_padding_mask, scale)
+        if not isinstance(causal, bool): raise ValueError(f"causal must be a bool, got {causal!r}")
+        if len(params) != len(self.params):
+            raise TypeError(f"{self.name} attention takes parameters {self.params}, got {len(params)} values")
+        if self.validate is not None: self.validate(q, *params)
+        fn = self.implementation(self.resolve(q, backend), q)
+        if not q.is_cuda:                     # on CPU a check costs no synchronisation: one pass over each input
+            with torch.no_grad(): finite = bool(torch.isfinite(q.sum() + k.sum() + v.sum()))
+            if finite: return fn(q, k, v, *params, causal=causal, key_padding_mask=key_padding_mask, scale=scale)
+        vf = v.nan_to_num(0.0, 0.0, 0.0)      # a zero weight times NaN would spread it to rows that never see it
+        out = fn(q, k, vf, *params, causal=causal, key_padding_mask=key_padding_mask, scale=scale)
+        return propagate_nonfinite(out, q, k, v, causal, key_padding_mask)   # the rule of `core`, on every path
 
-@patch
-def implementation(self: Geometry, backend: str, q: Optional[Tensor] = None) -> Callable[..., Tensor]:
-    "The function that computes this geometry on the resolved `backend` (checked against `q`'s device if given)."
-    if backend == "reference": return self.reference
-    if backend == "cpu": return self.cpu
-    if backend != "triton": raise ValueError(f"backend must be one of {BACKENDS[1:]} once resolved, got {backend!r}")
-    if self.triton is None:
-        raise ValueError(f"backend='triton': {self.name} attention has no Triton path ({self.no_triton})")
-    if q is not None and not q.is_cuda and not triton_interpret():
-        raise ValueError(f"backend='triton' needs CUDA tensors, or TRITON_INTERPRET=1 to run the kernels in Triton's "
-                         f"interpreter on CPU (set it before importing arc_geometry); q is on {q.device}")
-    return self.triton
-
-# %% ../nbs/03_geometries.ipynb #d9a9faac
-@patch
-def __call__(self: Geometry, q: Tensor, k: Tensor, v: Tensor, *params: Any, causal: bool = False,
-             key_padding_mask: Optional[Tensor] = None, scale: Optional[float] = None, backend: str = "auto") -> Tensor:
-    "Attention `(B, H, Sq, Dv)` of `q, k (B, H, Sq|Sk, D)`, `v (B, H, Sk, Dv)` with this geometry's `params`."
-    *_, scale = check_attention(q, k, v, key_padding_mask, scale)
-    if not isinstance(causal, bool): raise ValueError(f"causal must be a bool, got {causal!r}")
-    if len(params) != len(self.params):
-        raise TypeError(f"{self.name} attention takes parameters {self.params}, got {len(params)} values")
-    if self.validate is not None: self.validate(q, *params)
-    fn = self.implementation(self.resolve(q, backend), q)
-    if not q.is_cuda:                     # on CPU a check costs no synchronisation: one pass over each input
-        with torch.no_grad(): finite = bool(torch.isfinite(q.sum() + k.sum() + v.sum()))
-        if finite: return fn(q, k, v, *params, causal=causal, key_padding_mask=key_padding_mask, scale=scale)
-    vf = v.nan_to_num(0.0, 0.0, 0.0)      # a zero weight times NaN would spread it to rows that never see it
-    out = fn(q, k, vf, *params, causal=causal, key_padding_mask=key_padding_mask, scale=scale)
-    return propagate_nonfinite(out, q, k, v, causal, key_padding_mask)   # the rule of `core`, on every path
-
-@patch
-def example(self: Geometry, B: int = 2, H: int = 2, Sq: int = 8, Sk: Optional[int] = None, D: int = 8,
-            Dv: Optional[int] = None, seed: int = 0, dtype: torch.dtype = torch.float64,
-            **kw: Any) -> tuple[Tensor, Tensor, Tensor, tuple[Any, ...]]:
-    "Inputs `(q, k, v, params)` for tests and benchmarks, from the row's `inputs` (whose keywords `kw` takes)."
-    a = self.inputs(torch.Generator().manual_seed(seed), B, H, Sq, Sq if Sk is None else Sk, D, Dv or D, **kw)
-    a = {n: (t.to(dtype) if isinstance(t, Tensor) else t) for n, t in a.items()}
-    return a["q"], a["k"], a["v"], tuple(a[n] for n in self.params)
+    def example(self, B: int = 2, H: int = 2, Sq: int = 8, Sk: Optional[int] = None, D: int = 8, Dv: Optional[int] = None,
+                seed: int = 0, dtype: torch.dtype = torch.float64, **kw: Any) -> tuple[Tensor, Tensor, Tensor, tuple[Any, ...]]:
+        "Inputs `(q, k, v, params)` for tests and benchmarks, from the row's `inputs` (whose keywords `kw` takes)."
+        a = self.inputs(torch.Generator().manual_seed(seed), B, H, Sq, Sq if Sk is None else Sk, D, Dv or D, **kw)
+        a = {n: (t.to(dtype) if isinstance(t, Tensor) else t) for n, t in a.items()}
+        return a["q"], a["k"], a["v"], tuple(a[n] for n in self.params)
 
 # %% ../nbs/03_geometries.ipynb #7039f224
 GEOMETRIES: dict[str, Geometry] = {}
@@ -194,7 +186,7 @@ register(Geometry(name="lorentz", summary="hyperbolic at dot-product cost: the h
 # %% ../nbs/03_geometries.ipynb #be022923
 BLOCKS: dict[str, type] = {}             # geometry name → its model block, filled as the classes are defined
 
-def register_block(cls: type) -> None:
+def register_block(cls: Any) -> None:
     "Record `cls` as the block of `cls.geometry`; another class of that name is refused (one defined again replaces itself)."
     old = BLOCKS.get(cls.geometry)
     if old is not None and old.__qualname__ != cls.__qualname__:
@@ -202,7 +194,7 @@ def register_block(cls: type) -> None:
                          f"{cls.__module__}.{cls.__qualname__} names it too")
     BLOCKS[cls.geometry] = cls
 
-def block_for(geometry: str) -> type:
+def block_for(geometry: str) -> Any:
     "The model block of `geometry`, importing the module its row names if the block is not yet defined."
     if geometry not in GEOMETRIES:
         raise ValueError(f"geometry must be one of {', '.join(GEOMETRIES)}, got {geometry!r}")

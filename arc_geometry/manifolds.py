@@ -198,21 +198,22 @@ class EuclideanPoincare:
         (xe, xh), (ye, yh) = self.split(x), self.split(y)
         return (xe - ye).pow(2).sum(-1) + alpha * self.ball.dist(xh, yh).pow(2)
 
-# %% ../nbs/01_manifolds.ipynb #633d753b
+# %% ../nbs/01_manifolds.ipynb #5c177a10
 def _series_or(t2: Tensor, small: float, series: Tensor, exact) -> Tensor:
     "`exact(√t2)` where `t2 >= small`, else `series` (the two agree to rounding there); finite gradients at `t2 = 0`."
     big = t2 >= small
     t = torch.where(big, t2, torch.ones_like(t2)).sqrt()
     return torch.where(big, exact(t), series)
 
+# %% ../nbs/01_manifolds.ipynb #820a2fad
 class Lorentz:
     "The hyperboloid `⟨x, x⟩_L = −1/c`, `x₀ > 0` in `ℝ^{D+1}` (geoopt's `Lorentz(k = 1/c)`); `c > 0` as for `PoincareBall`."
     def __init__(self, c: Union[float, Tensor] = 1.0):
         self.ball = PoincareBall(c)                    # the same space, and the same checks of `c`
         self.c = c
-
     def __repr__(self) -> str: return f"Lorentz(c={self.c})"
     def _c(self, x: Tensor) -> Tensor: return self.ball._c(x)
+    def _eps(self, x: Tensor) -> float: return 1e-8 if x.dtype == torch.float64 else 1e-4   # where the series takes over
 
     def inner(self, x: Tensor, y: Tensor, keepdim: bool = False) -> Tensor:
         "`⟨x, y⟩_L = −x₀y₀ + Σ xᵢyᵢ`, shape `x.shape[:-1]` (or `(..., 1)` with `keepdim`)."
@@ -223,51 +224,39 @@ class Lorentz:
         "The point `(..., D+1)` reached from the origin along the tangent vector `v (..., D)`."
         c = self._c(v)
         t2 = c * v.pow(2).sum(-1, keepdim=True)
-        eps = 1e-8 if v.dtype == torch.float64 else 1e-4
-        cosh = _series_or(t2, eps, 1 + t2 / 2, torch.cosh)
-        sinhc = _series_or(t2, eps, 1 + t2 / 6, lambda t: torch.sinh(t) / t)
+        cosh = _series_or(t2, self._eps(v), 1 + t2 / 2, torch.cosh)
+        sinhc = _series_or(t2, self._eps(v), 1 + t2 / 6, lambda t: torch.sinh(t) / t)
         return torch.cat([cosh / c.sqrt(), sinhc * v], -1)
 
-# %% ../nbs/01_manifolds.ipynb #07e1f223
-from fastcore.basics import patch
+    def logmap0(self, x: Tensor) -> Tensor:
+        "The tangent vector `(..., D)` at the origin that `expmap0` sends to `x (..., D+1)`."
+        c, xs = self._c(x[..., 1:]), x[..., 1:]
+        z2 = c * xs.pow(2).sum(-1, keepdim=True)
+        return _series_or(z2, self._eps(x), 1 - z2 / 6, lambda z: torch.asinh(z) / z) * xs
 
-@patch
-def logmap0(self: Lorentz, x: Tensor) -> Tensor:
-    "The tangent vector `(..., D)` at the origin that `expmap0` sends to `x (..., D+1)`."
-    c, xs = self._c(x[..., 1:]), x[..., 1:]
-    z2 = c * xs.pow(2).sum(-1, keepdim=True)
-    eps = 1e-8 if x.dtype == torch.float64 else 1e-4
-    return _series_or(z2, eps, 1 - z2 / 6, lambda z: torch.asinh(z) / z) * xs
+    def sqdist(self, x: Tensor, y: Tensor, keepdim: bool = False) -> Tensor:
+        "The squared Lorentzian distance `‖x − y‖²_L = −2/c − 2⟨x, y⟩_L ≥ 0`."
+        c = self._c(x[..., 1:])
+        return -2 / (c if keepdim else c.squeeze(-1)) - 2 * self.inner(x, y, keepdim)
 
-@patch
-def sqdist(self: Lorentz, x: Tensor, y: Tensor, keepdim: bool = False) -> Tensor:
-    "The squared Lorentzian distance `‖x − y‖²_L = −2/c − 2⟨x, y⟩_L ≥ 0`."
-    c = self._c(x[..., 1:])
-    return -2 / (c if keepdim else c.squeeze(-1)) - 2 * self.inner(x, y, keepdim)
+    def dist(self, x: Tensor, y: Tensor, keepdim: bool = False) -> Tensor:
+        "The geodesic distance `arcosh(−c⟨x, y⟩_L)/√c` (its argument held at `≥ 1 + ε`, where `arcosh` has a finite slope)."
+        c = self._c(x[..., 1:]); c = c if keepdim else c.squeeze(-1)
+        z = (-c * self.inner(x, y, keepdim)).clamp_min(1 + (1e-12 if x.dtype == torch.float64 else 1e-6))
+        return torch.acosh(z) / c.sqrt()
 
-@patch
-def dist(self: Lorentz, x: Tensor, y: Tensor, keepdim: bool = False) -> Tensor:
-    "The geodesic distance `arcosh(−c⟨x, y⟩_L)/√c` (its argument held at `≥ 1 + ε`, where `arcosh` has a finite slope)."
-    c = self._c(x[..., 1:]); c = c if keepdim else c.squeeze(-1)
-    z = (-c * self.inner(x, y, keepdim)).clamp_min(1 + (1e-12 if x.dtype == torch.float64 else 1e-6))
-    return torch.acosh(z) / c.sqrt()
+    def proj(self, x: Tensor) -> Tensor:
+        "Onto the hyperboloid: keep `x_{1:}`, set `x₀ = √(1/c + ‖x_{1:}‖²)`."
+        c = self._c(x[..., 1:])
+        return torch.cat([(1 / c + x[..., 1:].pow(2).sum(-1, keepdim=True)).sqrt(), x[..., 1:]], -1)
 
-@patch
-def proj(self: Lorentz, x: Tensor) -> Tensor:
-    "Onto the hyperboloid: keep `x_{1:}`, set `x₀ = √(1/c + ‖x_{1:}‖²)`."
-    c = self._c(x[..., 1:])
-    return torch.cat([(1 / c + x[..., 1:].pow(2).sum(-1, keepdim=True)).sqrt(), x[..., 1:]], -1)
+    def to_poincare(self, x: Tensor) -> Tensor:
+        "The point `(..., D)` of `PoincareBall(c)` that is `x (..., D+1)`: `x_{1:}/(1 + √c x₀)`."
+        return x[..., 1:] / (1 + self._c(x[..., 1:]).sqrt() * x[..., :1])
 
-# %% ../nbs/01_manifolds.ipynb #5d7d8692
-@patch
-def to_poincare(self: Lorentz, x: Tensor) -> Tensor:
-    "The point `(..., D)` of `PoincareBall(c)` that is `x (..., D+1)`: `x_{1:}/(1 + √c x₀)`."
-    return x[..., 1:] / (1 + self._c(x[..., 1:]).sqrt() * x[..., :1])
-
-@patch
-def from_poincare(self: Lorentz, p: Tensor) -> Tensor:
-    "The point `(..., D+1)` of the hyperboloid that is the ball's point `p (..., D)`."
-    c = self._c(p)
-    n2 = c * p.pow(2).sum(-1, keepdim=True)
-    den = (1 - n2).clamp_min(min_norm(p.dtype))
-    return torch.cat([(1 + n2) / (c.sqrt() * den), 2 * p / den], -1)
+    def from_poincare(self, p: Tensor) -> Tensor:
+        "The point `(..., D+1)` of the hyperboloid that is the ball's point `p (..., D)`."
+        c = self._c(p)
+        n2 = c * p.pow(2).sum(-1, keepdim=True)
+        den = (1 - n2).clamp_min(min_norm(p.dtype))
+        return torch.cat([(1 + n2) / (c.sqrt() * den), 2 * p / den], -1)

@@ -286,7 +286,9 @@ class PoincareExplorer(Explorer):
     def points(self) -> tuple[Tensor, Tensor, Tensor]:
         "The drawn points `(N, 2)` on the unit disk, their ball coordinates `(N, d)` and their `(sequence, position)` `(N, 2)`."
         x = self.tr["hidden"][self.layer.value]                               # (B, S, dim)
-        x = GEOMETRIES[self.model.config.geometry].ball_points(x, self.model.config)   # the hyperbolic part
+        to_ball = GEOMETRIES[self.model.config.geometry].ball_points
+        assert to_ball is not None                                            # checked in __init__
+        x = to_ball(x, self.model.config)                                     # the hyperbolic part
         B, S = x.shape[:2]
         idx = torch.stack(torch.meshgrid(torch.arange(B), torch.arange(S), indexing="ij"), -1)   # (B, S, 2)
         if self.position is not None:

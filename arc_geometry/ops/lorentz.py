@@ -107,25 +107,23 @@ class _LorentzFlashCPU(torch.autograd.Function):
         ctx.args = (scale, causal, max_radius, g)
         return out[..., :Dv]
 
+    @staticmethod
+    def backward(ctx, dout):
+        q, k, v, c, out, lse = ctx.saved_tensors
+        scale, causal, max_radius, g = ctx.args
+        dq, dk, dv, dc = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), torch.empty_like(c)
+        dout = torch.nn.functional.pad(dout, (0, out.shape[-1] - dout.shape[-1]))   # the zero column's gradient: 0
+        for h in range(0, q.shape[1], g):
+            with torch.enable_grad():
+                qg, kg, cg = q[:, h:h + g].detach().requires_grad_(), k[:, h:h + g].detach().requires_grad_(), c[h:h + g].detach().requires_grad_()
+                qa, ka, va = _wide(qg, kg, v[:, h:h + g], cg, scale, max_radius)
+                dqa, dka, dva = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+                    dout[:, h:h + g], qa.detach(), ka.detach(), va, out[:, h:h + g], lse[:, h:h + g], 0.0, causal, scale=1.0)
+                dq[:, h:h + g], dk[:, h:h + g], dc[h:h + g] = torch.autograd.grad((qa, ka), (qg, kg, cg), (dqa, dka))
+            dv[:, h:h + g] = dva[..., :v.shape[-1]]
+        return dq, dk, dv, dc, None, None, None
+
 # %% ../../nbs/19_lorentz.ipynb #c0b2596b
-@staticmethod
-def _flash_backward(ctx, dout):
-    q, k, v, c, out, lse = ctx.saved_tensors
-    scale, causal, max_radius, g = ctx.args
-    dq, dk, dv, dc = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), torch.empty_like(c)
-    dout = torch.nn.functional.pad(dout, (0, out.shape[-1] - dout.shape[-1]))   # the zero column's gradient: 0
-    for h in range(0, q.shape[1], g):
-        with torch.enable_grad():
-            qg, kg, cg = q[:, h:h + g].detach().requires_grad_(), k[:, h:h + g].detach().requires_grad_(), c[h:h + g].detach().requires_grad_()
-            qa, ka, va = _wide(qg, kg, v[:, h:h + g], cg, scale, max_radius)
-            dqa, dka, dva = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
-                dout[:, h:h + g], qa.detach(), ka.detach(), va, out[:, h:h + g], lse[:, h:h + g], 0.0, causal, scale=1.0)
-            dq[:, h:h + g], dk[:, h:h + g], dc[h:h + g] = torch.autograd.grad((qa, ka), (qg, kg, cg), (dqa, dka))
-        dv[:, h:h + g] = dva[..., :v.shape[-1]]
-    return dq, dk, dv, dc, None, None, None
-
-_LorentzFlashCPU.backward = _flash_backward
-
 def lorentz_cpu(q: Tensor, k: Tensor, v: Tensor, c: Tensor, *, causal: bool = False,
                 key_padding_mask: Optional[Tensor] = None, scale: float, max_radius: float = LORENTZ_MAX_RADIUS) -> Tensor:
     "Lorentz attention by SDPA on the transformed vectors: `(B, H, Sq, Dv)`, `O(S)` memory, any device (inputs validated by the caller)."
