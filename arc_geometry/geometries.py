@@ -80,7 +80,7 @@ class Geometry:
     triton: Optional[Callable[..., Tensor]] = None    # the Triton path, or None ...
     no_triton: str = ""              # ... and why there is none
     aot: Optional[Callable[[], list[Any]]] = None     # () -> the Triton configurations `kernels.compile_all` compiles
-    inputs: Callable[..., dict]      # (generator, B, H, Sq, Sk, D, Dv, **kw) -> dict(q, k, v, *params) in float64
+    inputs: Callable[..., dict[str, Any]]   # (generator, B, H, Sq, Sk, D, Dv, **kw) -> dict(q, k, v, *params) in float64
     export: Callable[..., Tensor]    # `scores` in plain operators, up to a row constant, for exported graphs
     block: str = "arc_geometry.blocks"   # the module whose GeoAttention subclass has `geometry = name`
     config: tuple[str, ...] = ()     # the GeoConfig fields only this geometry (and others naming them) uses

@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import math
-from typing import Optional, Union
+from typing import Callable, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -199,7 +199,7 @@ class EuclideanPoincare:
         return (xe - ye).pow(2).sum(-1) + alpha * self.ball.dist(xh, yh).pow(2)
 
 # %% ../nbs/01_manifolds.ipynb #5c177a10
-def _series_or(t2: Tensor, small: float, series: Tensor, exact) -> Tensor:
+def _series_or(t2: Tensor, small: float, series: Tensor, exact: Callable[[Tensor], Tensor]) -> Tensor:
     "`exact(√t2)` where `t2 >= small`, else `series` (the two agree to rounding there); finite gradients at `t2 = 0`."
     big = t2 >= small
     t = torch.where(big, t2, torch.ones_like(t2)).sqrt()

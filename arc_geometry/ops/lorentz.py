@@ -90,13 +90,17 @@ def _wide(q: Tensor, k: Tensor, v: Tensor, c: Tensor, scale: float, max_radius: 
     qa, ka = lorentz_transform(q, k, c, scale, max_radius)
     return qa, ka, torch.nn.functional.pad(v, (0, qa.shape[-1] - v.shape[-1]))
 
+def _heads_per_group(q: Tensor, k: Tensor) -> int:
+    "How many heads' D+1-wide copies fit `_GROUP_BYTES` (at least one)."
+    per_head = 3 * q.shape[0] * max(q.shape[2], k.shape[2]) * (q.shape[-1] + 1) * q.element_size()
+    return max(1, min(q.shape[1], _GROUP_BYTES // per_head))
+
 class _LorentzFlashCPU(torch.autograd.Function):
     "Lorentz attention by PyTorch's CPU flash kernel, group of heads by group, the wide vectors rebuilt in backward."
     @staticmethod
     def forward(ctx, q, k, v, c, scale, causal, max_radius):
         H, Dv = q.shape[1], v.shape[-1]
-        per_head = 3 * q.shape[0] * max(q.shape[2], k.shape[2]) * (q.shape[-1] + 1) * q.element_size()
-        g = max(1, min(H, _GROUP_BYTES // per_head))            # all heads at once where they fit the budget
+        g = _heads_per_group(q, k)
         out = v.new_empty(q.shape[:3] + (q.shape[-1] + 1,))     # the kernel's output, v's zero column included
         lse = q.new_empty(q.shape[:3])
         for h in range(0, H, g):
@@ -130,7 +134,8 @@ def lorentz_cpu(q: Tensor, k: Tensor, v: Tensor, c: Tensor, *, causal: bool = Fa
     flash = (not q.is_cuda and q.dtype in (torch.float32, torch.float64) and key_padding_mask is None
              and (not causal or q.shape[2] == k.shape[2]) and q.dtype == k.dtype == v.dtype == c.dtype
              and v.shape[-1] <= q.shape[-1] + 1)
-    if flash: return _LorentzFlashCPU.apply(q, k, v, c, scale, causal, max_radius)
+    if flash and _heads_per_group(q, k) < q.shape[1]:     # several groups: rebuild the wide copies in backward
+        return _LorentzFlashCPU.apply(q, k, v, c, scale, causal, max_radius)
     qa, ka = lorentz_transform(q, k, c, scale, max_radius)
     return sdpa_attend(qa, ka, v.to(qa.dtype), causal, key_padding_mask).to(v.dtype)
 
