@@ -188,6 +188,7 @@ def task_rng(seed: int, key: str) -> random.Random:
     "A random stream fixed by `seed` and `key` (same on every machine and process)."
     return random.Random(f"{seed}:{key}")
 
+# %% ../nbs/41_arc_solve.ipynb #a70720df
 def solve_task(task: ArcTask, geometry: str, seed: int, model: dict, train: dict, arc: dict,
                init_state: Optional[dict] = None) -> tuple[dict, dict]:
     "TTT + prediction for one task → (result row without the key columns, answers for `answers/*.json`)."
@@ -310,6 +311,7 @@ def _load_state(f: Path) -> Optional[dict]:
         print(f"{f} is unreadable ({' '.join(str(e).split()).split('. ')[0]}): pre-training it again", flush=True)
         return None
 
+# %% ../nbs/41_arc_solve.ipynb #48bb0b4f
 def _pretrained(out: Path, tasks, done: set, cfg: dict, arc: dict) -> dict:
     "`{(geometry, seed): file}` of the pre-trained states the pending jobs need, trained (and saved atomically) if missing or unreadable."
     ids, pre = {t.id for t in tasks}, {}

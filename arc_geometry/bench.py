@@ -73,6 +73,7 @@ def _reset_peak() -> bool:
     except OSError:
         return False
 
+# %% ../nbs/90_bench_attention.ipynb #4720d268
 def run_case(geometry: str, S: int, backend: str = "auto", B: int = 1, H: int = 8, D: int = 64, R: int = 16,
              repeats: int = 3) -> dict:
     """Measure one case in this process: forward and forward+backward seconds (best of `repeats`), extra peak bytes.
@@ -169,6 +170,7 @@ def bench_csv_path(out: str | None, name: str, kind: str) -> Path:
     if out and out.endswith(".csv"): return Path(out)
     return (Path(out) if out else fresh_dir(f"bench-{kind}")) / name
 
+# %% ../nbs/90_bench_attention.ipynb #eea560db
 def main(argv: list | None = None) -> int:
     "`arc-geometry bench attention …` / `python -m arc_geometry.bench …`: run the benchmark, write the CSV, print the table."
     from arc_geometry.core import ArgumentParser

@@ -66,6 +66,7 @@ def _run(r, ids: np.ndarray, steps: int) -> tuple:
         dec.append(time.perf_counter() - t0)
     return pre, dec
 
+# %% ../nbs/94_bench_export.ipynb #51041735
 def bench_speed(geometries: Optional[Sequence[str]] = None, workdir=None, seed: int = 0, *, dim: int, depth: int,
                 num_heads: int, rank: int, vocab_size: int, batches: Sequence[int], prompts: Sequence[int],
                 decode_steps: int, repeats: int, threads: Sequence[int]) -> list[dict]:

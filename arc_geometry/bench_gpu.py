@@ -136,6 +136,7 @@ def run(out: Path, seqlens=SEQLENS, head_dims=HEAD_DIMS, B: int = 4, H: int = 16
     atomic_write(out / "gpu.html", figure(rows).to_html())
     return rows
 
+# %% ../nbs/92_bench_gpu.ipynb #a7a68e9c
 def figure(rows: list[dict]):
     "Milliseconds against sequence length, one panel per head dim and mode, one line per implementation (plotly)."
     import plotly.graph_objects as go
@@ -167,4 +168,3 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 if __name__ == "__main__" and "__file__" in globals():   # python -m, not the notebook
     raise SystemExit(main())
-

@@ -118,6 +118,7 @@ def check_sizes(sizes: dict, geometries: Sequence[str]) -> None:
                        geometry=g, max_seq_len=sizes["seq_len"], rank=max(1, min(8, sizes["dim"] // sizes["num_heads"])))
         except ValueError as e: raise ValueError(f"--sizes: no {g} model of these sizes: {e}") from None
 
+# %% ../nbs/91_bench_model.ipynb #0a12b7b0
 def main(argv: Optional[list] = None) -> int:
     "`arc-geometry bench model …` / `python -m arc_geometry.bench_model …`: run the benchmark, write the CSV, print the table."
     from arc_geometry.bench import bench_csv_path

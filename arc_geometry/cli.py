@@ -121,6 +121,7 @@ def model_bytes(c: GeoConfig) -> int:
     n = c.vocab_size * d * (1 if c.tie_embeddings else 2) + (c.max_seq_len * d if c.positions == "learned" else 0)
     return 16 * (n + c.depth * (4 + 2 * c.mlp_ratio) * d * d)
 
+# %% ../nbs/33_cli.ipynb #f679cb35
 def check_memory(c: GeoConfig, section: str = "model") -> None:
     "`ValueError` (naming the sizes and the bytes) if training config `c` cannot fit in this machine's memory."
     try: have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -445,6 +446,7 @@ def _positive_int(s: str) -> int:
     if v < 1: raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
     return v
 
+# %% ../nbs/33_cli.ipynb #75ff6cc4
 def parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="arc-geometry", description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"arc-geometry {__version__}")

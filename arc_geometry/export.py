@@ -122,6 +122,7 @@ def export_onnx(model: GeoLM, path: Union[str, Path], *, opset: Optional[int] = 
         onnx.checker.check_model(m, full_check=True)
         return save_onnx(m, path)
 
+# %% ../nbs/50_export.ipynb #e2ce78bc
 def _export_graph(model, raw: Path, opset: int, ids, P: int, past_names, present_names) -> None:
     "`torch.onnx.export` of `model` (eval mode, the export path) to `raw`; its errors as `ValueError`s naming the opset."
     import torch
@@ -182,6 +183,7 @@ def save_onnx(m, path: Union[str, Path], max_inline: int = 2**31 - 2**20) -> Pat
         if old.name != data: old.unlink(missing_ok=True)
     return path
 
+# %% ../nbs/50_export.ipynb #e13bc479
 def _compact(m):
     """Short names `n0, t0, …` for the nodes and intermediate values of the ONNX model `m` (the exporter's are module
     paths, a tenth of a small model's file), in place; inputs, outputs and weights keep theirs. Returns `m`."""

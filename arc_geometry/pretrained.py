@@ -183,6 +183,7 @@ def load_state_dict(save_dir) -> dict:
         sd.update(_read_shard(d / f, names))
     return sd
 
+# %% ../nbs/23_pretrained.ipynb #3b1dc8a3
 def from_pretrained(cls, save_dir, map_location="cpu"):
     "An instance of `cls` (a `GeoPreTrained`) built from `save_dir/config.json` with its verified weights."
     d = Path(save_dir)

@@ -191,6 +191,7 @@ def _pool(todo: list, fn: Callable[[dict], dict], workers: int, record: Callable
         for p in procs: p.join(10)
         for c in conns: c.close()
 
+# %% ../nbs/36_runs.ipynb #3696d5e7
 def run_jobs(jobs: Sequence[dict], fn: Callable[[dict], dict], table: ResultsCSV, workers: int = 1,
              desc: str = "trials") -> int:
     """Run `fn(job)` for each job whose key is not in `table` yet and append the row it returns as soon as it
@@ -220,7 +221,6 @@ def run_jobs(jobs: Sequence[dict], fn: Callable[[dict], dict], table: ResultsCSV
                                   "to resume") from None
     finally: bar.close()
     return len(todo)
-
 
 # %% ../nbs/36_runs.ipynb #dece78e0
 def suite_config(config, sets: Optional[Sequence[str]], defaults: dict) -> dict:

@@ -83,6 +83,7 @@ class QuadraticForm(TableTask):
         a, _, b, _, r = (int(t) for t in seq)
         return f"{a}² + {a}·{b} + {b}² = {r} (mod {self.p})"
 
+# %% ../nbs/43_study.ipynb #a2dbc4d2
 @dataclass
 class PermutationComposition(TableTask):
     "Composition `x∘y` (`(x∘y)(i) = x(y(i))`) in the symmetric group `S_n`; elements indexed in lexicographic order."

@@ -39,6 +39,7 @@ __all__ = ['PRECISIONS', 'MID_RUN_KEYS', 'NO_DECAY_KEYS', 'TrainConfig', 'decays
 # %% ../nbs/31_trainer.ipynb #6861b0cb
 PRECISIONS = ("fp32", "bf16", "fp16")
 
+# %% ../nbs/31_trainer.ipynb #5804bb83
 @dataclass
 class TrainConfig:
     "Every knob of `Trainer` (the `train` section of a config). Validated on construction."
@@ -218,6 +219,7 @@ class EarlyStopping(Callback):
     def on_eval_end(self, tr, m):
         if tr.cfg.target_accuracy is not None and m["val_acc"] >= tr.cfg.target_accuracy: tr.stop_reason = "target_accuracy"
 
+# %% ../nbs/31_trainer.ipynb #ddb0071d
 class StopOnSignal(Callback):
     "SIGINT/SIGTERM: stop at the next step boundary (then `fit` checkpoints); a second signal during that save waits for it."
     all_ranks = True
@@ -273,6 +275,7 @@ def _to(x, device):
     if isinstance(x, dict): return {k: _to(v, device) for k, v in x.items()}
     return x
 
+# %% ../nbs/31_trainer.ipynb #99673f36
 class _TrainerBase:
     "The objects of a run: `model` on its device (DDP-wrapped as `net` under torchrun), AdamW, the schedule, the sampler."
     def __init__(self, model: nn.Module, task, config: TrainConfig, out_dir=None,
