@@ -168,6 +168,7 @@ def report_table(rows: list[dict]):
 def main(argv: Optional[list[str]] = None) -> int:
     "`python -m arc_geometry.kernels --out DIR [--capability 80 90]`: the full report as CSV files in DIR."
     import argparse, warnings
+    from arc_geometry.pretrained import atomic_write
     from arc_geometry.core import ArgumentParser
     p = ArgumentParser(prog="python -m arc_geometry.kernels", description=main.__doc__)
     p.add_argument("--out", type=Path, help="output directory for kernel_report_sm<cap>.csv")
@@ -182,7 +183,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     bad = []
     for cap in a.capability:
         rows = kernel_report(cap, progress=True)
-        report_table(rows).to_csv(a.out / f"kernel_report_sm{cap}.csv")
+        atomic_write(a.out / f"kernel_report_sm{cap}.csv", report_table(rows).to_csv())    # never half a table
         bad += report_violations(rows)
     print("\n".join(bad) if bad else "no violations")
     return 1 if bad else 0

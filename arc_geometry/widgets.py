@@ -16,6 +16,7 @@ from torch import Tensor
 from .core import causal_mask
 from .extras import require
 from .geometries import GEOMETRIES
+from .pretrained import atomic_write
 from .manifolds import PoincareBall
 
 if TYPE_CHECKING:
@@ -105,18 +106,16 @@ class Explorer(W.VBox):
 
     def save_html(self, path) -> Path:
         "Write the current view to a self-contained HTML file (plotly.js embedded: opens offline)."
-        path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-        self.figure().write_html(str(path), include_plotlyjs=True, full_html=True)
-        return path
+        return atomic_write(path, self.figure().to_html(include_plotlyjs=True, full_html=True))   # never half a page
 
     def save_png(self, path, scale: float = 2.0) -> Path:
         "Write the current view to a PNG through kaleido (needs the `kaleido` package and Chrome/Chromium)."
-        path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-        try: self.figure().write_image(str(path), format="png", scale=scale)
+        path = Path(path)
+        try: png = self.figure().to_image(format="png", scale=scale)
         except Exception as e:
             raise RuntimeError(f"PNG export to {path} failed: it needs `pip install kaleido` and a Chrome or Chromium "
                                f"(Debian: apt-get install chromium); the error was: {e}") from e
-        return path
+        return atomic_write(path, png)
 
     def _repr_mimebundle_(self, **kwargs):
         "The live widget where a widget frontend runs; the static figure as HTML everywhere else (docs, nbconvert)."
