@@ -83,7 +83,6 @@ class Geometry:
     inputs: Callable[..., dict[str, Any]]   # (generator, B, H, Sq, Sk, D, Dv, **kw) -> dict(q, k, v, *params) in float64
     export: Callable[..., Tensor]    # `scores` in plain operators, up to a row constant, for exported graphs
     block: str = "arc_geometry.blocks"   # the module whose GeoAttention subclass has `geometry = name`
-    config: tuple[str, ...] = ()     # the GeoConfig fields only this geometry (and others naming them) uses
     figures: tuple[str, ...] = ()    # explorers that apply: "metric" (a learned G), "ball" (points on the disk)
     ball_points: Optional[Callable[[Tensor, Any], Tensor]] = None   # "ball": (hidden (..., dim), config) -> ball points
     def __post_init__(self) -> None: _check_row(self)
@@ -157,31 +156,28 @@ register(Geometry(name="metric", summary="a learned, per-head notion of close", 
                   params=("A", "lam"), validate=check_metric_params, reference=metric_attention_ref,
                   scores=metric_scores_ref, cpu=metric_cpu, triton=flash.metric_triton if _T else None,
                   no_triton=_NO_TRITON, aot=(lambda: flash.aot_configs(geometries=("metric",))) if _T else None,
-                  inputs=metric_case, export=metric_scores_plain, config=("rank", "lam_init"), figures=("metric",)))
+                  inputs=metric_case, export=metric_scores_plain, figures=("metric",)))
 register(Geometry(name="position_metric", summary="a metric that changes across the space", distance="(q−k)ᵀ G(m) (q−k)",
                   params=("A", "lam", "W", "b"), validate=check_position_params, reference=position_metric_attention_ref,
                   scores=position_metric_scores_ref, cpu=position_metric_cpu,
                   triton=_pmt.position_metric_triton if _T else None, no_triton=_NO_TRITON,
-                  aot=_pmt.aot_configs if _T else None, inputs=position_metric_case, export=position_metric_scores_plain,
-                  config=("rank", "lam_init", "transport_residual"), figures=("metric",)))
+                  aot=_pmt.aot_configs if _T else None, inputs=position_metric_case, export=position_metric_scores_plain, figures=("metric",)))
 register(Geometry(name="poincare", summary="hierarchies and trees", distance="d_c(q, k)", params=("c",),
                   validate=check_poincare_params, reference=poincare_attention_ref, scores=poincare_scores_ref,
                   cpu=poincare_cpu, triton=flash.poincare_triton if _T else None, no_triton=_NO_TRITON,
                   aot=(lambda: flash.aot_configs(geometries=("poincare",))) if _T else None, inputs=poincare_case,
-                  export=poincare_scores_plain, config=("curvature", "c_min", "c_max"), figures=("ball",),
+                  export=poincare_scores_plain, figures=("ball",),
                   ball_points=_ball_state))
 register(Geometry(name="hybrid", summary="flat and hierarchical structure at once", distance="‖qₑ−kₑ‖² + α d_c(qₕ, kₕ)²",
                   params=("c", "alpha", "dim_e"), validate=check_hybrid_params, reference=hybrid_attention_ref,
                   scores=hybrid_scores_ref, cpu=hybrid_cpu, triton=flash.hybrid_triton if _T else None,
                   no_triton=_NO_TRITON, aot=(lambda: flash.aot_configs(geometries=("hybrid",))) if _T else None,
-                  inputs=hybrid_case, export=hybrid_scores_plain,
-                  config=("curvature", "c_min", "c_max", "alpha_init", "dim_e"), figures=("ball",),
+                  inputs=hybrid_case, export=hybrid_scores_plain, figures=("ball",),
                   ball_points=_ball_part))
 register(Geometry(name="lorentz", summary="hyperbolic at dot-product cost: the hyperboloid", distance="‖x−y‖²_L on the hyperboloid",
                   params=("c",), validate=check_lorentz_params, reference=lorentz_attention_ref, scores=lorentz_scores_ref,
                   cpu=lorentz_cpu, no_triton="its attention is SDPA on transformed vectors (FlashAttention on CUDA): no kernel of ours is needed",
-                  inputs=lorentz_case, export=lorentz_scores_plain, block="arc_geometry.lorentz_block",
-                  config=("curvature", "c_min", "c_max"), figures=("ball",), ball_points=lorentz_ball_points))
+                  inputs=lorentz_case, export=lorentz_scores_plain, block="arc_geometry.lorentz_block", figures=("ball",), ball_points=lorentz_ball_points))
 
 # %% ../nbs/03_geometries.ipynb #be022923
 BLOCKS: dict[str, type] = {}             # geometry name → its model block, filled as the classes are defined
