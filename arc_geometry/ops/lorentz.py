@@ -53,21 +53,87 @@ def lorentz_attention_ref(q: Tensor, k: Tensor, v: Tensor, c: Tensor, causal: bo
     return propagate_nonfinite(out, q, k, v, causal, key_padding_mask)
 
 # %% ../../nbs/19_lorentz.ipynb #e3e609e2
+def _row_terms(n2: Tensor, c: Tensor, max_radius: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """`(m, f, dm, df)` from `n2 = ‖v‖² (B, H, S, 1)` and `c (H,)`: `m = cosh t − 1`, `f` (below), and their derivatives
+    in `t² = c·n2` (the clamp included: past the bound `m` is constant and `f ∝ 1/√(t²)`)."""
+    raw = c.view(-1, 1, 1) * n2
+    over = raw > max_radius ** 2
+    t2 = raw.clamp(max=max_radius ** 2)
+    t = t2.sqrt()
+    f0 = torch.where(t2 > 1e-12, torch.sinh(t) / torch.where(t2 > 1e-12, t, 1.0), 1.0)        # sinh(t)/t
+    small = t2 < 0.1           # f0' = (cosh t − f0)/(2t²) cancels near 0: its Taylor series there (exact to float64)
+    df0 = torch.where(small, (1 + t2 / 10 * (1 + t2 / 28 * (1 + t2 / 54 * (1 + t2 / 88)))) / 6,
+                      (torch.cosh(t) - f0) / (2 * torch.where(small, 1.0, t2)))
+    shrink = torch.where(over, max_radius / torch.where(over, raw, 1.0).sqrt(), 1.0)
+    f = f0 * shrink
+    return (2 * torch.sinh(t / 2).pow(2), f, torch.where(over, 0.0, f0 / 2),
+            torch.where(over, -f / (2 * torch.where(over, raw, 1.0)), df0))
+
 def lorentz_parts(v: Tensor, c: Tensor, max_radius: float = LORENTZ_MAX_RADIUS) -> tuple[Tensor, Tensor]:
     """Per-row scalars `(m, f)`, each `(B, H, S, 1)`, of the points of `v (B, H, S, D)`: `√c·x₀ = 1 + m` and
     `x_{1:} = f·v`, with `t = min(√c‖v‖, max_radius)`, `m = cosh t − 1 = 2 sinh²(t/2)` (no cancellation near the
-    origin; series below `t² = 10⁻⁴`) and `f = sinh(t)/t` times the clamp's shrink factor. Only `‖v‖²` touches a
-    `(B, H, S, D)` tensor: the work per element is one product and one sum."""
-    ch = c.to(v.dtype).view(-1, 1, 1)
-    t2 = ch * (v * v).sum(-1, keepdim=True)
-    over = t2 > max_radius ** 2
-    shrink = torch.where(over, max_radius / torch.where(over, t2, torch.ones_like(t2)).sqrt(), torch.ones_like(t2))
-    t2 = torch.where(over, torch.full_like(t2, max_radius ** 2), t2)
-    small = t2 < 1e-4
-    t = torch.where(small, torch.ones_like(t2), t2).sqrt()
-    m = torch.where(small, t2 / 2 + t2 * t2 / 24, 2 * torch.sinh(t / 2).pow(2))
-    f = torch.where(small, 1 + t2 / 6 + t2 * t2 / 120, torch.sinh(t) / t) * shrink
+    origin) and `f = sinh(t)/t` times the clamp's shrink factor. Only `‖v‖²` touches a `(B, H, S, D)` tensor: the
+    work per element is one product and one sum."""
+    m, f, _, _ = _row_terms((v * v).sum(-1, keepdim=True), c.to(v.dtype), max_radius)
     return m, f
+
+# %% ../../nbs/19_lorentz.ipynb #ec760556
+def _sides(scale: float) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    "`(a0, a1, p)` of `q'` and of `k'`: the first coordinate is `(a0 + a1·m)/√c`, the others `p·f·v`."
+    return (-2 * scale, -2 * scale, 2 * scale), (0.0, 1.0, 1.0)
+
+def _map_terms(q: Tensor, k: Tensor, c: Tensor, max_radius: float) -> tuple[Tensor, ...]:
+    "`(n2, m, f, dm, df)` of `_row_terms` for the rows of `q` then of `k` (one call for both: `(B, H, Sq + Sk, 1)`)."
+    n2 = torch.cat([torch.linalg.vector_norm(x, dim=-1, keepdim=True).square() for x in (q, k)], 2)
+    return (n2, *_row_terms(n2, c, max_radius))
+
+def _map_side(x: Tensor, c: Tensor, m: Tensor, f: Tensor, side: tuple[float, float, float]) -> Tensor:
+    "`(B, H, S, D+1)`: `x (B, H, S, D)` through one side of the map, its row scalars `m, f` given."
+    a0, a1, p = side
+    out = x.new_empty(x.shape[:-1] + (x.shape[-1] + 1,))
+    out[..., :1] = (a0 + a1 * m) * c.rsqrt().view(-1, 1, 1)
+    torch.mul(x, p * f, out=out[..., 1:])
+    return out
+
+def _side_grad(x: Tensor, c: Tensor, g: Tensor, terms: tuple[Tensor, ...], side: tuple[float, float, float]) -> tuple[Tensor, Tensor]:
+    """`(dx (B, H, S, D), dc (H,))` from the gradient `g (B, H, S, D+1)` of `_map_side`'s output. With
+    `α = (a0 + a1·m)/√c`, `φ = p·f`, `u = g_{1:}·x` and `w = a1·m'·g₀/√c + p·f'·u` (primes: derivatives in `t²`):
+    `dx = φ·g_{1:} + 2c·w·x` and `dc = Σ (w·‖x‖² − α·g₀/(2c))` over batch and rows."""
+    (a0, a1, p), (n2, m, f, dm, df) = side, terms
+    ch, isc = c.view(-1, 1, 1), c.rsqrt().view(-1, 1, 1)
+    g0, gs = g[..., :1], g[..., 1:]
+    w = (a1 * isc) * dm * g0 + p * df * (gs * x).sum(-1, keepdim=True)
+    dx = gs * (p * f)
+    dx.addcmul_(x, 2 * ch * w)
+    return dx, (w * n2 - (a0 + a1 * m) * isc * g0 / (2 * ch)).sum((0, 2, 3))
+
+def _map_grads(q: Tensor, k: Tensor, c: Tensor, gq: Tensor, gk: Tensor, scale: float, max_radius: float,
+               terms: Optional[tuple[Tensor, ...]] = None) -> tuple[Tensor, Tensor, Tensor]:
+    "`(dq, dk, dc)` in the inputs' dtypes from the gradients of `q'`, `k'` (the row terms recomputed if not given)."
+    dt, Sq = acc_dtype(q.dtype), q.shape[2]
+    qd, kd, cd = q.to(dt), k.to(dt), c.to(dt)
+    terms = _map_terms(qd, kd, cd, max_radius) if terms is None else terms
+    sq, sk = _sides(scale)
+    dq, dcq = _side_grad(qd, cd, gq.to(dt), tuple(t[:, :, :Sq] for t in terms), sq)
+    dk, dck = _side_grad(kd, cd, gk.to(dt), tuple(t[:, :, Sq:] for t in terms), sk)
+    return dq.to(q.dtype), dk.to(k.dtype), (dcq + dck).to(c.dtype)
+
+class _LorentzMap(torch.autograd.Function):
+    "`(q, k, c) ↦ (q', k')` with its backward written out: the row scalars kept, two passes per element and side."
+    @staticmethod
+    def forward(ctx: Any, q: Tensor, k: Tensor, c: Tensor, scale: float, max_radius: float) -> tuple[Tensor, Tensor]:
+        dt, Sq = acc_dtype(q.dtype), q.shape[2]
+        qd, kd, cd = q.to(dt), k.to(dt), c.to(dt)
+        terms = _map_terms(qd, kd, cd, max_radius)
+        ctx.save_for_backward(q, k, c, *terms)
+        ctx.args = (scale, max_radius)
+        (sq, sk), (_, m, f, *_) = _sides(scale), terms
+        return _map_side(qd, cd, m[:, :, :Sq], f[:, :, :Sq], sq), _map_side(kd, cd, m[:, :, Sq:], f[:, :, Sq:], sk)
+
+    @staticmethod
+    def backward(ctx: Any, gq: Tensor, gk: Tensor) -> tuple[Optional[Tensor], ...]:
+        q, k, c, *terms = ctx.saved_tensors
+        return (*_map_grads(q, k, c, gq, gk, *ctx.args, terms=tuple(terms)), None, None)
 
 def lorentz_transform(q: Tensor, k: Tensor, c: Tensor, scale: float,
                       max_radius: float = LORENTZ_MAX_RADIUS) -> tuple[Tensor, Tensor]:
@@ -75,12 +141,8 @@ def lorentz_transform(q: Tensor, k: Tensor, c: Tensor, scale: float,
     `q'·k'` is the score less `2·scale·(1/c + x₀/√c)`, a constant along the row: the `−1/c` that every `x₀y₀` carries is
     never formed, so nothing cancels near the origin and the gradient to `c` does not carry a `1/c²` term that softmax
     would have to cancel. The factors are folded into the per-row scalars: one product per element of `q` and of `k`."""
-    dt = acc_dtype(q.dtype)
-    q, k, cw = q.to(dt), k.to(dt), c.to(dt)
-    isc = cw.rsqrt().view(-1, 1, 1)
-    (mq, fq), (mk, fk) = lorentz_parts(q, cw, max_radius), lorentz_parts(k, cw, max_radius)
-    return (torch.cat([-(2 * scale) * (1 + mq) * isc, q * ((2 * scale) * fq)], -1),
-            torch.cat([mk * isc, k * fk], -1))
+    qa, ka = _LorentzMap.apply(q, k, c, scale, max_radius)
+    return qa, ka
 
 # %% ../../nbs/19_lorentz.ipynb #418170dc
 _GROUP_BYTES = 32 * 2 ** 20   # the CPU flash path's budget for one head group's D+1-wide copies (q', k', v')
@@ -118,13 +180,12 @@ class _LorentzFlashCPU(torch.autograd.Function):
         dq, dk, dv, dc = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), torch.empty_like(c)
         dout = torch.nn.functional.pad(dout, (0, out.shape[-1] - dout.shape[-1]))   # the zero column's gradient: 0
         for h in range(0, q.shape[1], g):
-            with torch.enable_grad():
-                qg, kg, cg = q[:, h:h + g].detach().requires_grad_(), k[:, h:h + g].detach().requires_grad_(), c[h:h + g].detach().requires_grad_()
-                qa, ka, va = _wide(qg, kg, v[:, h:h + g], cg, scale, max_radius)
-                dqa, dka, dva = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
-                    dout[:, h:h + g], qa.detach(), ka.detach(), va, out[:, h:h + g], lse[:, h:h + g], 0.0, causal, scale=1.0)
-                dq[:, h:h + g], dk[:, h:h + g], dc[h:h + g] = torch.autograd.grad((qa, ka), (qg, kg, cg), (dqa, dka))
-            dv[:, h:h + g] = dva[..., :v.shape[-1]]
+            hs = slice(h, h + g)
+            qa, ka, va = _wide(q[:, hs], k[:, hs], v[:, hs], c[hs], scale, max_radius)
+            dqa, dka, dva = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+                dout[:, hs], qa, ka, va, out[:, hs], lse[:, hs], 0.0, causal, scale=1.0)
+            dq[:, hs], dk[:, hs], dc[hs] = _map_grads(q[:, hs], k[:, hs], c[hs], dqa, dka, scale, max_radius)
+            dv[:, hs] = dva[..., :v.shape[-1]]
         return dq, dk, dv, dc, None, None, None
 
 # %% ../../nbs/19_lorentz.ipynb #c0b2596b
