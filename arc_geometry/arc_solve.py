@@ -22,10 +22,10 @@ import torch.nn.functional as F
 
 from .arc import (END, NL, PAD, VOCAB_SIZE, ArcTask, Transform, decode_grid, encode_pair, encode_task,
                               load_tasks, score_task, select_tasks, task_length, encode_grid, IN, OUT, SPLITS, VERSIONS)
-from .core import config_from_dict
+from .config import config_from_dict
 from .geometries import GEOMETRIES
 from .models import GeoConfig, GeoLM
-from .pretrained import atomic_write
+from .files import atomic_write
 from .cli import check_memory
 from .runs import ResultsCSV, check_run_dir, run_jobs, stop_on_signals, suite_config, suite_parser
 from .train import TrainConfig, TrainingInterrupted, lr_factor, param_groups, resolve_device

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .geometries import GEOMETRIES as ROWS, attention_geometries
-from .pretrained import atomic_write
+from .files import atomic_write
 
 # %% auto #0
 __all__ = ['MALLOC_ENV', 'make_inputs', 'poincare_flex', 'attention_fn', 'run_case', 'with_tflops', 'bench_attention',
@@ -173,7 +173,7 @@ def bench_csv_path(out: str | None, name: str, kind: str) -> Path:
 # %% ../nbs/90_bench_attention.ipynb #eea560db
 def main(argv: list | None = None) -> int:
     "`arc-geometry bench attention …` / `python -m arc_geometry.bench …`: run the benchmark, write the CSV, print the table."
-    from arc_geometry.core import ArgumentParser
+    from arc_geometry.config import ArgumentParser
     ap = ArgumentParser(prog="arc-geometry bench attention",
                                  description="Benchmark every attention geometry against SDPA on this machine.")
     ap.add_argument("--case", help=argparse.SUPPRESS)        # internal: run one JSON-described case, print its JSON result

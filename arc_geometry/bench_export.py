@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from .export import OnnxLM, export_onnx, load_model, quantize_int8
 from .geometries import GEOMETRIES
 from .models import GeoConfig, GeoLM
-from .pretrained import atomic_write
+from .files import atomic_write
 
 # %% auto #0
 __all__ = ['RUNTIMES', 'FULL', 'TINY', 'bench_speed', 'train_default_runs', 'int8_table', 'targets', 'figure', 'main']
@@ -175,7 +175,7 @@ def figure(speed):
 def main(argv: Optional[Sequence[str]] = None) -> int:
     "`python -m arc_geometry.bench_export [--out DIR] [--runs DIR] [--tiny]`: both tables as CSV files."
     import pandas as pd
-    from arc_geometry.core import ArgumentParser
+    from arc_geometry.config import ArgumentParser
     p = ArgumentParser(prog="python -m arc_geometry.bench_export")
     p.add_argument("--out", default="nbs/bench", help="directory of export_cpu.csv and export_int8.csv")
     p.add_argument("--runs", default=None, help="default-job run directories (trained where missing)")

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from .geometries import GEOMETRIES, attention_geometries
-from .pretrained import atomic_write
+from .files import atomic_write
 
 SEQLENS = (1024, 4096, 16384)
 HEAD_DIMS = (64, 128)

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from .geometries import GEOMETRIES
 from .models import GeoConfig, GeoLM
-from .pretrained import atomic_write
+from .files import atomic_write
 
 # %% auto #0
 __all__ = ['FULL', 'TINY', 'bench_one', 'run_benchmark', 'figure', 'check_sizes', 'main']
@@ -122,7 +122,7 @@ def check_sizes(sizes: dict, geometries: Sequence[str]) -> None:
 def main(argv: Optional[list] = None) -> int:
     "`arc-geometry bench model …` / `python -m arc_geometry.bench_model …`: run the benchmark, write the CSV, print the table."
     from arc_geometry.bench import bench_csv_path
-    from arc_geometry.core import ArgumentParser
+    from arc_geometry.config import ArgumentParser
     p = ArgumentParser(prog="arc-geometry bench model",
                                 description="GeoLM training benchmark (CPU): tokens/s and peak memory per geometry")
     p.add_argument("--out", default=None, help="directory for model.csv, or a .csv file (default: a fresh directory "

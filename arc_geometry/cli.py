@@ -22,41 +22,18 @@ import torch.distributed as dist
 import yaml
 
 from . import __version__
-from .core import ArgumentParser, check_fields, config_from_dict
+from .config import SECTIONS, ArgumentParser, apply_overrides, check_fields, config_from_dict, load_config
 from .models import GeoConfig, GeoLM
-from .pretrained import read_json_object
+from .files import read_json_object
 from .tasks import ModularArithmetic
 from .train import MID_RUN_KEYS, NonFiniteLossError, TrainConfig, Trainer, TrainingInterrupted
 from .train_state import latest_checkpoint, unpack_training_state
 
 # %% auto #0
-__all__ = ['SECTIONS', 'DEFAULT_CONFIG', 'BENCHMARKS', 'EXTENSIONS', 'HELP', 'load_config', 'DataConfig', 'apply_overrides',
-           'RunConfig', 'model_bytes', 'check_memory', 'build_config', 'validate_tune', 'validate_space', 'suggest',
-           'import_optuna', 'read_run_config', 'resume_config', 'init_distributed', 'end_distributed', 'run_training',
-           'cmd_train', 'cmd_eval', 'cmd_generate', 'cmd_tune', 'cmd_passthrough', 'parser', 'main']
-
-# %% ../nbs/33_cli.ipynb #799308cc
-SECTIONS = ("model", "data", "train", "tune")
-
-def load_config(path, sections: Sequence[str] = SECTIONS) -> dict:
-    "Read a YAML (or, for `.json`, JSON) CONFIG file into a dict (of `sections`); `ValueError` naming the file otherwise."
-    p = Path(path)
-    if not p.exists(): raise ValueError(f"CONFIG file {p} does not exist")
-    if p.is_dir(): raise ValueError(f"CONFIG {p} is a directory, not a YAML or JSON file")
-    try: text = p.read_text()
-    except (OSError, UnicodeDecodeError) as e: raise ValueError(f"CONFIG {p} cannot be read: {e}") from None
-    if p.suffix == ".json":
-        try: d = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"CONFIG {p}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
-    else:
-        try: d = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            m = getattr(e, "problem_mark", None)
-            at = f" at line {m.line + 1} column {m.column + 1}" if m is not None else ""
-            raise ValueError(f"CONFIG {p}: invalid YAML{at}: {getattr(e, 'problem', None) or e}") from None
-    if not isinstance(d, dict): raise ValueError(f"CONFIG {p} must hold a mapping with sections {', '.join(sections)}, got {type(d).__name__}")
-    return d
+__all__ = ['DEFAULT_CONFIG', 'BENCHMARKS', 'EXTENSIONS', 'HELP', 'DataConfig', 'RunConfig', 'model_bytes', 'check_memory',
+           'build_config', 'validate_tune', 'validate_space', 'suggest', 'import_optuna', 'read_run_config',
+           'resume_config', 'init_distributed', 'end_distributed', 'run_training', 'cmd_train', 'cmd_eval',
+           'cmd_generate', 'cmd_tune', 'cmd_passthrough', 'parser', 'main']
 
 # %% ../nbs/33_cli.ipynb #67432cef
 @dataclass
@@ -83,23 +60,6 @@ DEFAULT_CONFIG = {
               "eval_every": 25, "checkpoint_every_s": 30.0, "seed": 0, "target_accuracy": 0.99, "num_threads": 1},
 }
 "The built-in default job (`arc-geometry train --out DIR` with no CONFIG): addition mod 97 to 99 % validation accuracy."
-
-def apply_overrides(cfg: dict, sets: Optional[list[str]], sections: Sequence[str] = SECTIONS) -> dict:
-    "Apply `section.key=value` overrides (values parsed as YAML) to a copy of `cfg`; `section` must be one of `sections`."
-    cfg = copy.deepcopy(cfg)
-    for s in sets or []:
-        key, eq, val = s.partition("=")
-        if not eq or "." not in key:
-            raise ValueError(f"--set expects section.key=value (e.g. train.max_steps=5000), got {s!r}")
-        sec, k = key.strip().split(".", 1)
-        if sec not in sections: raise ValueError(f"unknown section {sec!r} in --set {s!r}; sections: {', '.join(sections)}")
-        try: v = yaml.safe_load(val)
-        except yaml.YAMLError: v = val
-        if not isinstance(cfg.get(sec) or {}, dict): raise ValueError(f"section {sec} must be a mapping, got {cfg[sec]!r}")
-        cfg[sec] = dict(cfg.get(sec) or {})
-        if sec == "tune" and k.startswith("space."): cfg[sec].setdefault("space", {})[k[6:]] = v
-        else: cfg[sec][k] = v
-    return cfg
 
 @dataclass
 class RunConfig:

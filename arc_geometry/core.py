@@ -5,18 +5,19 @@
 # %% ../nbs/00_core.ipynb #5fe9306e
 from __future__ import annotations
 
-import argparse
 import math
 from typing import NoReturn, Optional, Sequence
 
 import torch
 from torch import Tensor
 
+from .config import (ArgumentParser as ArgumentParser, check_fields as check_fields,  # re-exported: their
+                                 check_value as check_value, config_from_dict as config_from_dict)  # home until 0.2
+
 # %% auto #0
 __all__ = ['check_shape', 'check_bound', 'check_attention', 'check_finite', 'check_metric_params', 'check_position_params',
            'check_poincare_params', 'check_hybrid_params', 'causal_mask', 'allowed_mask', 'nonfinite_rows',
-           'propagate_nonfinite', 'masked_attend', 'ball_eps', 'min_norm', 'check_value', 'check_fields',
-           'config_from_dict', 'ArgumentParser']
+           'propagate_nonfinite', 'masked_attend', 'ball_eps', 'min_norm']
 
 # %% ../nbs/00_core.ipynb #1aa677f4
 def _fmt_shape(shape: Sequence[Optional[int]]) -> str:
@@ -185,55 +186,3 @@ def ball_eps(dtype: torch.dtype) -> float:
 def min_norm(dtype: torch.dtype) -> float:
     "Smallest norm divided by for `dtype`."
     return _MIN_NORM.get(dtype, 1e-15)
-
-# %% ../nbs/00_core.ipynb #76c0f6f8
-import dataclasses
-import re
-
-_SCALARS = {"int": int, "float": float, "str": str, "bool": bool}
-
-def _field_type(t) -> tuple[str, bool]:
-    "`(base type name, optional)` of a field annotation: a type, `Optional[X]`, `X | None`, or their strings."
-    s = t.__name__ if isinstance(t, type) else str(t).replace("typing.", "")
-    m = re.fullmatch(r"Optional\[(\w+)\]|(\w+) \| None|None \| (\w+)", s)
-    base, opt = (next(g for g in m.groups() if g), True) if m else (s, False)
-    if base not in _SCALARS: raise TypeError(f"config fields must be int, float, str or bool (or Optional), got {s}")
-    return base, opt
-
-def check_value(where: str, v, annotation):
-    "`v` checked against `annotation` (int→float and numeric str→float coerced); `ValueError` naming `where` otherwise."
-    base, opt = _field_type(annotation)
-    if v is None and opt: return None
-    want = _SCALARS[base]
-    if want is float and isinstance(v, str):
-        try: v = float(v)
-        except ValueError: pass
-    if want is float and isinstance(v, int) and not isinstance(v, bool): v = float(v)
-    if want is float and isinstance(v, float) and not math.isfinite(v):
-        raise ValueError(f"{where} must be a finite float, got {v!r}")
-    if isinstance(v, want) and (want is bool or not isinstance(v, bool)): return v
-    raise ValueError(f"{where} must be {base}{' or null' if opt else ''}, got {v!r} ({type(v).__name__})")
-
-def check_fields(obj, section: str) -> None:
-    "Check (and coerce) every field of dataclass instance `obj` in place; errors name `section.field`."
-    for f in dataclasses.fields(obj):
-        setattr(obj, f.name, check_value(f"{section}.{f.name}", getattr(obj, f.name), f.type))
-
-def config_from_dict(cls, d: Optional[dict], section: str):
-    "Dataclass `cls` built from mapping `d` (None: all defaults); unknown or missing keys raise `ValueError` naming `section.key`."
-    if d is None: d = {}
-    if not isinstance(d, dict): raise ValueError(f"section {section} must be a mapping, got {d!r} ({type(d).__name__})")
-    fields = dataclasses.fields(cls)
-    names = [f.name for f in fields]
-    for k in d:
-        if k not in names: raise ValueError(f"unknown key {section}.{k}; known keys: {', '.join(names)}")
-    for f in fields:
-        if f.name not in d and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise ValueError(f"{section}.{f.name} is required")
-    return cls(**d)
-
-# %% ../nbs/00_core.ipynb #0b2e9b63
-class ArgumentParser(argparse.ArgumentParser):
-    "argparse with its errors as one line: `prog: error: <what> (see prog -h)`, exit status 2."
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} -h)\n")

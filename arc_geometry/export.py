@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Optional, Sequence, Union
 import numpy as np
 
 from .extras import require
+from .files import atomic_write, read_json_object
 
 if TYPE_CHECKING:                                   # names for the annotations only: torch is imported where it runs
     from torch import Tensor
@@ -169,7 +170,6 @@ def save_onnx(m, path: Union[str, Path], max_inline: int = 2**31 - 2**20) -> Pat
     """Write the ONNX model `m` to `path` atomically (a temporary file beside it, fsync, rename): a killed export
     leaves the previous file whole. A model past protobuf's 2 GB limit keeps its weights in a data file next to it,
     under a fresh name renamed into place first, so the old file keeps its own data until its own rename."""
-    from arc_geometry.pretrained import atomic_write
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     if m.ByteSize() < max_inline: return atomic_write(path, m.SerializeToString())
     onnx = require("onnx", "export", "ONNX export")
@@ -380,7 +380,6 @@ def quantize_int8(src: Union[str, Path], dst: Union[str, Path]) -> Path:
 
 # %% ../nbs/50_export.ipynb #fe1831ab
 def _read_json(p: Path) -> dict:
-    from arc_geometry.pretrained import read_json_object     # the library's one JSON reader (it imports torch)
     return read_json_object(p, "the config")
 
 def _names(ns: list, n: int = 6) -> str:
@@ -421,7 +420,7 @@ def load_model(src: Union[str, Path]) -> GeoLM:
 # %% ../nbs/50_export.ipynb #80c5ac2f
 def export_main(argv: Optional[Sequence[str]] = None) -> int:
     "`arc-geometry export RUN_OR_MODEL_DIR --out FILE [--int8] [--opset N]`; returns the exit status (2 on an error)."
-    from arc_geometry.core import ArgumentParser
+    from arc_geometry.config import ArgumentParser
     p = ArgumentParser(prog="arc-geometry export",
                                 description="Export a trained GeoLM to ONNX (prefill + KV-cache decoding in one graph).")
     p.add_argument("src", metavar="RUN_OR_MODEL_DIR", help="a training run directory or a save_pretrained directory")

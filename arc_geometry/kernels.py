@@ -168,8 +168,8 @@ def report_table(rows: list[dict]):
 def main(argv: Optional[list[str]] = None) -> int:
     "`python -m arc_geometry.kernels --out DIR [--capability 80 90]`: the full report as CSV files in DIR."
     import argparse, warnings
-    from arc_geometry.pretrained import atomic_write
-    from arc_geometry.core import ArgumentParser
+    from arc_geometry.files import atomic_write
+    from arc_geometry.config import ArgumentParser
     p = ArgumentParser(prog="python -m arc_geometry.kernels", description=main.__doc__)
     p.add_argument("--out", type=Path, help="output directory for kernel_report_sm<cap>.csv")
     p.add_argument("--report", type=Path, help=argparse.SUPPRESS)            # the old name, deprecated

@@ -105,7 +105,7 @@ def check_adaptation(cfg: dict):
 def run_adaptation(cfg: dict, out, resume: bool = False, callbacks=()) -> dict:
     "Train the saved model of `model.from` on `cfg`'s task, all weights or LoRA adapters (`train.lora`); returns the summary."
     from arc_geometry.models import GeoLM
-    from arc_geometry.pretrained import atomic_write
+    from arc_geometry.files import atomic_write
     from arc_geometry.train import Trainer
     if resume: raise ValueError("--resume: a run that adapts a saved model (model.from) cannot be resumed; start it again")
     base, src, lo = split_adaptation(cfg)

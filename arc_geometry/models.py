@@ -21,7 +21,7 @@ from .geometries import GEOMETRIES
 __all__ = ['POSITIONS', 'GeoConfig', 'GeoPreTrained', 'GeoModel', 'GeoLM', 'GeoForSequenceClassification']
 
 # %% ../nbs/21_model.ipynb #9e065663
-from .core import check_fields
+from .config import check_fields
 
 POSITIONS = ("learned", "rotary")
 

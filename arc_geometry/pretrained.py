@@ -5,7 +5,6 @@
 # %% ../nbs/23_pretrained.ipynb #7dd1aa75
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -16,69 +15,14 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as st_save
 
+from .files import (CheckpointError as CheckpointError, atomic_write as atomic_write,   # re-exported:
+                                read_json_object as read_json_object, tensor_sha256 as tensor_sha256,  # their home
+                                verify_sha256 as verify_sha256)                                        # until 0.2
 from .models import GeoConfig
 
 # %% auto #0
-__all__ = ['CONFIG_NAME', 'WEIGHTS_NAME', 'INDEX_NAME', 'CheckpointError', 'atomic_write', 'tensor_sha256', 'verify_sha256',
-           'read_json_object', 'parse_size', 'unique_state_dict', 'save_pretrained', 'load_model_config',
+__all__ = ['CONFIG_NAME', 'WEIGHTS_NAME', 'INDEX_NAME', 'parse_size', 'unique_state_dict', 'save_pretrained', 'load_model_config',
            'load_state_dict', 'from_pretrained']
-
-# %% ../nbs/23_pretrained.ipynb #dbb3c530
-class CheckpointError(ValueError):
-    "A saved file is missing, truncated, tampered with or inconsistent; the message names the file."
-
-def _fsync_dir(d: Path) -> None:
-    try: fd = os.open(d, os.O_RDONLY)
-    except OSError: return                      # e.g. Windows: directories cannot be opened
-    try: os.fsync(fd)
-    except OSError: pass
-    finally: os.close(fd)
-
-def atomic_write(path, data: Union[bytes, str]) -> Path:
-    "Write `data` to `path` via a temporary file + fsync + `os.replace` (+ fsync of the directory); mode from the umask."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    if isinstance(data, str): data = data.encode()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)     # 0o666 & ~umask, as open() gives
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data); f.flush(); os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True); raise
-    _fsync_dir(path.parent)
-    return path
-
-def _tensor_bytes(t: torch.Tensor) -> bytes:
-    "The raw bytes safetensors stores for `t` (contiguous, little-endian)."
-    return t.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy().tobytes()
-
-def tensor_sha256(t: torch.Tensor) -> str:
-    "SHA-256 (hex) of the bytes safetensors stores for `t`."
-    return hashlib.sha256(_tensor_bytes(t)).hexdigest()
-
-def verify_sha256(path, tensors: dict, sums: dict) -> None:
-    "Raise `CheckpointError` naming `path` unless `sums` holds exactly the digests of `tensors`."
-    if set(sums) != set(tensors): raise CheckpointError(f"{path}: header checksums do not match its tensors")
-    for k, t in tensors.items():
-        if tensor_sha256(t) != sums[k]: raise CheckpointError(f"{path}: tensor {k!r} fails its SHA-256 check (tampered or corrupt)")
-
-# %% ../nbs/23_pretrained.ipynb #03cd7843
-def read_json_object(path, what: str = "JSON file") -> dict:
-    """The JSON object stored in `path`; `ValueError` naming the file and `what` it is when it is missing, unreadable,
-    not JSON (cut short or damaged: the line and column) or not an object (a list, a number, null)."""
-    p = Path(path)
-    if not p.exists(): raise ValueError(f"{p}: {what} is missing")
-    if not p.is_file(): raise ValueError(f"{p}: {what} is not a file")
-    try: text = p.read_text()
-    except (OSError, UnicodeDecodeError) as e: raise ValueError(f"{p}: {what} cannot be read ({e})") from None
-    try: d = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{p}: {what} is not valid JSON (truncated or damaged): {e.msg} at line {e.lineno} column {e.colno}") from None
-    if not isinstance(d, dict):
-        kind = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(type(d), "a number")
-        raise ValueError(f"{p}: {what} must hold a JSON object, got {kind}: {text.strip()[:40]}")
-    return d
 
 # %% ../nbs/23_pretrained.ipynb #36f44243
 CONFIG_NAME, WEIGHTS_NAME, INDEX_NAME = "config.json", "model.safetensors", "model.safetensors.index.json"

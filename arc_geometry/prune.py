@@ -164,7 +164,7 @@ def _dir_bytes(d: Path) -> int: return sum(f.stat().st_size for f in Path(d).ite
 def prune_run(run, ratio: float, finetune_steps: int = 0, out=None, calib_batches: int = 4, progress: bool = False) -> dict:
     "Prune the final model of the run directory `run`, fine-tune it, save it to `out/model`; returns the summary."
     from arc_geometry.cli import build_config, read_run_config
-    from arc_geometry.pretrained import atomic_write
+    from arc_geometry.files import atomic_write
     from arc_geometry.train import Trainer, TrainConfig
     run = Path(run)
     rc = build_config(read_run_config(run))
@@ -197,7 +197,7 @@ def prune_run(run, ratio: float, finetune_steps: int = 0, out=None, calib_batche
 # %% ../nbs/53_prune.ipynb #95edd03a
 def prune_main(argv: Optional[list] = None) -> int:
     "`arc-geometry prune RUN --ratio R [--finetune-steps N] --out DIR`."
-    from arc_geometry.core import ArgumentParser
+    from arc_geometry.config import ArgumentParser
     p = ArgumentParser(prog="arc-geometry prune", description="Remove about RATIO of a run's parameters (attention heads "
                        "and MLP units, by importance), fine-tune briefly and save the smaller model to DIR/model.")
     p.add_argument("run", help="a run directory written by `arc-geometry train` (its model/ is pruned)")

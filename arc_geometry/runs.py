@@ -25,9 +25,9 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from .cli import apply_overrides, load_config
-from .core import ArgumentParser
-from .pretrained import atomic_write, read_json_object
+from .config import apply_overrides, load_config
+from .config import ArgumentParser
+from .files import atomic_write, read_json_object
 from .train import TrainingInterrupted
 
 # %% auto #0

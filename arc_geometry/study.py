@@ -24,7 +24,7 @@ from .calibration import TemperatureScaler, brier, ece, radius_confidence
 from .cli import check_memory
 from .geometries import GEOMETRIES
 from .models import GeoConfig, GeoLM
-from .pretrained import atomic_write
+from .files import atomic_write
 from .runs import ResultsCSV, check_run_dir, run_jobs, suite_config, suite_parser
 from .tasks import ModularArithmetic, answer_loss, is_prime, split_batch
 from .train import Callback, NonFiniteLossError, TrainConfig, Trainer

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .extras import require
-from .pretrained import atomic_write
+from .files import atomic_write
 from .train import EpochSampler, dist_info
 from .train_state import list_checkpoints
 
@@ -465,7 +465,7 @@ class TextDataConfig:
     cache_dir: Optional[str] = None  # where shards are cached (default $ARC_GEOMETRY_CACHE/text or ~/.cache/arc_geometry/text)
 
     def __post_init__(self):
-        from arc_geometry.core import check_value
+        from arc_geometry.config import check_value
         if self.task != "text": raise ValueError(f"data.task must be 'text' here, got {self.task!r}")
         f = [self.files] if isinstance(self.files, (str, os.PathLike)) else self.files
         if not isinstance(f, (list, tuple)) or not f or not all(isinstance(x, (str, os.PathLike)) for x in f):
@@ -621,7 +621,7 @@ TextTask.sampler, TextTask.split_batch, TextTask.loss = _sampler, _split_batch, 
 
 def text_task(data: Optional[dict], model: Optional[dict] = None) -> tuple[TextDataConfig, TextTask]:
     "The `data` section of a text config (validated) and its task, whose windows are `model.max_seq_len + 1` tokens; `model.vocab_size`, if given, must equal the tokenizer's."
-    from arc_geometry.core import config_from_dict
+    from arc_geometry.config import config_from_dict
     from arc_geometry.models import GeoConfig
     cfg = config_from_dict(TextDataConfig, data, "data")
     m = model or {}

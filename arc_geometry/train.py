@@ -25,8 +25,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from .core import check_fields, config_from_dict
-from .pretrained import atomic_write
+from .config import check_fields, config_from_dict
+from .files import atomic_write
 from .train_state import (MetricsLog, checkpoint_path, latest_checkpoint, list_checkpoints,
                                       pack_training_state, prune_checkpoints, repair_metrics, save_checkpoint,
                                       unpack_training_state)

@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load as st_load, save as st_save
 from torch import Tensor
 
-from .pretrained import CheckpointError, atomic_write, tensor_sha256, verify_sha256
+from .files import CheckpointError, atomic_write, tensor_sha256, verify_sha256
 
 # %% auto #0
 __all__ = ['FORMAT', 'CorruptCheckpointError', 'save_checkpoint', 'load_checkpoint', 'checkpoint_path', 'list_checkpoints',

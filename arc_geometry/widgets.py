@@ -16,7 +16,7 @@ from torch import Tensor
 from .core import causal_mask
 from .extras import require
 from .geometries import GEOMETRIES
-from .pretrained import atomic_write
+from .files import atomic_write
 from .manifolds import PoincareBall
 
 if TYPE_CHECKING:

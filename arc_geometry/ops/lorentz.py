@@ -133,7 +133,8 @@ class _LorentzMap(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, gq: Tensor, gk: Tensor) -> tuple[Optional[Tensor], ...]:
         q, k, c, *terms = ctx.saved_tensors
-        return (*_map_grads(q, k, c, gq, gk, *ctx.args, terms=tuple(terms)), None, None)
+        scale, max_radius = ctx.args
+        return (*_map_grads(q, k, c, gq, gk, scale, max_radius, terms=tuple(terms)), None, None)
 
 def lorentz_transform(q: Tensor, k: Tensor, c: Tensor, scale: float,
                       max_radius: float = LORENTZ_MAX_RADIUS) -> tuple[Tensor, Tensor]:
