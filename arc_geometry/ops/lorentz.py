@@ -95,6 +95,7 @@ def _map_side(x: Tensor, c: Tensor, m: Tensor, f: Tensor, side: tuple[float, flo
     torch.mul(x, p * f, out=out[..., 1:])
     return out
 
+# %% ../../nbs/19_lorentz.ipynb #325a9657
 def _side_grad(x: Tensor, c: Tensor, g: Tensor, terms: tuple[Tensor, ...], side: tuple[float, float, float]) -> tuple[Tensor, Tensor]:
     """`(dx (B, H, S, D), dc (H,))` from the gradient `g (B, H, S, D+1)` of `_map_side`'s output. With
     `α = (a0 + a1·m)/√c`, `φ = p·f`, `u = g_{1:}·x` and `w = a1·m'·g₀/√c + p·f'·u` (primes: derivatives in `t²`):
