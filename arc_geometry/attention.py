@@ -5,6 +5,7 @@
 # %% ../nbs/04_attention.ipynb #3a4852bc
 from __future__ import annotations
 
+import warnings
 from typing import Callable, Optional
 
 import torch
@@ -18,8 +19,16 @@ __all__ = ['resolve_backend', 'implementation', 'metric_attention', 'position_me
            'hybrid_attention', 'lorentz_attention']
 
 # %% ../nbs/04_attention.ipynb #dd67948c
-def resolve_backend(q: Tensor, backend: str = "auto", geometry: str = "metric") -> str:
-    "The backend that runs `geometry` for `q`: `triton` on CUDA or under `TRITON_INTERPRET=1` (where it has kernels), else `cpu`."
+def resolve_backend(geometry: str, q: Optional[Tensor] = None, backend: str = "auto") -> str:
+    """The backend that runs `geometry` for `q (B, H, S, D)`: `triton` on CUDA or under `TRITON_INTERPRET=1` (where the
+    geometry has kernels), else `cpu`. The geometry comes first, as in `implementation(geometry, backend)`; the order of
+    0.1, `resolve_backend(q, backend="auto", geometry="metric")`, still works, with a `DeprecationWarning`."""
+    if isinstance(geometry, Tensor):                       # the old order: (q, backend, geometry)
+        warnings.warn("resolve_backend(q, backend, geometry) is deprecated; call resolve_backend(geometry, q, backend)",
+                      DeprecationWarning, stacklevel=2)
+        old_backend = q if isinstance(q, str) else (backend if backend in BACKENDS else "auto")
+        geometry, q, backend = (backend if backend not in BACKENDS else "metric"), geometry, old_backend
+    if not isinstance(q, Tensor): raise TypeError(f"resolve_backend needs q, the query tensor (B, H, S, D), got {q!r}")
     return GEOMETRIES[geometry].resolve(q, backend)
 
 def implementation(geometry: str, backend: str) -> Callable[..., Tensor]:

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .bench import fresh_dir
 from .export import OnnxLM, export_onnx, load_model, quantize_int8
 from .geometries import GEOMETRIES
 from .models import GeoConfig, GeoLM
@@ -177,13 +178,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     import pandas as pd
     from arc_geometry.config import ArgumentParser
     p = ArgumentParser(prog="python -m arc_geometry.bench_export")
-    p.add_argument("--out", default="nbs/bench", help="directory of export_cpu.csv and export_int8.csv")
+    p.add_argument("--out", default=None, help="directory of export_cpu.csv and export_int8.csv (default: a fresh "
+                                               "directory, printed; the committed tables live in nbs/bench)")
     p.add_argument("--runs", default=None, help="default-job run directories (trained where missing)")
     p.add_argument("--tiny", action="store_true", help="tiny sizes (a smoke test)")
     p.add_argument("--skip-speed", action="store_true")
     p.add_argument("--skip-int8", action="store_true")
     a = p.parse_args(argv)
-    out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
+    out = Path(a.out) if a.out else fresh_dir("bench-export")
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"writing {out / 'export_cpu.csv'} and {out / 'export_int8.csv'}")
     if not a.skip_speed:
         speed = pd.DataFrame(bench_speed(**(TINY if a.tiny else FULL)))
         atomic_write(out / "export_cpu.csv", speed.to_csv(index=False, float_format="%.6g"))
