@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 # %% auto #0
-__all__ = ['OPS', 'is_prime', 'parse_op', 'apply_op', 'ModularArithmetic', 'split_batch', 'answer_loss']
+__all__ = ['OPS', 'is_prime', 'parse_op', 'apply_op', 'split_sequences', 'ModularArithmetic', 'split_batch', 'answer_loss']
 
 # %% ../nbs/30_tasks.ipynb #bfb75fd2
 OPS = ("+", "-", "*", "/")
@@ -43,6 +43,17 @@ def apply_op(ops: tuple[str, ...], operands: list[Tensor], p: int) -> Tensor:
     for o, y in zip(ops, operands[1:]): r = _bin(r, o, y, p)
     return r
 
+# %% ../nbs/30_tasks.ipynb #e93cc7dd
+def split_sequences(seqs: Tensor, train_frac: float, split_seed: int, what: str = "sequences") -> tuple[Tensor, Tensor]:
+    "`(train, val)`: the rows of `seqs (N, S)` in the order of a permutation seeded by `split_seed`, `round(train_frac·N)` first."
+    if not 0 < train_frac < 1: raise ValueError(f"train_frac must be in (0, 1), got {train_frac!r}")
+    perm = torch.randperm(len(seqs), generator=torch.Generator().manual_seed(split_seed))
+    k = round(train_frac * len(seqs))
+    if not 0 < k < len(seqs):
+        raise ValueError(f"train_frac={train_frac} leaves the {'training' if k == 0 else 'validation'} split empty: "
+                         f"{k} of the {len(seqs)} {what} for training, {len(seqs) - k} for validation")
+    return seqs[perm[:k]], seqs[perm[k:]]
+
 # %% ../nbs/30_tasks.ipynb #8c3a4aa3
 @dataclass
 class ModularArithmetic:
@@ -54,7 +65,6 @@ class ModularArithmetic:
 
     def __post_init__(self):
         if not isinstance(self.p, int) or not is_prime(self.p): raise ValueError(f"p must be a prime int, got {self.p!r}")
-        if not 0 < self.train_frac < 1: raise ValueError(f"train_frac must be in (0, 1), got {self.train_frac!r}")
         self.ops = parse_op(self.op)
         p, n = self.p, len(self.ops) + 1
         self.op_token = {o: p + i for i, o in enumerate(OPS)}
@@ -69,12 +79,7 @@ class ModularArithmetic:
         if "/" in self.ops[1:]:                                                              # (a∘b) / c: c ≠ 0
             keep = grid[:, 2] != 0; cols = [c[keep] for c in cols]; ans = ans[keep]
         seqs = torch.stack(cols + [torch.full_like(ans, self.eq_token), ans], 1)            # (N, 2n+1)
-        perm = torch.randperm(len(seqs), generator=torch.Generator().manual_seed(self.split_seed))
-        k = round(self.train_frac * len(seqs))
-        if not 0 < k < len(seqs):
-            raise ValueError(f"train_frac={self.train_frac} leaves the {'training' if k == 0 else 'validation'} split empty: "
-                             f"{k} of the {len(seqs)} sequences for training, {len(seqs) - k} for validation")
-        self.train, self.val = seqs[perm[:k]], seqs[perm[k:]]
+        self.train, self.val = split_sequences(seqs, self.train_frac, self.split_seed)
 
     @property
     def vocab_size(self) -> int: return self.p + len(OPS) + 1
