@@ -5,19 +5,31 @@
 # %% ../nbs/18_kernels.ipynb #91c113aa
 from __future__ import annotations
 
+import csv
+import inspect
+import io
+import math
 import os
 import re
 import subprocess
+import sys
 import tempfile
+import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterable, Optional
+
+import torch
+from torch import Tensor
 
 from .extras import require
 
 
 # %% auto #0
-__all__ = ['triton', 'GPUTarget', 'ASTSource', 'SHARED_LIMIT', 'HALF_KINDS', 'aot_configs', 'compile_one', 'compile_all',
-           'ptxas_path', 'ptx_stats', 'ptxas_stats', 'kernel_report', 'report_violations', 'report_table', 'main']
+__all__ = ['triton', 'GPUTarget', 'ASTSource', 'SHARED_LIMIT', 'HALF_KINDS', 'LENGTHS', 'SIZES', 'CHECK_CASES', 'DTYPES',
+           'TOLERANCES', 'TOLERANCE_OVERRIDES', 'CHECK_FIELDS', 'aot_configs', 'compile_one', 'compile_all',
+           'ptxas_path', 'ptx_stats', 'ptxas_stats', 'kernel_report', 'report_violations', 'report_table', 'CheckCase',
+           'documents', 'accepts', 'check_paths', 'check_one', 'check_dtypes', 'check', 'check_table', 'main']
 
 # %% ../nbs/18_kernels.ipynb #98475bc0
 triton = require("triton", "kernels", "arc_geometry.kernels")                  # without Triton: which extra to install
@@ -164,30 +176,242 @@ def report_table(rows: list[dict]):
     import pandas as pd
     return pd.DataFrame([{**r, "tensor_core": " ".join(r.get("tensor_core") or [])} for r in rows]).set_index("name")
 
+# %% ../nbs/18_kernels.ipynb #9762c820
+@dataclass(frozen=True)
+class CheckCase:
+    "One masking situation of the oracle check: its `name`, which `shape` of lengths (`LENGTHS`), its masks."
+    name: str
+    shape: str = "square"                # a key of `LENGTHS[device]`: "square", "Sq<Sk" or "Sq>Sk"
+    causal: bool = False
+    padded: bool = False                 # key padding: batch 0 sees every key, the others only their last few
+    wide: bool = False                   # the wide head dim of `SIZES` instead of the usual one
+    dtypes: tuple[str, ...] = ()         # only these dtypes (all when empty)
+    masks: Optional[Callable[[int, int, int], dict]] = None   # (B, Sq, Sk) -> further keyword arguments (window, …)
+
+    def needs(self, B: int = 2, Sq: int = 8, Sk: int = 8) -> tuple[str, ...]:
+        "The keyword arguments this case passes beyond causal and padding (a path that lacks one skips the case)."
+        return tuple(self.masks(B, Sq, Sk)) if self.masks else ()
+
+LENGTHS = {"cpu": {"square": (13, 13), "Sq<Sk": (7, 19), "Sq>Sk": (19, 7)},          # the interpreter: one or two tiles
+           "cuda": {"square": (200, 200), "Sq<Sk": (77, 301), "Sq>Sk": (301, 77)}}   # several tiles, none full at the edge
+SIZES = {"cpu": dict(B=2, H=2, D=16, Dv=16, wide=32, R=2),
+         "cuda": dict(B=2, H=4, D=64, Dv=64, wide=128, R=8)}
+
+def documents(B: int, Sk: int) -> Tensor:
+    """`segment_ids (B, Sk)` of contiguous documents: batch 0 opens with a one-token document, the last batch ends
+    with one; the others cut at a third and a half of `Sk`."""
+    ids = torch.zeros(B, Sk, dtype=torch.long)
+    for b in range(B):
+        cuts = {1, Sk // 3, Sk // 2} if b == 0 else {Sk // 4, Sk - 1} if b == B - 1 else {Sk // 3, Sk // 2}
+        for c in cuts:
+            if 0 < c < Sk: ids[b, c:] += 1
+    return ids
+
+CHECK_CASES = [
+    CheckCase("full"),
+    CheckCase("causal", causal=True),
+    CheckCase("padded", padded=True),
+    CheckCase("causal padded Sq<Sk", "Sq<Sk", causal=True, padded=True),
+    CheckCase("causal Sq>Sk", "Sq>Sk", causal=True),                 # the first queries see no key: zero rows
+    CheckCase("padded Sq>Sk", "Sq>Sk", padded=True),
+    CheckCase("causal padded wide", causal=True, padded=True, wide=True, dtypes=("fp16", "bf16")),   # a third fewer compiles
+    # ---- windows and documents: each runs on the paths (and the oracle) that accept its keywords, skipped before ----
+    CheckCase("window 1 causal", causal=True, masks=lambda B, Sq, Sk: dict(window=1)),
+    CheckCase("window causal padded Sq<Sk", "Sq<Sk", causal=True, padded=True, masks=lambda B, Sq, Sk: dict(window=Sk // 3)),
+    CheckCase("window >= S", masks=lambda B, Sq, Sk: dict(window=max(Sq, Sk) + 1)),
+    CheckCase("segments", masks=lambda B, Sq, Sk: dict(segment_ids=documents(B, Sk))),
+    CheckCase("segments window causal Sq<Sk", "Sq<Sk", causal=True, padded=True,
+              masks=lambda B, Sq, Sk: dict(window=Sk // 4, segment_ids=documents(B, Sk))),
+]
+
+# %% ../nbs/18_kernels.ipynb #b92b83f8
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+TOLERANCES = {"fp32": 1e-4, "fp32 grad": 1e-3, "half": 3.0}     # see below; per geometry: `TOLERANCE_OVERRIDES`
+TOLERANCE_OVERRIDES = {("hybrid", "fp32 grad"): 3e-3}           # dc at small c through δ = rowsum(dO∘O) of the float32 O
+
+def accepts(fn: Callable, name: str) -> bool:
+    "Whether `fn` takes a keyword argument `name` (or any keyword)."
+    ps = inspect.signature(fn).parameters
+    return name in ps or any(p.kind == p.VAR_KEYWORD for p in ps.values())
+
+def check_paths(geometries: Optional[Iterable[str]] = None) -> list[tuple[str, str, Callable, Callable]]:
+    """`(geometry, path, fn, reference)` for every registered geometry (or those named), in the registry's order:
+    its Triton path where it has one, else its PyTorch path — on CUDA tensors that is SDPA's fused kernel."""
+    from arc_geometry.geometries import GEOMETRIES
+    names = list(GEOMETRIES) if geometries is None else list(geometries)
+    for n in names:
+        if n not in GEOMETRIES: raise ValueError(f"geometries: {n!r} is not registered; geometries: {', '.join(GEOMETRIES)}")
+    return [(n, "triton" if g.triton is not None else "cpu", g.triton if g.triton is not None else g.cpu, g.reference)
+            for n in names for g in [GEOMETRIES[n]]]
+
+def _tol(geometry: str, key: str) -> float:
+    return TOLERANCE_OVERRIDES.get((geometry, key), TOLERANCES[key])
+
+# %% ../nbs/18_kernels.ipynb #d1a3155a
+def _judge(geometry: str, errs: dict, half: bool) -> tuple[dict, dict]:
+    "Each quantity's tolerance, and whether it passes (`out`: the output; `d<name>`: a gradient)."
+    if half: tols = {n: _tol(geometry, "half") for n in errs}
+    else: tols = {n: _tol(geometry, "fp32" if n == "out" else "fp32 grad") for n in errs}
+    return tols, {n: bool(e < tols[n]) for n, e in errs.items()}
+
+def check_one(geometry: str, fn: Callable, reference: Callable, case: CheckCase, dtype: str, device: str = "cuda",
+              path: str = "", seed: int = 0) -> dict:
+    """Compare `fn` in `dtype` ("fp32", "fp16", "bf16") with the float64 `reference` on `device`, in one `case`:
+    the output and the gradient of every floating input and parameter, on the row's oracle inputs (`oracle_case`).
+
+    fp32: each error relative to the float64 value's largest magnitude (see `oracle_errors`), the output within
+    `1e-4`, each gradient within `1e-3` or no worse than 4× the reference's own error in float32. fp16/bf16: on the
+    same rounded inputs, the output error over the rounding of the exact output and each gradient error over fp16
+    SDPA's (`half_ratios`), each below 3. A row: `status` ("pass", "FAIL" or "skip" where the path or the oracle
+    lacks one of the case's keywords), the `worst` quantity with its `error` and `tolerance`, every error."""
+    from arc_geometry.geometries import oracle_case
+    from arc_geometry.reference import oracle_errors, padding_mask
+    dev = torch.device(device)
+    s = SIZES[dev.type]
+    Sq, Sk = LENGTHS[dev.type][case.shape]
+    D = s["wide"] if case.wide else s["D"]
+    row = dict(geometry=geometry, path=path, device=dev.type, dtype=dtype, case=case.name, Sq=Sq, Sk=Sk, D=D,
+               status="skip", worst="", error=None, tolerance=None, seconds=0.0, errors="", note="")
+    masks = case.masks(s["B"], Sq, Sk) if case.masks else {}
+    missing = [n for n in masks if not (accepts(fn, n) and accepts(reference, n))]
+    if missing: return dict(row, note=f"no {', '.join(missing)} argument yet")
+    t0 = time.perf_counter()
+    args = {n: (x.to(dev) if isinstance(x, Tensor) else x)
+            for n, x in oracle_case(geometry, Sq, Sk, B=s["B"], H=s["H"], D=D, Dv=s["Dv"], R=s["R"], seed=seed).items()}
+    kw = dict(causal=case.causal, scale=1 / math.sqrt(D),
+              key_padding_mask=padding_mask(s["B"], Sk, keep=max(2, Sk // 3)).to(dev) if case.padded else None,
+              **{n: (x.to(dev) if isinstance(x, Tensor) else x) for n, x in masks.items()})
+    try:
+        if dtype == "fp32":
+            errs = oracle_errors(fn, reference, args, torch.float32, **kw)
+            tols, ok = _judge(geometry, errs, half=False)
+            if not all(ok.values()) and ok["out"]:            # a gradient: no worse than 4× the reference's own error
+                own = oracle_errors(reference, reference, args, torch.float32, **kw)
+                ok = {n: ok[n] or errs[n] <= 4 * own[n] for n in errs}
+                if all(ok.values()): row["note"] = "gradients within 4x the reference's own float32 error"
+        else:
+            from arc_geometry.ops.flash import half_errors, half_ratios
+            errs = half_ratios(half_errors(fn, reference, args, DTYPES[dtype], **kw))
+            tols, ok = _judge(geometry, errs, half=True)
+    except Exception as e:                                    # a row, not the end of the run
+        return dict(row, status="FAIL", seconds=round(time.perf_counter() - t0, 3),
+                    note=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300])
+    worst = max(errs, key=lambda n: (not ok[n], errs[n] / tols[n] if math.isfinite(errs[n]) else math.inf))
+    return dict(row, status="pass" if all(ok.values()) else "FAIL", worst=worst, error=float(f"{errs[worst]:.3g}"),
+                tolerance=tols[worst], seconds=round(time.perf_counter() - t0, 3),
+                errors=" ".join(f"{n}={e:.2e}" for n, e in errs.items()))
+
+# %% ../nbs/18_kernels.ipynb #3256a044
+CHECK_FIELDS = ["geometry", "path", "device", "dtype", "case", "Sq", "Sk", "D", "status", "worst", "error", "tolerance",
+                "seconds", "errors", "note"]
+
+def check_dtypes(device: str) -> tuple[str, ...]:
+    "The dtypes checked on `device` by default: fp32, fp16 and, on a GPU, bf16 (the interpreter computes bf16 dots wrongly)."
+    return ("fp32", "fp16", "bf16") if torch.device(device).type == "cuda" else ("fp32", "fp16")
+
+def check(device: str = "cuda", out: Optional[Path] = None, geometries: Optional[Iterable[str]] = None,
+          dtypes: Optional[Iterable[str]] = None, cases: Optional[list[CheckCase]] = None, progress: bool = True) -> list[dict]:
+    """Every geometry's Triton path (its PyTorch path where it has none) against the float64 oracle on `device`, for
+    every dtype and case of `CHECK_CASES` (a case limited to some dtypes: those): one row per comparison (see `check_one`); with `out`, also `check.csv`
+    there (rewritten after each row). `device="cpu"` runs the Triton paths in Triton's interpreter at tiny sizes
+    (set `TRITON_INTERPRET=1` before importing arc_geometry); `"cuda"` runs the compiled kernels."""
+    from arc_geometry.ops.common import triton_interpret
+    dev = torch.device(device)
+    if dev.type not in LENGTHS: raise ValueError(f"device must be 'cuda' or 'cpu', got {device!r}")
+    paths = check_paths(geometries)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available(): raise ValueError("device='cuda': no CUDA GPU is visible")
+        if triton_interpret(): raise ValueError("device='cuda' checks the compiled kernels: unset TRITON_INTERPRET")
+    elif any(p == "triton" for _, p, _, _ in paths) and not triton_interpret():
+        raise ValueError("device='cpu' runs the Triton paths in Triton's interpreter: set TRITON_INTERPRET=1 before "
+                         "importing arc_geometry (python -m arc_geometry.kernels --check cpu does it)")
+    dtypes = tuple(check_dtypes(device) if dtypes is None else dtypes)
+    for d in dtypes:
+        if d not in DTYPES: raise ValueError(f"dtypes: {d!r} is not one of {', '.join(DTYPES)}")
+        if d == "bf16" and dev.type == "cpu":
+            raise ValueError("dtypes: bf16 needs a GPU (Triton's interpreter computes bf16 dots wrongly)")
+    jobs = [(p, d, c) for p in paths for d in dtypes for c in (CHECK_CASES if cases is None else cases)
+            if not c.dtypes or d in c.dtypes]
+    rows: list[dict] = []
+    for (g, path, fn, ref), d, c in _progress(jobs, progress, f"check {dev.type}"):
+        rows.append(check_one(g, fn, ref, c, d, device, path=path))
+        if out is not None: _write_csv(Path(out) / "check.csv", rows, CHECK_FIELDS)
+    return rows
+
+def _write_csv(path: Path, rows: list[dict], fields: list[str]) -> None:
+    "`rows` as a CSV table at `path`, written atomically (never half a table)."
+    from arc_geometry.pretrained import atomic_write
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fields, extrasaction="ignore"); w.writeheader(); w.writerows(rows)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, buf.getvalue())
+
+def check_table(rows: list[dict]) -> str:
+    "The check as a text table (one line per comparison) and a last line that counts passes, failures and skips."
+    cols = ["geometry", "path", "dtype", "case", "status", "worst", "error", "tolerance", "note"]
+    cells = [[("" if r[c] is None else str(r[c])) for c in cols] for r in rows]
+    w = [max([len(c)] + [len(x[i]) for x in cells]) for i, c in enumerate(cols)]
+    line = lambda xs: "  ".join(x.ljust(n) for x, n in zip(xs, w)).rstrip()
+    n = {s: sum(r["status"] == s for r in rows) for s in ("pass", "FAIL", "skip")}
+    return "\n".join([line(cols)] + [line(x) for x in cells] + [f"{n['pass']} passed, {n['FAIL']} failed, {n['skip']} skipped"])
+
 # %% ../nbs/18_kernels.ipynb #a04853a1
 def main(argv: Optional[list[str]] = None) -> int:
-    "`python -m arc_geometry.kernels --out DIR [--capability 80 90]`: the full report as CSV files in DIR."
+    """`python -m arc_geometry.kernels --out DIR [--capability 80 90]`: the kernel report as CSV files in DIR;
+    `python -m arc_geometry.kernels --check cuda|cpu --out DIR [--no-bench]`: every path against the oracle
+    (`check.csv`), then the GPU benchmark; exit status 1 if a comparison fails."""
     import argparse, warnings
-    from arc_geometry.pretrained import atomic_write
     from arc_geometry.core import ArgumentParser
+    from arc_geometry.ops.common import triton_interpret
+    t0, argv = time.time(), (sys.argv[1:] if argv is None else list(argv))
     p = ArgumentParser(prog="python -m arc_geometry.kernels", description=main.__doc__)
-    p.add_argument("--out", type=Path, help="output directory for kernel_report_sm<cap>.csv")
+    p.add_argument("--out", type=Path, help="output directory: kernel_report_sm<cap>.csv, or check.csv and gpu.csv")
     p.add_argument("--report", type=Path, help=argparse.SUPPRESS)            # the old name, deprecated
     p.add_argument("--capability", type=int, nargs="+", default=[80, 90])
+    p.add_argument("--check", choices=["cuda", "cpu"], help="instead of the report: every path against the oracle on "
+                   "this device (cpu: Triton's interpreter, tiny sizes)")
+    p.add_argument("--no-bench", action="store_true", help="with --check: stop after the check")
+    p.add_argument("--geometries", nargs="+", help="with --check: these geometries only")
+    p.add_argument("--dtypes", nargs="+", choices=list(DTYPES), help="with --check: these dtypes only")
+    p.add_argument("--cases", nargs="+", choices=[c.name for c in CHECK_CASES], metavar="CASE",
+                   help="with --check: these cases of CHECK_CASES only")
+    p.add_argument("--budget", type=float, default=570.0, help="with --check: seconds for check and benchmark (570)")
     a = p.parse_args(argv)
     if a.report is not None:
         warnings.warn("--report is deprecated: use --out (as every other command does)", DeprecationWarning, stacklevel=2)
         a.out = a.out or a.report
     if a.out is None: p.error("--out DIR is required")
-    a.out.mkdir(parents=True, exist_ok=True)
+    if a.check is None: return _report(a.out, a.capability)
+    if a.check == "cuda" and not torch.cuda.is_available(): p.error("--check cuda: no CUDA GPU is visible")
+    if a.check == "cuda" and triton_interpret(): p.error("--check cuda checks the compiled kernels: unset TRITON_INTERPRET")
+    if a.check == "cpu" and "bf16" in (a.dtypes or ()): p.error("--dtypes bf16 needs a GPU (the interpreter's bf16 dots are wrong)")
+    try: paths = check_paths(a.geometries)
+    except ValueError as e: p.error(str(e))
+    if a.check == "cpu" and not triton_interpret() and any(pt == "triton" for _, pt, _, _ in paths):
+        env = dict(os.environ, TRITON_INTERPRET="1")          # read when the kernels are defined: a fresh process
+        return subprocess.run([sys.executable, "-m", "arc_geometry.kernels", *argv], env=env).returncode
+    rows = check(a.check, a.out, a.geometries, a.dtypes, a.cases and [c for c in CHECK_CASES if c.name in a.cases])
+    print(check_table(rows))
+    print(f"{a.out / 'check.csv'} ({time.time() - t0:.0f} s)")
+    code = 1 if any(r["status"] == "FAIL" for r in rows) else 0
+    if not a.no_bench:
+        from arc_geometry import bench_gpu
+        left = min(450.0, a.budget - (time.time() - t0))
+        if left < 30: print(f"no time left for the benchmark ({left:.0f} s of --budget {a.budget:.0f})")
+        else: code = max(code, bench_gpu.main(["--out", str(a.out), "--budget", f"{left:.0f}"]))
+    return code
+
+def _report(out: Path, capabilities: list[int]) -> int:
+    "The kernel report for each capability as `kernel_report_sm<cap>.csv` in `out`; 1 if a rule is broken."
+    from arc_geometry.pretrained import atomic_write
+    out.mkdir(parents=True, exist_ok=True)
     bad = []
-    for cap in a.capability:
+    for cap in capabilities:
         rows = kernel_report(cap, progress=True)
-        atomic_write(a.out / f"kernel_report_sm{cap}.csv", report_table(rows).to_csv())    # never half a table
+        atomic_write(out / f"kernel_report_sm{cap}.csv", report_table(rows).to_csv())    # never half a table
         bad += report_violations(rows)
     print("\n".join(bad) if bad else "no violations")
     return 1 if bad else 0
 
 if __name__ == "__main__" and "__file__" in globals():   # python -m, not the notebook
     raise SystemExit(main())
-
