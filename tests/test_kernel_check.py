@@ -52,3 +52,11 @@ def test_check_command_catches_a_wrong_kernel(tmp_path, monkeypatch, capsys, bro
     assert len(ran) == 2 and all(x["status"] == "FAIL" and x["worst"] == broken for x in ran), ran
     assert float(ran[0]["error"]) > float(ran[0]["tolerance"])
     assert "0 passed, 2 failed" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: the compiled kernels")
+def test_every_kernel_on_the_gpu(tmp_path):
+    "The whole table on CUDA tensors (what `--check cuda` runs before the benchmark): no comparison fails."
+    got = kernels.check("cuda", tmp_path, progress=False)
+    bad = [r for r in got if r["status"] == "FAIL"]
+    assert not bad, kernels.check_table(bad)
