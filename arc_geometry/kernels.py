@@ -29,7 +29,7 @@ from .extras import require
 __all__ = ['triton', 'GPUTarget', 'ASTSource', 'SHARED_LIMIT', 'HALF_KINDS', 'LENGTHS', 'SIZES', 'CHECK_CASES', 'DTYPES',
            'TOLERANCES', 'TOLERANCE_OVERRIDES', 'CHECK_FIELDS', 'aot_configs', 'compile_one', 'compile_all',
            'ptxas_path', 'ptx_stats', 'ptxas_stats', 'kernel_report', 'report_violations', 'report_table', 'CheckCase',
-           'documents', 'accepts', 'check_paths', 'check_one', 'check_dtypes', 'check', 'check_table', 'main']
+           'documents', 'accepts', 'check_paths', 'check_one', 'check_dtypes', 'check_table', 'check', 'main']
 
 # %% ../nbs/18_kernels.ipynb #98475bc0
 triton = require("triton", "kernels", "arc_geometry.kernels")                  # without Triton: which extra to install
@@ -176,6 +176,19 @@ def report_table(rows: list[dict]):
     import pandas as pd
     return pd.DataFrame([{**r, "tensor_core": " ".join(r.get("tensor_core") or [])} for r in rows]).set_index("name")
 
+def _report(out: Path, capabilities: list[int]) -> int:
+    "The kernel report for each capability as `kernel_report_sm<cap>.csv` in `out`; 1 if a rule is broken."
+    from arc_geometry.pretrained import atomic_write
+    out.mkdir(parents=True, exist_ok=True)
+    bad = []
+    for cap in capabilities:
+        rows = kernel_report(cap, progress=True)
+        atomic_write(out / f"kernel_report_sm{cap}.csv", report_table(rows).to_csv())    # never half a table
+        bad += report_violations(rows)
+    print("\n".join(bad) if bad else "no violations")
+    return 1 if bad else 0
+
+
 # %% ../nbs/18_kernels.ipynb #9762c820
 @dataclass(frozen=True)
 class CheckCase:
@@ -304,7 +317,7 @@ def check_one(geometry: str, fn: Callable, reference: Callable, case: CheckCase,
                 tolerance=tols[worst], seconds=round(time.perf_counter() - t0, 3),
                 errors=" ".join(f"{n}={e:.2e}" for n, e in errs.items()))
 
-# %% ../nbs/18_kernels.ipynb #3256a044
+# %% ../nbs/18_kernels.ipynb #6594a6f1
 CHECK_FIELDS = ["geometry", "path", "device", "dtype", "case", "Sq", "Sk", "D", "status", "worst", "error", "tolerance",
                 "seconds", "errors", "note"]
 
@@ -312,34 +325,22 @@ def check_dtypes(device: str) -> tuple[str, ...]:
     "The dtypes checked on `device` by default: fp32, fp16 and, on a GPU, bf16 (the interpreter computes bf16 dots wrongly)."
     return ("fp32", "fp16", "bf16") if torch.device(device).type == "cuda" else ("fp32", "fp16")
 
-def check(device: str = "cuda", out: Optional[Path] = None, geometries: Optional[Iterable[str]] = None,
-          dtypes: Optional[Iterable[str]] = None, cases: Optional[list[CheckCase]] = None, progress: bool = True) -> list[dict]:
-    """Every geometry's Triton path (its PyTorch path where it has none) against the float64 oracle on `device`, for
-    every dtype and case of `CHECK_CASES` (a case limited to some dtypes: those): one row per comparison (see `check_one`); with `out`, also `check.csv`
-    there (rewritten after each row). `device="cpu"` runs the Triton paths in Triton's interpreter at tiny sizes
-    (set `TRITON_INTERPRET=1` before importing arc_geometry); `"cuda"` runs the compiled kernels."""
+def _check_args(dev: torch.device, paths: list, dtypes: Optional[Iterable[str]]) -> tuple[str, ...]:
+    "The dtypes `check` runs on `dev`; a `ValueError` where it cannot run them or the paths there."
     from arc_geometry.ops.common import triton_interpret
-    dev = torch.device(device)
-    if dev.type not in LENGTHS: raise ValueError(f"device must be 'cuda' or 'cpu', got {device!r}")
-    paths = check_paths(geometries)
+    if dev.type not in LENGTHS: raise ValueError(f"device must be 'cuda' or 'cpu', got {str(dev)!r}")
     if dev.type == "cuda":
         if not torch.cuda.is_available(): raise ValueError("device='cuda': no CUDA GPU is visible")
         if triton_interpret(): raise ValueError("device='cuda' checks the compiled kernels: unset TRITON_INTERPRET")
     elif any(p == "triton" for _, p, _, _ in paths) and not triton_interpret():
         raise ValueError("device='cpu' runs the Triton paths in Triton's interpreter: set TRITON_INTERPRET=1 before "
                          "importing arc_geometry (python -m arc_geometry.kernels --check cpu does it)")
-    dtypes = tuple(check_dtypes(device) if dtypes is None else dtypes)
+    dtypes = tuple(check_dtypes(dev.type) if dtypes is None else dtypes)
     for d in dtypes:
         if d not in DTYPES: raise ValueError(f"dtypes: {d!r} is not one of {', '.join(DTYPES)}")
         if d == "bf16" and dev.type == "cpu":
             raise ValueError("dtypes: bf16 needs a GPU (Triton's interpreter computes bf16 dots wrongly)")
-    jobs = [(p, d, c) for p in paths for d in dtypes for c in (CHECK_CASES if cases is None else cases)
-            if not c.dtypes or d in c.dtypes]
-    rows: list[dict] = []
-    for (g, path, fn, ref), d, c in _progress(jobs, progress, f"check {dev.type}"):
-        rows.append(check_one(g, fn, ref, c, d, device, path=path))
-        if out is not None: _write_csv(Path(out) / "check.csv", rows, CHECK_FIELDS)
-    return rows
+    return dtypes
 
 def _write_csv(path: Path, rows: list[dict], fields: list[str]) -> None:
     "`rows` as a CSV table at `path`, written atomically (never half a table)."
@@ -357,6 +358,53 @@ def check_table(rows: list[dict]) -> str:
     line = lambda xs: "  ".join(x.ljust(n) for x, n in zip(xs, w)).rstrip()
     n = {s: sum(r["status"] == s for r in rows) for s in ("pass", "FAIL", "skip")}
     return "\n".join([line(cols)] + [line(x) for x in cells] + [f"{n['pass']} passed, {n['FAIL']} failed, {n['skip']} skipped"])
+
+# %% ../nbs/18_kernels.ipynb #079af2c1
+def _check_group(device: str, geometry: str, dtype: str, case_names: list[str]) -> list[dict]:
+    "The rows of one geometry in one dtype, for the cases of `CHECK_CASES` named (what a worker process of `check` runs)."
+    [(g, path, fn, ref)] = check_paths([geometry])
+    return [check_one(g, fn, ref, c, dtype, device, path=path) for c in CHECK_CASES if c.name in case_names]
+
+def check(device: str = "cuda", out: Optional[Path] = None, geometries: Optional[Iterable[str]] = None,
+          dtypes: Optional[Iterable[str]] = None, cases: Optional[list[CheckCase]] = None, progress: bool = True,
+          workers: int = 1) -> list[dict]:
+    """Every geometry's Triton path (its PyTorch path where it has none) against the float64 oracle on `device`, for
+    every dtype and case of `CHECK_CASES` (a case limited to some dtypes: those): one row per comparison (see
+    `check_one`), in that order; with `out`, also `check.csv` there (rewritten as rows come in). `device="cpu"` runs
+    the Triton paths in Triton's interpreter at tiny sizes (set `TRITON_INTERPRET=1` before importing
+    arc_geometry); `"cuda"` runs the compiled kernels. `workers > 1`: each geometry × dtype in one of that many
+    processes, so that their kernels compile side by side (the registry as imported; cases of `CHECK_CASES` only)."""
+    dev, paths = torch.device(device), check_paths(geometries)
+    dtypes = _check_args(dev, paths, dtypes)
+    cases = CHECK_CASES if cases is None else list(cases)
+    if workers > 1 and any(c not in CHECK_CASES for c in cases):
+        raise ValueError("cases: with workers > 1, only cases of CHECK_CASES (a worker finds them by name)")
+    groups = [(p, d, [c for c in cases if not c.dtypes or d in c.dtypes]) for p in paths for d in dtypes]
+    done: dict[int, list[dict]] = {}
+    def keep(i: int, rows: list[dict]) -> None:
+        done[i] = rows
+        if out is not None: _write_csv(Path(out) / "check.csv", [r for j in sorted(done) for r in done[j]], CHECK_FIELDS)
+    if workers <= 1:
+        jobs = [(i, p, d, c) for i, (p, d, cs) in enumerate(groups) for c in cs]
+        for i, (g, path, fn, ref), d, c in _progress(jobs, progress, f"check {dev.type}"):
+            keep(i, done.get(i, []) + [check_one(g, fn, ref, c, d, device, path=path)])
+        return [r for i in sorted(done) for r in done[i]]
+    import concurrent.futures as cf, multiprocessing as mp
+    from tqdm.auto import tqdm
+    from arc_geometry.kernels import _check_group as work     # by its module's name: `python -m` runs this as __main__
+    with cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as ex, \
+            tqdm(total=len(groups), desc=f"check {dev.type}, {workers} workers", disable=not progress) as bar:
+        futs = {ex.submit(work, device, p[0], d, [c.name for c in cs]): i for i, (p, d, cs) in enumerate(groups)}
+        for f in cf.as_completed(futs):
+            i = futs[f]
+            try: keep(i, f.result())
+            except Exception as e:                            # a worker that died: its rows fail, the others stand
+                (g, path, *_), d, cs = groups[i]
+                keep(i, [dict(dict.fromkeys(CHECK_FIELDS, ""), geometry=g, path=path, device=dev.type, dtype=d, case=c.name,
+                              error=None, tolerance=None, status="FAIL", note=f"worker: {type(e).__name__}: {e}"[:300])
+                         for c in cs])
+            bar.update()
+    return [r for i in sorted(done) for r in done[i]]
 
 # %% ../nbs/18_kernels.ipynb #a04853a1
 def main(argv: Optional[list[str]] = None) -> int:
@@ -378,6 +426,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--dtypes", nargs="+", choices=list(DTYPES), help="with --check: these dtypes only")
     p.add_argument("--cases", nargs="+", choices=[c.name for c in CHECK_CASES], metavar="CASE",
                    help="with --check: these cases of CHECK_CASES only")
+    p.add_argument("--workers", type=int, help="with --check: processes, one geometry × dtype each (default: 8 on "
+                   "cuda, where compiling is most of the time; 1 on cpu)")
     p.add_argument("--budget", type=float, default=570.0, help="with --check: seconds for check and benchmark (570)")
     a = p.parse_args(argv)
     if a.report is not None:
@@ -393,7 +443,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     if a.check == "cpu" and not triton_interpret() and any(pt == "triton" for _, pt, _, _ in paths):
         env = dict(os.environ, TRITON_INTERPRET="1")          # read when the kernels are defined: a fresh process
         return subprocess.run([sys.executable, "-m", "arc_geometry.kernels", *argv], env=env).returncode
-    rows = check(a.check, a.out, a.geometries, a.dtypes, a.cases and [c for c in CHECK_CASES if c.name in a.cases])
+    workers = a.workers or (min(8, os.cpu_count() or 1) if a.check == "cuda" else 1)
+    rows = check(a.check, a.out, a.geometries, a.dtypes, a.cases and [c for c in CHECK_CASES if c.name in a.cases],
+                 workers=workers)
     print(check_table(rows))
     print(f"{a.out / 'check.csv'} ({time.time() - t0:.0f} s)")
     code = 1 if any(r["status"] == "FAIL" for r in rows) else 0
@@ -403,18 +455,6 @@ def main(argv: Optional[list[str]] = None) -> int:
         if left < 30: print(f"no time left for the benchmark ({left:.0f} s of --budget {a.budget:.0f})")
         else: code = max(code, bench_gpu.main(["--out", str(a.out), "--budget", f"{left:.0f}"]))
     return code
-
-def _report(out: Path, capabilities: list[int]) -> int:
-    "The kernel report for each capability as `kernel_report_sm<cap>.csv` in `out`; 1 if a rule is broken."
-    from arc_geometry.pretrained import atomic_write
-    out.mkdir(parents=True, exist_ok=True)
-    bad = []
-    for cap in capabilities:
-        rows = kernel_report(cap, progress=True)
-        atomic_write(out / f"kernel_report_sm{cap}.csv", report_table(rows).to_csv())    # never half a table
-        bad += report_violations(rows)
-    print("\n".join(bad) if bad else "no violations")
-    return 1 if bad else 0
 
 if __name__ == "__main__" and "__file__" in globals():   # python -m, not the notebook
     raise SystemExit(main())
