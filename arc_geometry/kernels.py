@@ -17,7 +17,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 import torch
 from torch import Tensor
@@ -292,9 +292,10 @@ def check_one(geometry: str, fn: Callable, reference: Callable, case: CheckCase,
     t0 = time.perf_counter()
     args = {n: (x.to(dev) if isinstance(x, Tensor) else x)
             for n, x in oracle_case(geometry, Sq, Sk, B=s["B"], H=s["H"], D=D, Dv=s["Dv"], R=s["R"], seed=seed).items()}
-    kw = dict(causal=case.causal, scale=1 / math.sqrt(D),
-              key_padding_mask=padding_mask(s["B"], Sk, keep=max(2, Sk // 3)).to(dev) if case.padded else None,
-              **{n: (x.to(dev) if isinstance(x, Tensor) else x) for n, x in masks.items()})
+    kw: dict[str, Any] = dict(
+        causal=case.causal, scale=1 / math.sqrt(D),
+        key_padding_mask=padding_mask(s["B"], Sk, keep=max(2, Sk // 3)).to(dev) if case.padded else None,
+        **{n: (x.to(dev) if isinstance(x, Tensor) else x) for n, x in masks.items()})
     try:
         if dtype == "fp32":
             errs = oracle_errors(fn, reference, args, torch.float32, **kw)
