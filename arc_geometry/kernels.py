@@ -29,7 +29,8 @@ from .extras import require
 __all__ = ['triton', 'GPUTarget', 'ASTSource', 'SHARED_LIMIT', 'HALF_KINDS', 'LENGTHS', 'SIZES', 'CHECK_CASES', 'DTYPES',
            'TOLERANCES', 'TOLERANCE_OVERRIDES', 'CHECK_FIELDS', 'aot_configs', 'compile_one', 'compile_all',
            'ptxas_path', 'ptx_stats', 'ptxas_stats', 'kernel_report', 'report_violations', 'report_table', 'CheckCase',
-           'documents', 'accepts', 'check_paths', 'check_one', 'check_dtypes', 'check_table', 'check', 'main']
+           'documents', 'accepts', 'check_paths', 'device_name', 'check_one', 'check_dtypes', 'check_table', 'check',
+           'main']
 
 # %% ../nbs/18_kernels.ipynb #98475bc0
 triton = require("triton", "kernels", "arc_geometry.kernels")                  # without Triton: which extra to install
@@ -261,6 +262,10 @@ def _tol(geometry: str, key: str) -> float:
     return TOLERANCE_OVERRIDES.get((geometry, key), TOLERANCES[key])
 
 # %% ../nbs/18_kernels.ipynb #d1a3155a
+def device_name(dev: torch.device) -> str:
+    "What a row names as its device: the GPU's name (`NVIDIA H100 80GB HBM3`, …), or `cpu`."
+    return torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
+
 def _judge(geometry: str, errs: dict, half: bool) -> tuple[dict, dict]:
     "Each quantity's tolerance, and whether it passes (`out`: the output; `d<name>`: a gradient)."
     if half: tols = {n: _tol(geometry, "half") for n in errs}
@@ -284,7 +289,7 @@ def check_one(geometry: str, fn: Callable, reference: Callable, case: CheckCase,
     s = SIZES[dev.type]
     Sq, Sk = LENGTHS[dev.type][case.shape]
     D = s["wide"] if case.wide else s["D"]
-    row = dict(geometry=geometry, path=path, device=dev.type, dtype=dtype, case=case.name, Sq=Sq, Sk=Sk, D=D,
+    row = dict(geometry=geometry, path=path, device=device_name(dev), dtype=dtype, case=case.name, Sq=Sq, Sk=Sk, D=D,
                status="skip", worst="", error=None, tolerance=None, seconds=0.0, errors="", note="")
     masks = case.masks(s["B"], Sq, Sk) if case.masks else {}
     missing = [n for n in masks if not (accepts(fn, n) and accepts(reference, n))]
@@ -401,7 +406,7 @@ def check(device: str = "cuda", out: Optional[Path] = None, geometries: Optional
             try: keep(i, f.result())
             except Exception as e:                            # a worker that died: its rows fail, the others stand
                 (g, path, *_), d, cs = groups[i]
-                keep(i, [dict(dict.fromkeys(CHECK_FIELDS, ""), geometry=g, path=path, device=dev.type, dtype=d, case=c.name,
+                keep(i, [dict(dict.fromkeys(CHECK_FIELDS, ""), geometry=g, path=path, device=device_name(dev), dtype=d, case=c.name,
                               error=None, tolerance=None, status="FAIL", note=f"worker: {type(e).__name__}: {e}"[:300])
                          for c in cs])
             bar.update()
