@@ -5,7 +5,6 @@
 # %% ../nbs/92_bench_gpu.ipynb #56832025
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import math
@@ -16,6 +15,7 @@ from typing import Any, Callable, Optional
 import torch
 import torch.nn.functional as F
 
+from .config import ArgumentParser
 from .geometries import GEOMETRIES, attention_geometries
 from .files import atomic_write
 
@@ -154,7 +154,7 @@ def figure(rows: list[dict]):
 
 def main(argv: Optional[list[str]] = None) -> int:
     "`python -m arc_geometry.bench_gpu --out DIR [--quick]`: the GPU benchmark (exits 0 with a message without a GPU)."
-    p = argparse.ArgumentParser(prog="python -m arc_geometry.bench_gpu", description=main.__doc__)
+    p = ArgumentParser(prog="python -m arc_geometry.bench_gpu", description=main.__doc__)
     p.add_argument("--out", type=Path, required=True, help="directory for gpu.csv and gpu.html")
     p.add_argument("--quick", action="store_true", help="S = 1024 only (a smoke test)")
     p.add_argument("--budget", type=float, default=450.0, help="stop after this many seconds (default 450)")

@@ -693,7 +693,7 @@ def half_errors(fast, ref, args: dict, dtype: torch.dtype = torch.float16, seed:
     g = torch.Generator().manual_seed(seed)
     a64, ax = cast(torch.float64), cast(dtype)
     o64, ox = ref(**a64, **kwargs), fast(**ax, **kwargs)
-    cot = torch.randn(o64.shape, dtype=torch.float64, generator=g).to(dtype)
+    cot = torch.randn(o64.shape, dtype=torch.float64, generator=g).to(o64.device, dtype)
     names = [n for n, a in a64.items() if isinstance(a, Tensor) and a.requires_grad]
     g64 = torch.autograd.grad(o64, [a64[n] for n in names], cot.double(), allow_unused=True)
     gx = torch.autograd.grad(ox, [ax[n] for n in names], cot.to(ox.dtype), allow_unused=True)
