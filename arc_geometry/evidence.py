@@ -8,6 +8,8 @@ from __future__ import annotations
 import csv
 import math
 import statistics
+
+import torch
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -17,7 +19,7 @@ from .study import summarize
 
 # %% auto #0
 __all__ = ['PALETTE', 'SIZE_BINS', 'order', 'colours', 'read_rows', 'sign_test', 'arc_table', 'arc_verdicts', 'arc_by_size',
-           'study_table', 'study_verdicts', 'curves_figure', 'arc_confidence']
+           'study_table', 'study_verdicts', 'effect', 'curves_figure', 'arc_confidence']
 
 # %% ../nbs/44_evidence.ipynb #e0690cf4
 def order() -> tuple[str, ...]:
@@ -139,6 +141,27 @@ def study_verdicts(rows: Sequence[dict], baseline: str = "dot", min_seeds: int =
             out.append({"task": t, "train_fraction": f, "geometry": g, "seeds": len(s), "reached": sum(map(math.isfinite, s)),
                         "dot reached": sum(map(math.isfinite, b)), "verdict": verdict})
     return out
+
+# %% ../nbs/44_evidence.ipynb #9f9d2c22
+def effect(a: Sequence[float], b: Sequence[float], higher_is_better: bool = True, n_boot: int = 10000,
+           seed: int = 0, min_seeds: int = 3) -> dict:
+    """`{verdict, diff, lo, hi, separated}` for the seeds' values `a` against the baseline's `b`: the difference of means,
+    its 95 % bootstrap interval, and `better` / `worse` / `no difference` (separation, or an interval that excludes 0)."""
+    a, b = [float(x) for x in a], [float(x) for x in b]
+    if min(len(a), len(b)) < min_seeds:
+        return {"verdict": f"too few seeds (< {min_seeds})", "diff": math.nan, "lo": math.nan, "hi": math.nan, "separated": False}
+    g = torch.Generator().manual_seed(seed)
+    ta, tb = torch.tensor(a, dtype=torch.float64), torch.tensor(b, dtype=torch.float64)
+    boot = (ta[torch.randint(len(a), (n_boot, len(a)), generator=g)].mean(1)
+            - tb[torch.randint(len(b), (n_boot, len(b)), generator=g)].mean(1))
+    lo, hi = (float(x) for x in torch.quantile(boot, torch.tensor([0.025, 0.975], dtype=torch.float64)))
+    up, down = min(a) > max(b), max(a) < min(b)                          # a above b / below b, every seed
+    sign = 1 if higher_is_better else -1
+    if up or down: good = up == higher_is_better
+    elif lo > 0 or hi < 0: good = (lo > 0) == (sign > 0)
+    else: good = None
+    return {"verdict": "no difference" if good is None else ("better" if good else "worse"),
+            "diff": statistics.fmean(a) - statistics.fmean(b), "lo": lo, "hi": hi, "separated": up or down}
 
 # %% ../nbs/44_evidence.ipynb #4fb697fb
 def curves_figure(out, rows: Sequence[dict], task: str, train_fraction: str = "0.5"):
