@@ -103,9 +103,9 @@ def _side_grad(x: Tensor, c: Tensor, g: Tensor, terms: tuple[Tensor, ...], side:
     (a0, a1, p), (n2, m, f, dm, df) = side, terms
     ch, isc = c.view(-1, 1, 1), c.rsqrt().view(-1, 1, 1)
     g0, gs = g[..., :1], g[..., 1:]
-    w = (a1 * isc) * dm * g0 + p * df * (gs * x).sum(-1, keepdim=True)
-    dx = gs * (p * f)
-    dx.addcmul_(x, 2 * ch * w)
+    u = (gs.unsqueeze(-2) @ x.unsqueeze(-1)).squeeze(-1)          # g_{1:}·x per row: one pass, no temporary
+    w = (a1 * isc) * dm * g0 + p * df * u
+    dx = torch.addcmul(x * (2 * ch * w), gs, p * f)
     return dx, (w * n2 - (a0 + a1 * m) * isc * g0 / (2 * ch)).sum((0, 2, 3))
 
 def _map_grads(q: Tensor, k: Tensor, c: Tensor, gq: Tensor, gk: Tensor, scale: float, max_radius: float,
@@ -149,10 +149,14 @@ def lorentz_transform(q: Tensor, k: Tensor, c: Tensor, scale: float,
 # %% ../../nbs/19_lorentz.ipynb #418170dc
 _GROUP_BYTES = 32 * 2 ** 20   # the CPU flash path's budget for one head group's D+1-wide copies (q', k', v')
 
+def _pad_last(x: Tensor, width: int) -> Tensor:
+    "`x (..., d)` with zero columns up to `width`: one copy (`cat`), where `F.pad` fills the whole result first."
+    return x if x.shape[-1] == width else torch.cat([x, x.new_zeros(x.shape[:-1] + (width - x.shape[-1],))], -1)
+
 def _wide(q: Tensor, k: Tensor, v: Tensor, c: Tensor, scale: float, max_radius: float) -> tuple[Tensor, Tensor, Tensor]:
     "`q'`, `k'` of `lorentz_transform` and `v` zero-padded to their width `D + 1` (the flash kernel's one head size)."
     qa, ka = lorentz_transform(q, k, c, scale, max_radius)
-    return qa, ka, torch.nn.functional.pad(v, (0, qa.shape[-1] - v.shape[-1]))
+    return qa, ka, _pad_last(v, qa.shape[-1])
 
 def _heads_per_group(q: Tensor, k: Tensor) -> int:
     "How many heads' D+1-wide copies fit `_GROUP_BYTES` (at least one)."
@@ -160,27 +164,43 @@ def _heads_per_group(q: Tensor, k: Tensor) -> int:
     return max(1, min(q.shape[1], _GROUP_BYTES // per_head))
 
 class _LorentzFlashCPU(torch.autograd.Function):
-    "Lorentz attention by PyTorch's CPU flash kernel, group of heads by group, the wide vectors rebuilt in backward."
+    """Lorentz attention by PyTorch's CPU flash kernel, a group of heads at a time. One group: its wide copies are kept
+    for the backward; several: each group's are rebuilt there (at most one group's alive at a time)."""
     @staticmethod
     def forward(ctx, q, k, v, c, scale, causal, max_radius):
-        H, Dv = q.shape[1], v.shape[-1]
-        g = _heads_per_group(q, k)
-        out = v.new_empty(q.shape[:3] + (q.shape[-1] + 1,))     # the kernel's output, v's zero column included
+        H, Dv, g = q.shape[1], v.shape[-1], _heads_per_group(q, k)
+        if g >= H:                                               # one group: no copies into out, the row terms kept
+            terms = _map_terms(q, k, c, max_radius)
+            (sq, sk), (_, m, f, *_) = _sides(scale), terms
+            Sq = q.shape[2]
+            wide = (_map_side(q, c, m[:, :, :Sq], f[:, :, :Sq], sq), _map_side(k, c, m[:, :, Sq:], f[:, :, Sq:], sk),
+                    _pad_last(v, q.shape[-1] + 1))
+            out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(*wide, 0.0, causal, scale=1.0)
+            ctx.save_for_backward(q, k, v, c, out, lse, *wide, *terms)
+            ctx.args = (scale, causal, max_radius, g)
+            return out[..., :Dv]
+        out = v.new_empty(q.shape[:3] + (q.shape[-1] + 1,))     # the kernel's output, v's zero columns included
         lse = q.new_empty(q.shape[:3])
         for h in range(0, H, g):
-            qa, ka, va = _wide(q[:, h:h + g], k[:, h:h + g], v[:, h:h + g], c[h:h + g], scale, max_radius)
+            wide = _wide(q[:, h:h + g], k[:, h:h + g], v[:, h:h + g], c[h:h + g], scale, max_radius)
             out[:, h:h + g], lse[:, h:h + g] = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-                qa, ka, va, 0.0, causal, scale=1.0)
+                *wide, 0.0, causal, scale=1.0)
         ctx.save_for_backward(q, k, v, c, out, lse)
         ctx.args = (scale, causal, max_radius, g)
         return out[..., :Dv]
 
     @staticmethod
     def backward(ctx, dout):
-        q, k, v, c, out, lse = ctx.saved_tensors
+        q, k, v, c, out, lse, *kept = ctx.saved_tensors
         scale, causal, max_radius, g = ctx.args
+        dout = _pad_last(dout.contiguous(), out.shape[-1])       # the zero columns' gradient: 0
+        if kept:
+            (qa, ka, va), terms = kept[:3], tuple(kept[3:])
+            dqa, dka, dva = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+                dout, qa, ka, va, out, lse, 0.0, causal, scale=1.0)
+            dq, dk, dc = _map_grads(q, k, c, dqa, dka, scale, max_radius, terms)
+            return dq, dk, dva[..., :v.shape[-1]], dc, None, None, None
         dq, dk, dv, dc = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), torch.empty_like(c)
-        dout = torch.nn.functional.pad(dout, (0, out.shape[-1] - dout.shape[-1]))   # the zero column's gradient: 0
         for h in range(0, q.shape[1], g):
             hs = slice(h, h + g)
             qa, ka, va = _wide(q[:, hs], k[:, hs], v[:, hs], c[hs], scale, max_radius)
@@ -197,8 +217,7 @@ def lorentz_cpu(q: Tensor, k: Tensor, v: Tensor, c: Tensor, *, causal: bool = Fa
     flash = (not q.is_cuda and q.dtype in (torch.float32, torch.float64) and key_padding_mask is None
              and (not causal or q.shape[2] == k.shape[2]) and q.dtype == k.dtype == v.dtype == c.dtype
              and v.shape[-1] <= q.shape[-1] + 1)
-    if flash and _heads_per_group(q, k) < q.shape[1]:     # several groups: rebuild the wide copies in backward
-        return _LorentzFlashCPU.apply(q, k, v, c, scale, causal, max_radius)
+    if flash: return _LorentzFlashCPU.apply(q, k, v, c, scale, causal, max_radius)
     qa, ka = lorentz_transform(q, k, c, scale, max_radius)
     return sdpa_attend(qa, ka, v.to(qa.dtype), causal, key_padding_mask).to(v.dtype)
 
