@@ -15,7 +15,9 @@ from torch import Tensor, nn
 from .core import ball_eps, check_bound, check_shape, min_norm
 
 # %% auto #0
-__all__ = ['artanh', 'PoincareBall', 'inv_softplus', 'LowRankMetric', 'PositionMetric', 'EuclideanPoincare', 'Lorentz']
+__all__ = ['artanh', 'ball_lambda', 'ball_proj', 'ball_expmap0', 'ball_logmap0', 'mobius_add', 'ball_dist', 'ball_expmap',
+           'ball_logmap', 'PoincareBall', 'inv_softplus', 'LowRankMetric', 'PositionMetric', 'EuclideanPoincare',
+           'Lorentz']
 
 # %% ../nbs/01_manifolds.ipynb #a0532873
 def _norm(x: Tensor, keepdim: bool = True) -> Tensor:
@@ -26,7 +28,55 @@ def artanh(x: Tensor) -> Tensor:
     e = ball_eps(x.dtype) * 1e-2
     return torch.atanh(x.clamp(-1 + e, 1 - e))
 
-# %% ../nbs/01_manifolds.ipynb #3586b89a
+# %% ../nbs/01_manifolds.ipynb #551016f7
+def ball_lambda(x: Tensor, c: Tensor) -> Tensor:
+    "Conformal factor `2 / (1 − c‖x‖²)` of the points `x (..., D)`, shape `x.shape[:-1] + (1,)`; `c` broadcasts against `x[..., :1]`."
+    return 2 / (1 - c * x.pow(2).sum(-1, keepdim=True)).clamp_min(min_norm(x.dtype))
+
+def ball_proj(x: Tensor, c: Tensor) -> Tensor:
+    "`x (..., D)` pulled inside the ball: `√c‖x‖ ≤ 1 − ball_eps(dtype)`."
+    n = _norm(x).clamp_min(min_norm(x.dtype))
+    maxn = (1 - ball_eps(x.dtype)) / c.sqrt()
+    return torch.where(n > maxn, x / n * maxn, x)
+
+def ball_expmap0(u: Tensor, c: Tensor) -> Tensor:
+    "The tangent vectors `u (..., D)` at 0 mapped onto the ball (projected inside)."
+    sc, n = c.sqrt(), _norm(u).clamp_min(min_norm(u.dtype))
+    return ball_proj(torch.tanh(sc * n) * u / (sc * n), c)
+
+def ball_logmap0(y: Tensor, c: Tensor) -> Tensor:
+    "The points `y (..., D)` of the ball mapped to the tangent space at 0."
+    sc, n = c.sqrt(), _norm(y).clamp_min(min_norm(y.dtype))
+    return artanh(sc * n) * y / (sc * n)
+
+# %% ../nbs/01_manifolds.ipynb #0e0a10dc
+def mobius_add(x: Tensor, y: Tensor, c: Tensor) -> Tensor:
+    "Möbius addition `x ⊕_c y` of points `x, y (..., D)`."
+    xy = (x * y).sum(-1, keepdim=True)
+    x2, y2 = x.pow(2).sum(-1, keepdim=True), y.pow(2).sum(-1, keepdim=True)
+    num = (1 + 2 * c * xy + c * y2) * x + (1 - c * x2) * y
+    return num / (1 + 2 * c * xy + c.pow(2) * x2 * y2).clamp_min(min_norm(x.dtype))
+
+def ball_dist(x: Tensor, y: Tensor, c: Tensor) -> Tensor:
+    "Geodesic distance `(2/√c)·arsinh(√c‖x−y‖ / √((1−c‖x‖²)(1−c‖y‖²)))` of `x, y (..., D)`, shape `x.shape[:-1]`."
+    tiny = min_norm(x.dtype)
+    ax = (1 - c * x.pow(2).sum(-1, keepdim=True)).clamp_min(tiny)
+    ay = (1 - c * y.pow(2).sum(-1, keepdim=True)).clamp_min(tiny)
+    sc = c.sqrt()
+    return (2 / sc * torch.asinh(sc * _norm(x - y) / (ax * ay).sqrt())).squeeze(-1)
+
+def ball_expmap(x: Tensor, u: Tensor, c: Tensor) -> Tensor:
+    "Exponential map at the points `x` of the tangent vectors `u (..., D)` (projected inside)."
+    sc, n = c.sqrt(), _norm(u).clamp_min(min_norm(u.dtype))
+    return ball_proj(mobius_add(x, torch.tanh(sc * ball_lambda(x, c) * n / 2) * u / (sc * n), c), c)
+
+def ball_logmap(x: Tensor, y: Tensor, c: Tensor) -> Tensor:
+    "Logarithmic map at `x` of the points `y (..., D)`: the tangent vectors at `x` pointing to `y`."
+    sc, w = c.sqrt(), mobius_add(-x, y, c)
+    n = _norm(w).clamp_min(min_norm(w.dtype))
+    return 2 / (sc * ball_lambda(x, c)) * artanh(sc * n) * w / n
+
+# %% ../nbs/01_manifolds.ipynb #d094097e
 class PoincareBall:
     "The Poincaré ball of curvature `-c` (geoopt's conventions); `c > 0` broadcasts against `x[..., :1]`."
     def __init__(self, c: Union[float, Tensor] = 1.0):
@@ -47,61 +97,14 @@ class PoincareBall:
             raise ValueError(f"c must broadcast against x[..., :1] of shape {tuple(tgt)}, got shape {tuple(c.shape)}")
         return c
 
-    def lambda_x(self, x: Tensor) -> Tensor:
-        "Conformal factor `2 / (1 - c‖x‖²)`, shape `x.shape[:-1] + (1,)`."
-        c = self._c(x)
-        return 2 / (1 - c * x.pow(2).sum(-1, keepdim=True)).clamp_min(min_norm(x.dtype))
-
-    def proj(self, x: Tensor) -> Tensor:
-        "Pull `x` inside the ball: `√c‖x‖ <= 1 - ball_eps(dtype)`."
-        c = self._c(x)
-        n = _norm(x).clamp_min(min_norm(x.dtype))
-        maxn = (1 - ball_eps(x.dtype)) / c.sqrt()
-        return torch.where(n > maxn, x / n * maxn, x)
-
-    def expmap0(self, u: Tensor) -> Tensor:
-        "Map a tangent vector at 0 onto the ball."
-        sc = self._c(u).sqrt()
-        n = _norm(u).clamp_min(min_norm(u.dtype))
-        return self.proj(torch.tanh(sc * n) * u / (sc * n))
-
-    def logmap0(self, y: Tensor) -> Tensor:
-        "Map a point of the ball to the tangent space at 0."
-        sc = self._c(y).sqrt()
-        n = _norm(y).clamp_min(min_norm(y.dtype))
-        return artanh(sc * n) * y / (sc * n)
-
-    def mobius_add(self, x: Tensor, y: Tensor) -> Tensor:
-        "Möbius addition `x ⊕_c y`."
-        c = self._c(x)
-        xy = (x * y).sum(-1, keepdim=True)
-        x2, y2 = x.pow(2).sum(-1, keepdim=True), y.pow(2).sum(-1, keepdim=True)
-        num = (1 + 2 * c * xy + c * y2) * x + (1 - c * x2) * y
-        den = 1 + 2 * c * xy + c.pow(2) * x2 * y2
-        return num / den.clamp_min(min_norm(x.dtype))
-
-    def dist(self, x: Tensor, y: Tensor) -> Tensor:
-        "Geodesic distance, shape `x.shape[:-1]`: `(2/√c)·arsinh(√c‖x−y‖ / √((1−c‖x‖²)(1−c‖y‖²)))`."
-        c = self._c(x)
-        tiny = min_norm(x.dtype)
-        ax = (1 - c * x.pow(2).sum(-1, keepdim=True)).clamp_min(tiny)
-        ay = (1 - c * y.pow(2).sum(-1, keepdim=True)).clamp_min(tiny)
-        sc = c.sqrt()
-        return (2 / sc * torch.asinh(sc * _norm(x - y) / (ax * ay).sqrt())).squeeze(-1)
-
-    def expmap(self, x: Tensor, u: Tensor) -> Tensor:
-        "Exponential map at `x` of the tangent vector `u`."
-        sc = self._c(x).sqrt()
-        n = _norm(u).clamp_min(min_norm(u.dtype))
-        second = torch.tanh(sc * self.lambda_x(x) * n / 2) * u / (sc * n)
-        return self.proj(self.mobius_add(x, second))
-
-    def logmap(self, x: Tensor, y: Tensor) -> Tensor:
-        "Logarithmic map at `x` of the point `y`: the tangent vector at `x` pointing to `y`."
-        sc = self._c(x).sqrt()
-        w = self.mobius_add(-x, y)
-        n = _norm(w).clamp_min(min_norm(w.dtype))
-        return 2 / (sc * self.lambda_x(x)) * artanh(sc * n) * w / n
+    def lambda_x(self, x: Tensor) -> Tensor: return ball_lambda(x, self._c(x))
+    def proj(self, x: Tensor) -> Tensor: return ball_proj(x, self._c(x))
+    def expmap0(self, u: Tensor) -> Tensor: return ball_expmap0(u, self._c(u))
+    def logmap0(self, y: Tensor) -> Tensor: return ball_logmap0(y, self._c(y))
+    def mobius_add(self, x: Tensor, y: Tensor) -> Tensor: return mobius_add(x, y, self._c(x))
+    def dist(self, x: Tensor, y: Tensor) -> Tensor: return ball_dist(x, y, self._c(x))
+    def expmap(self, x: Tensor, u: Tensor) -> Tensor: return ball_expmap(x, u, self._c(x))
+    def logmap(self, x: Tensor, y: Tensor) -> Tensor: return ball_logmap(x, y, self._c(x))
 
 # %% ../nbs/01_manifolds.ipynb #540da36a
 def inv_softplus(y: float) -> float:
