@@ -81,7 +81,7 @@ def latest_checkpoint(ckpt_dir) -> Optional[tuple[Path, dict, dict]]:
             warnings.warn(f"{e}; falling back to the previous checkpoint")
     return None
 
-# %% ../nbs/32_train_state.ipynb #c0698be4
+# %% ../nbs/32_train_state.ipynb #6044b342
 def _jsonable(x):
     if isinstance(x, Tensor): return x.item()
     if isinstance(x, (list, tuple)): return [_jsonable(v) for v in x]
@@ -110,6 +110,7 @@ def set_rng_state(tensors: dict[str, Tensor], js: dict) -> None:
         np = sys.modules["numpy"]; name, pos, has_g, cached = js["numpy"]
         np.random.set_state((name, tensors["rng.numpy"].numpy().astype(np.uint32), pos, has_g, cached))
 
+# %% ../nbs/32_train_state.ipynb #5bcfa156
 def pack_training_state(model, optimizer=None, scheduler=None, scaler=None, **extra) -> tuple[dict, dict]:
     "`(tensors, state)` holding the model, optimizer, scheduler, grad scaler, every RNG and `extra` (JSON-able)."
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
