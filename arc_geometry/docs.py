@@ -16,9 +16,33 @@ from typing import Optional
 from .extras import require
 
 # %% auto #0
-__all__ = ['PLOTLY_MIME', 'quarto_to_nbconvert', 'plotly_html', 'offline', 'build', 'readme_text', 'write_readme', 'main']
+__all__ = ['PLOTLY_MIME', 'plotly_html', 'quarto_to_nbconvert', 'offline', 'build', 'readme_text', 'write_readme', 'main']
 
-# %% ../nbs/99_docs.ipynb #f08b6c39
+# %% ../nbs/99_docs.ipynb #e9d2a159
+PLOTLY_MIME = "application/vnd.plotly.v1+json"
+
+
+def plotly_html(fig: dict) -> str:
+    "A plotly figure (the notebook's mimetype output) as a div drawn by the plotly.js shipped next to the pages."
+    import json
+    import uuid
+
+    uid = "plotly-" + uuid.uuid4().hex[:12]
+    height = (fig.get("layout") or {}).get("height") or 450
+    spec = json.dumps({"data": fig.get("data", []), "layout": fig.get("layout", {})})
+    return (f'<div id="{uid}" class="plotly-graph-div" style="height:{height}px;width:100%"></div>'
+            f'<script>(function(){{var f={spec};Plotly.newPlot("{uid}",f.data,f.layout,{{responsive:true}});}})();</script>')
+
+
+def _plotlyjs(dest: Path) -> str:
+    "Copy plotly.js (from the plotly package) next to the pages: figures draw offline, with no CDN."
+    import plotly
+
+    src = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
+    shutil.copy2(src, dest / "plotly.min.js")
+    return '<script src="plotly.min.js" charset="utf-8"></script>'
+
+# %% ../nbs/99_docs.ipynb #df6fa8cf
 _NAV_CSS = """
 <style>
  nav.ag-nav{position:sticky;top:0;z-index:10;background:#2c3e50;padding:.5em 1em;font:14px sans-serif}
@@ -58,30 +82,6 @@ def quarto_to_nbconvert(nb) -> None:
             fig = out.get("data", {}).pop(PLOTLY_MIME, None)
             if fig is not None:
                 out["data"] = {"text/html": plotly_html(fig)}
-
-
-PLOTLY_MIME = "application/vnd.plotly.v1+json"
-
-
-def plotly_html(fig: dict) -> str:
-    "A plotly figure (the notebook's mimetype output) as a div drawn by the plotly.js shipped next to the pages."
-    import json
-    import uuid
-
-    uid = "plotly-" + uuid.uuid4().hex[:12]
-    height = (fig.get("layout") or {}).get("height") or 450
-    spec = json.dumps({"data": fig.get("data", []), "layout": fig.get("layout", {})})
-    return (f'<div id="{uid}" class="plotly-graph-div" style="height:{height}px;width:100%"></div>'
-            f'<script>(function(){{var f={spec};Plotly.newPlot("{uid}",f.data,f.layout,{{responsive:true}});}})();</script>')
-
-
-def _plotlyjs(dest: Path) -> str:
-    "Copy plotly.js (from the plotly package) next to the pages: figures draw offline, with no CDN."
-    import plotly
-
-    src = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
-    shutil.copy2(src, dest / "plotly.min.js")
-    return '<script src="plotly.min.js" charset="utf-8"></script>'
 
 # %% ../nbs/99_docs.ipynb #a90ac4d5
 def _mathjax(dest: Path) -> str:
