@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-# %% ../../nbs/15_tlmath.ipynb #b3e73e69
+# %% ../../nbs/15_tlmath.ipynb #3f9316ef
 @triton.jit
 def log1p(x):
     "`log(1 + x)` for `x > -1`, accurate near 0 (Goldberg)."
@@ -40,6 +40,7 @@ def tanh(x):
     t = -e / (two + e)
     return tl.where(x < 0, -t, t)
 
+# %% ../../nbs/15_tlmath.ipynb #e323626b
 @triton.jit
 def asinh(x):
     "`asinh(x)`, accurate near 0, no overflow for huge `|x|`."
