@@ -28,7 +28,8 @@ from .models import GeoConfig, GeoLM
 from .files import atomic_write
 from .cli import check_memory
 from .runs import ResultsCSV, check_run_dir, run_jobs, stop_on_signals, suite_config, suite_parser
-from .train import TrainConfig, TrainingInterrupted, lr_factor, param_groups, resolve_device
+from .files import TrainingInterrupted
+from .train import TrainConfig, lr_factor, param_groups, resolve_device
 
 # %% auto #0
 __all__ = ['ARC_DEFAULTS', 'SOLVER_KEYS', 'KEY', 'loo_example', 'collate', 'answer_loss', 'fit', 'greedy_answer', 'vote',

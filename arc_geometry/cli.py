@@ -26,7 +26,8 @@ from .config import SECTIONS, ArgumentParser, apply_overrides, check_fields, con
 from .models import GeoConfig, GeoLM
 from .files import read_json_object
 from .tasks import ModularArithmetic
-from .train import MID_RUN_KEYS, NonFiniteLossError, TrainConfig, Trainer, TrainingInterrupted
+from .files import TrainingInterrupted
+from .train import MID_RUN_KEYS, NonFiniteLossError, TrainConfig, Trainer
 from .train_state import latest_checkpoint, unpack_training_state
 
 # %% auto #0

@@ -9,12 +9,12 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING, Optional, Union
 
 if TYPE_CHECKING: import torch       # digests take tensors; writing a file needs no torch
 
 # %% auto #0
-__all__ = ['CheckpointError', 'atomic_write', 'tensor_sha256', 'verify_sha256', 'read_json_object']
+__all__ = ['CheckpointError', 'atomic_write', 'tensor_sha256', 'verify_sha256', 'read_json_object', 'TrainingInterrupted']
 
 # %% ../nbs/06_files.ipynb #dbb3c530
 class CheckpointError(ValueError):
@@ -73,3 +73,10 @@ def read_json_object(path, what: str = "JSON file") -> dict:
         kind = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(type(d), "a number")
         raise ValueError(f"{p}: {what} must hold a JSON object, got {kind}: {text.strip()[:40]}")
     return d
+
+# %% ../nbs/06_files.ipynb #e8627c6a
+class TrainingInterrupted(KeyboardInterrupt):
+    "Training stopped by signal `signum`; `checkpoint` is the file written for the stop (None if none was)."
+    def __init__(self, signum: int, checkpoint: Optional[Path], message: str):
+        super().__init__(message); self.signum, self.checkpoint, self.message = signum, checkpoint, message
+    def __str__(self) -> str: return self.message

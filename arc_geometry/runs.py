@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from .config import apply_overrides, load_config
 from .config import ArgumentParser
 from .files import atomic_write, read_json_object
-from .train import TrainingInterrupted
+from .files import TrainingInterrupted
 
 # %% auto #0
 __all__ = ['ResultsCSV', 'stop_on_signals', 'run_jobs', 'suite_config', 'check_run_dir', 'suite_parser']

@@ -26,15 +26,15 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from .config import check_fields, config_from_dict
-from .files import atomic_write
+from .files import TrainingInterrupted as TrainingInterrupted, atomic_write   # re-exported: its home until 0.2
 from .train_state import (MetricsLog, checkpoint_path, latest_checkpoint, list_checkpoints,
                                       pack_training_state, prune_checkpoints, repair_metrics, save_checkpoint,
                                       unpack_training_state)
 
 # %% auto #0
 __all__ = ['PRECISIONS', 'MID_RUN_KEYS', 'NO_DECAY_KEYS', 'TrainConfig', 'decays', 'param_groups', 'lr_factor', 'EpochSampler',
-           'Callback', 'NonFiniteLossError', 'TrainingInterrupted', 'MetricsLogger', 'TensorBoardLogger', 'ProgressBar',
-           'PeriodicCheckpoint', 'EarlyStopping', 'StopOnSignal', 'resolve_device', 'dist_info', 'Trainer']
+           'Callback', 'NonFiniteLossError', 'MetricsLogger', 'TensorBoardLogger', 'ProgressBar', 'PeriodicCheckpoint',
+           'EarlyStopping', 'StopOnSignal', 'resolve_device', 'dist_info', 'Trainer']
 
 # %% ../nbs/31_trainer.ipynb #6861b0cb
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -162,12 +162,6 @@ class Callback:
 
 class NonFiniteLossError(RuntimeError):
     "The training loss became NaN or Inf (the message names the step and the last good checkpoint)."
-
-class TrainingInterrupted(KeyboardInterrupt):
-    "Training stopped by signal `signum`; `checkpoint` is the file written for the stop (None if none was)."
-    def __init__(self, signum: int, checkpoint: Optional[Path], message: str):
-        super().__init__(message); self.signum, self.checkpoint, self.message = signum, checkpoint, message
-    def __str__(self) -> str: return self.message
 
 # %% ../nbs/31_trainer.ipynb #0585eef3
 class MetricsLogger(Callback):
