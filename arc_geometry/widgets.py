@@ -29,8 +29,8 @@ else:                                                   # the `widgets` extra: a
     make_subplots = require("plotly.subplots", "widgets", "arc_geometry.widgets").make_subplots
 
 # %% auto #0
-__all__ = ['trace', 'distances', 'Explorer', 'MetricExplorer', 'disk_points', 'PoincareExplorer', 'AttentionExplorer', 'read_run',
-           'TrainingDashboard']
+__all__ = ['TRAINING_PANELS', 'trace', 'distances', 'Explorer', 'MetricExplorer', 'disk_points', 'PoincareExplorer',
+           'AttentionExplorer', 'read_run', 'series', 'training_figure', 'TrainingDashboard']
 
 # %% ../nbs/60_widgets.ipynb #a83f877f
 "What `−√D_h · score` is for each geometry: the distance behind the attention scores (from the registry)."
@@ -150,6 +150,31 @@ def _unit_ellipse(G: Tensor, P: Tensor, n: int = 121) -> Tensor:
     circle = torch.stack([t.cos(), t.sin()], 1)                      # xᵀ G2 x = 1  ⇔  x = G2^{-1/2} · unit vector
     return circle @ (U @ torch.diag(ev.rsqrt()) @ U.T).T
 
+# %% ../nbs/60_widgets.ipynb #1ac4be84
+def _metric_panels(fig: go.Figure, G: Tensor, P: Tensor, col: int, n: int, name: str) -> None:
+    "Column `col` of rows 1–2: the spectrum of `G (D, D)` (log scale) and its unit ball in the plane `P (D, 2)`."
+    ev = torch.linalg.eigvalsh(G).flip(0)
+    fig.add_bar(x=list(range(1, len(ev) + 1)), y=ev.tolist(), row=1, col=col, name=f"{name} eigenvalues",
+                hovertemplate="eigenvalue %{x}: %{y:.4g}<extra></extra>", marker_color="#1f77b4")
+    fig.update_yaxes(type="log", title_text=f"cond = {(ev[0] / ev[-1]).item():.3g}", row=1, col=col)
+    fig.update_xaxes(title_text="index (descending)", row=1, col=col)
+    e = _unit_ellipse(G, P)
+    fig.add_scatter(x=e[:, 0].tolist(), y=e[:, 1].tolist(), mode="lines", row=2, col=col,
+                    name=f"{name}: xᵀGx = 1", line=dict(color="#d62728"))
+    t = torch.linspace(0, 2 * math.pi, 121)
+    fig.add_scatter(x=t.cos().tolist(), y=t.sin().tolist(), mode="lines", row=2, col=col,
+                    name="Euclidean unit circle", line=dict(color="gray", dash="dot"))
+    fig.update_xaxes(title_text="top eigen-direction 1", row=2, col=col)
+    fig.update_yaxes(title_text="direction 2", scaleanchor=f"x{n + col}", row=2, col=col)
+
+def _spectra_heatmap(fig: go.Figure, s: Tensor, col: int) -> None:
+    "Row 3, column `col`: eigenvalues `s (S, D)` of `G(m_t)` along a sequence, as a log₁₀ heatmap."
+    fig.add_heatmap(z=s.T.log10().tolist(), row=3, col=col, colorscale="Viridis", showscale=(col == 1),
+                    colorbar=dict(title="log₁₀ λ", len=0.3, y=0.12),
+                    hovertemplate="token %{x}, eigenvalue %{y}: 10^%{z:.3f}<extra></extra>")
+    fig.update_xaxes(title_text="token", row=3, col=col)
+    fig.update_yaxes(title_text="eigenvalue index", row=3, col=col)
+
 # %% ../nbs/60_widgets.ipynb #a8733c4e
 class MetricExplorer(Explorer):
     """Spectrum and unit ball of each head's metric `G_h` (layer dropdown, head slider) for a `metric` or
@@ -194,31 +219,11 @@ class MetricExplorer(Explorer):
         titles += [f"{nm}: unit ball of G in its top-2 plane" for nm in self.names]
         titles += [f"{nm}: spectrum of G(mₜ) along the sequence" for nm in self.names][:n if rows == 3 else 0]
         fig = make_subplots(rows=rows, cols=n, subplot_titles=titles, vertical_spacing=0.12)
-        ev0, V0 = torch.linalg.eigh(self.metric(0))
-        P = V0[:, [-1, -2]]                                                # the first model's top-2 directions
+        P = torch.linalg.eigh(self.metric(0))[1][:, [-1, -2]]           # the first model's top-2 directions
         for i in range(n):
-            G = self.metric(i)
-            ev = torch.linalg.eigvalsh(G).flip(0)
-            fig.add_bar(x=list(range(1, len(ev) + 1)), y=ev.tolist(), row=1, col=i + 1, name=f"{self.names[i]} eigenvalues",
-                        hovertemplate="eigenvalue %{x}: %{y:.4g}<extra></extra>", marker_color="#1f77b4")
-            fig.update_yaxes(type="log", title_text=f"cond = {(ev[0] / ev[-1]).item():.3g}", row=1, col=i + 1)
-            fig.update_xaxes(title_text="index (descending)", row=1, col=i + 1)
-            e = _unit_ellipse(G, P)
-            fig.add_scatter(x=e[:, 0].tolist(), y=e[:, 1].tolist(), mode="lines", row=2, col=i + 1,
-                            name=f"{self.names[i]}: xᵀGx = 1", line=dict(color="#d62728"))
-            t = torch.linspace(0, 2 * math.pi, 121)
-            fig.add_scatter(x=t.cos().tolist(), y=t.sin().tolist(), mode="lines", row=2, col=i + 1,
-                            name="Euclidean unit circle", line=dict(color="gray", dash="dot"))
-            fig.update_xaxes(title_text="top eigen-direction 1", row=2, col=i + 1)
-            fig.update_yaxes(title_text="direction 2", scaleanchor=f"x{n + i + 1}", row=2, col=i + 1)
-            if rows == 3 and spectra[i] is not None:
-                s = spectra[i]
-                assert s is not None
-                fig.add_heatmap(z=s.T.log10().tolist(), row=3, col=i + 1, colorscale="Viridis", showscale=(i == 0),
-                                colorbar=dict(title="log₁₀ λ", len=0.3, y=0.12),
-                                hovertemplate="token %{x}, eigenvalue %{y}: 10^%{z:.3f}<extra></extra>")
-                fig.update_xaxes(title_text="token", row=3, col=i + 1)
-                fig.update_yaxes(title_text="eigenvalue index", row=3, col=i + 1)
+            _metric_panels(fig, self.metric(i), P, i + 1, n, self.names[i])
+            s = spectra[i]
+            if rows == 3 and s is not None: _spectra_heatmap(fig, s, i + 1)
         fig.update_layout(height=330 * rows, showlegend=False, margin=dict(t=60, l=60, r=30, b=40),
                           title=f"learned metric, layer {l}, head {h}")
         return fig
@@ -240,6 +245,48 @@ def disk_points(x: Tensor, c: float) -> Tensor:
     dirs = torch.where(n2 > 1e-12, u2 / n2.clamp_min(1e-300), torch.tensor([1.0, 0.0], dtype=u.dtype))
     return PoincareBall(c).expmap0(r * dirs) * math.sqrt(c)
 
+# %% ../nbs/60_widgets.ipynb #47b1ec92
+def _check_labels(labels, B: int, S: int) -> Optional[Tensor]:
+    "`labels` as `(B, S)` (a `(B,)` colouring repeated along the sequence), or None; `ValueError` naming the shapes."
+    if labels is None: return None
+    lab = torch.as_tensor(labels)
+    if lab.shape == (B,): lab = lab[:, None].expand(B, S)
+    if lab.shape != (B, S):
+        raise ValueError(f"labels must have shape (B,) = ({B},) or (B, S) = {(B, S)}, got {tuple(lab.shape)}")
+    return lab
+
+def _check_ball(model) -> None:
+    "`ValueError` unless `model`'s geometry has points on the ball (its registry row lists the `ball` figure)."
+    g = model.config.geometry
+    if "ball" not in GEOMETRIES[g].figures:
+        ball = [n for n, row in GEOMETRIES.items() if "ball" in row.figures]
+        raise ValueError(f"model has geometry {g!r}: PoincareExplorer needs a geometry with points on the ball "
+                         f"({', '.join(ball)})")
+
+def _flat_points(x: Tensor, position: Optional[int] = None) -> tuple[Tensor, Tensor]:
+    "Points `x (B, S, d)` as rows `(N, d)` with their `(sequence, position)` `(N, 2)`; only `position` of each if given."
+    B, S = x.shape[:2]
+    idx = torch.stack(torch.meshgrid(torch.arange(B), torch.arange(S), indexing="ij"), -1)   # (B, S, 2)
+    if position is not None: x, idx = x[:, position], idx[:, position]
+    return x.reshape(-1, x.shape[-1]), idx.reshape(-1, 2)
+
+def _disk_axes(fig: go.Figure, row: int = 1, col: int = 1) -> None:
+    "The unit circle and square axes of a Poincaré-disk panel."
+    t = torch.linspace(0, 2 * math.pi, 181)
+    fig.add_scatter(x=t.cos().tolist(), y=t.sin().tolist(), mode="lines", line=dict(color="black", width=1),
+                    hoverinfo="skip", showlegend=False, name="boundary", row=row, col=col)
+    fig.update_xaxes(range=[-1.05, 1.05], showgrid=False, zeroline=False, row=row, col=col)
+    fig.update_yaxes(range=[-1.05, 1.05], scaleanchor="x", showgrid=False, zeroline=False, row=row, col=col)
+
+def _curvature_bars(fig: go.Figure, attentions, row: int = 1, col: int = 2) -> None:
+    "Bars of each layer's per-head curvature `c_h` (and diamonds of the hybrid mixing weights `α_h`)."
+    for i, a in enumerate(attentions):
+        c = a.curvature().detach().double()
+        fig.add_bar(x=[f"head {h}" for h in range(len(c))], y=c.tolist(), name=f"layer {i}", row=row, col=col)
+        if a.alpha() is not None:
+            fig.add_scatter(x=[f"head {h}" for h in range(len(c))], y=a.alpha().detach().double().tolist(),
+                            mode="markers", marker_symbol="diamond", name=f"α, layer {i}", row=row, col=col)
+
 # %% ../nbs/60_widgets.ipynb #39df5bd9
 class PoincareExplorer(Explorer):
     """Hidden states of a model whose geometry has points on the ball (its registry row's `ball_points`: a `poincare`
@@ -248,12 +295,7 @@ class PoincareExplorer(Explorer):
     `input_ids (B, S)`, or `None`: the whole token embedding table (layer 0 only, each token without position);
     `position`: draw only that token of each sequence; `labels (B,)` or `(B, S)`: a colouring."""
     def __init__(self, model, input_ids=None, labels=None, position: Optional[int] = None, tokens=None):
-        _check_model(model)
-        g = model.config.geometry
-        if "ball" not in GEOMETRIES[g].figures:
-            ball = [n for n, row in GEOMETRIES.items() if "ball" in row.figures]
-            raise ValueError(f"model has geometry {g!r}: PoincareExplorer needs a geometry with points on the ball "
-                             f"({', '.join(ball)})")
+        _check_model(model); _check_ball(model)
         table = input_ids is None
         if table: input_ids = torch.arange(model.config.vocab_size)[None]
         self.model, self.ids = model, _check_ids(input_ids, model)
@@ -261,13 +303,7 @@ class PoincareExplorer(Explorer):
         if position is not None and not -S <= position < S:
             raise ValueError(f"position must be in [-{S}, {S}) for sequences of length {S}, got {position}")
         self.position = position
-        self.labels = None
-        if labels is not None:
-            lab = torch.as_tensor(labels)
-            if lab.shape == (B,): lab = lab[:, None].expand(B, S)
-            if lab.shape != (B, S):
-                raise ValueError(f"labels must have shape (B,) = ({B},) or (B, S) = {(B, S)}, got {tuple(lab.shape)}")
-            self.labels = lab
+        self.labels = _check_labels(labels, B, S)
         self.tokens = tokens
         if table:                                            # every token once: the embedding table on the ball
             with torch.no_grad():
@@ -288,11 +324,7 @@ class PoincareExplorer(Explorer):
         to_ball = GEOMETRIES[self.model.config.geometry].ball_points
         assert to_ball is not None                                            # checked in __init__
         x = to_ball(x, self.model.config)                                     # the hyperbolic part
-        B, S = x.shape[:2]
-        idx = torch.stack(torch.meshgrid(torch.arange(B), torch.arange(S), indexing="ij"), -1)   # (B, S, 2)
-        if self.position is not None:
-            x, idx = x[:, self.position], idx[:, self.position]
-        x, idx = x.reshape(-1, x.shape[-1]), idx.reshape(-1, 2)
+        x, idx = _flat_points(x, self.position)
         return disk_points(x, self.model.config.curvature), x, idx
 
     def _build(self) -> go.Figure:
@@ -307,21 +339,11 @@ class PoincareExplorer(Explorer):
         fig = make_subplots(rows=1, cols=2, column_widths=[0.62, 0.38],
                             subplot_titles=(f"hidden states, layer {self.layer.value} (0 = embeddings), "
                                             f"coloured by {self.color.value}", "per-head attention curvature c_h"))
-        t = torch.linspace(0, 2 * math.pi, 181)
-        fig.add_scatter(x=t.cos().tolist(), y=t.sin().tolist(), mode="lines", line=dict(color="black", width=1),
-                        hoverinfo="skip", showlegend=False, name="boundary", row=1, col=1)
+        _disk_axes(fig)
         fig.add_scatter(x=p[:, 0].tolist(), y=p[:, 1].tolist(), mode="markers", text=text, hoverinfo="text",
-                        showlegend=False, name="points",
-                        marker=dict(color=colour.tolist(), colorscale="Turbo", size=8, showscale=True,
-                                    colorbar=dict(title=self.color.value, x=0.58, len=0.8)), row=1, col=1)
-        fig.update_xaxes(range=[-1.05, 1.05], showgrid=False, zeroline=False, row=1, col=1)
-        fig.update_yaxes(range=[-1.05, 1.05], scaleanchor="x", showgrid=False, zeroline=False, row=1, col=1)
-        for i, a in enumerate(self.model.attentions):
-            c = a.curvature().detach().double()
-            fig.add_bar(x=[f"head {h}" for h in range(len(c))], y=c.tolist(), name=f"layer {i}", row=1, col=2)
-            if a.alpha() is not None:
-                fig.add_scatter(x=[f"head {h}" for h in range(len(c))], y=a.alpha().detach().double().tolist(),
-                                mode="markers", marker_symbol="diamond", name=f"α, layer {i}", row=1, col=2)
+                        showlegend=False, name="points", row=1, col=1, marker=dict(color=colour.tolist(),
+                        colorscale="Turbo", size=8, showscale=True, colorbar=dict(title=self.color.value, x=0.58, len=0.8)))
+        _curvature_bars(fig, self.model.attentions)
         fig.update_layout(height=480, barmode="group", legend=dict(x=1.02, y=1), margin=dict(t=60, l=40, r=40, b=40))
         return fig
 
@@ -389,10 +411,46 @@ def read_run(run_dir) -> list[dict]:
             raise ValueError(f"{p}: line {i + 1} is not JSON") from None
     return rows
 
+# %% ../nbs/60_widgets.ipynb #77a863d5
+TRAINING_PANELS = ("loss", "accuracy", "gradient norm", "learning rate", "curvature per head", "metric condition number")
+
+def series(rows: Sequence[dict], key: str) -> tuple[list, list]:
+    "Steps and values of `key` over the metric `rows` that have it."
+    rs = [r for r in rows if r.get(key) is not None]
+    return [r["step"] for r in rs], [r[key] for r in rs]
+
+def training_figure(rows: Sequence[dict], smooth: float = 0.0, log_loss: bool = True, title: str = "training") -> go.Figure:
+    "The dashboard's six panels from metric `rows` (`metrics.jsonl` records); `smooth`: EMA weight of the train curves."
+    fig = make_subplots(rows=2, cols=3, subplot_titles=TRAINING_PANELS, horizontal_spacing=0.07, vertical_spacing=0.15)
+    def line(key, name, row, col, smoothed=False, **kw):
+        x, y = series(rows, key)
+        fig.add_scatter(x=x, y=_ema(y, smooth) if smoothed else y, mode="lines+markers" if len(x) < 30 else "lines",
+                        name=name, row=row, col=col, **kw)
+    line("loss", "train loss", 1, 1, smoothed=True); line("val_loss", "val loss", 1, 1)
+    line("train_acc", "train acc", 1, 2, smoothed=True); line("val_acc", "val acc", 1, 2)
+    line("grad_norm", "grad norm", 1, 3, smoothed=True); line("lr", "lr", 2, 1)
+    for key, col in (("curvature", 2), ("metric_cond", 3)):
+        rs = [r for r in rows if key in r]
+        if not rs:
+            sub = fig.get_subplot(2, col)       # an empty panel has no drawn axes: place by paper coordinates
+            fig.add_annotation(text=f"no {key.replace('_', ' ')} in this run", showarrow=False, xref="paper",
+                               yref="paper", x=sum(sub.xaxis.domain) / 2, y=sum(sub.yaxis.domain) / 2)
+            continue
+        for l, heads in enumerate(rs[0][key]):
+            for h in range(len(heads)):
+                fig.add_scatter(x=[r["step"] for r in rs], y=[r[key][l][h] for r in rs], mode="lines",
+                                name=f"{key} L{l}H{h}", showlegend=False, row=2, col=col)
+    fig.update_yaxes(type="log" if log_loss else "linear", row=1, col=1)
+    fig.update_yaxes(type="log", row=2, col=3)
+    fig.update_xaxes(title_text="step", row=2)
+    fig.update_layout(height=560, title=f"{title} ({len(rows)} steps)", margin=dict(t=90, l=50, r=30, b=40),
+                      legend=dict(orientation="h", x=1, xanchor="right", y=1.1))   # curves per head: hover
+    return fig
+
 # %% ../nbs/60_widgets.ipynb #6050321e
 class TrainingDashboard(Explorer):
     "Live training curves: a `Trainer` callback (redraws every `every` steps) and a widget; `from_run(dir)` for a finished run."
-    PANELS = ("loss", "accuracy", "gradient norm", "learning rate", "curvature per head", "metric condition number")
+    PANELS = TRAINING_PANELS
 
     def __init__(self, rows: Sequence[dict] = (), every: int = 10, title: str = "training"):
         if not isinstance(every, int) or every < 1: raise ValueError(f"every must be an int >= 1, got {every!r}")
@@ -422,36 +480,8 @@ class TrainingDashboard(Explorer):
 
     def series(self, key: str) -> tuple[list, list]:
         "Steps and values of `key` over the rows that have it."
-        rs = [r for r in self.rows if r.get(key) is not None]
-        return [r["step"] for r in rs], [r[key] for r in rs]
+        return series(self.rows, key)
 
     def _build(self) -> go.Figure:
-        fig = make_subplots(rows=2, cols=3, subplot_titles=self.PANELS, horizontal_spacing=0.07, vertical_spacing=0.15)
-        a = self.smooth.value
-        def line(key, name, row, col, smooth=False, **kw):
-            x, y = self.series(key)
-            fig.add_scatter(x=x, y=_ema(y, a) if smooth else y, mode="lines+markers" if len(x) < 30 else "lines",
-                            name=name, row=row, col=col, **kw)
-        line("loss", "train loss", 1, 1, smooth=True)
-        line("val_loss", "val loss", 1, 1)
-        line("train_acc", "train acc", 1, 2, smooth=True)
-        line("val_acc", "val acc", 1, 2)
-        line("grad_norm", "grad norm", 1, 3, smooth=True)
-        line("lr", "lr", 2, 1)
-        for key, col in (("curvature", 2), ("metric_cond", 3)):
-            rs = [r for r in self.rows if key in r]
-            if not rs:
-                sub = fig.get_subplot(2, col)       # an empty panel has no drawn axes: place by paper coordinates
-                fig.add_annotation(text=f"no {key.replace('_', ' ')} in this run", showarrow=False, xref="paper",
-                                   yref="paper", x=sum(sub.xaxis.domain) / 2, y=sum(sub.yaxis.domain) / 2)
-                continue
-            for l, heads in enumerate(rs[0][key]):
-                for h in range(len(heads)):
-                    fig.add_scatter(x=[r["step"] for r in rs], y=[r[key][l][h] for r in rs], mode="lines",
-                                    name=f"{key} L{l}H{h}", showlegend=False, row=2, col=col)
-        fig.update_yaxes(type="log" if self.log_loss.value else "linear", row=1, col=1)
-        fig.update_yaxes(type="log", row=2, col=3)
-        fig.update_xaxes(title_text="step", row=2)
-        fig.update_layout(height=560, title=f"{self.title} ({len(self.rows)} steps)", margin=dict(t=90, l=50, r=30, b=40),
-                          legend=dict(orientation="h", x=1, xanchor="right", y=1.1))   # curves per head: hover
-        return fig
+        return training_figure(self.rows, self.smooth.value, self.log_loss.value, self.title)
+
