@@ -17,7 +17,8 @@ from typing import NoReturn, Optional, Sequence
 import yaml
 
 # %% auto #0
-__all__ = ['SECTIONS', 'check_value', 'check_fields', 'config_from_dict', 'ArgumentParser', 'load_config', 'apply_overrides']
+__all__ = ['SECTIONS', 'check_value', 'check_fields', 'config_from_dict', 'ArgumentParser', 'load_config', 'apply_overrides',
+           'check_sampling']
 
 # %% ../nbs/07_config.ipynb #76c0f6f8
 _SCALARS = {"int": int, "float": float, "str": str, "bool": bool}
@@ -108,3 +109,13 @@ def apply_overrides(cfg: dict, sets: Optional[list[str]], sections: Sequence[str
         if sec == "tune" and k.startswith("space."): cfg[sec].setdefault("space", {})[k[6:]] = v
         else: cfg[sec][k] = v
     return cfg
+
+# %% ../nbs/07_config.ipynb #dff5ff95
+def check_sampling(temperature: float, top_k: Optional[int] = None, top_p: Optional[float] = None) -> None:
+    "`ValueError` naming the setting unless `temperature` is finite and ≥ 0, `top_k` None or an int ≥ 1, `top_p` None or in (0, 1]."
+    if isinstance(temperature, bool) or not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature >= 0):
+        raise ValueError(f"temperature must be a finite float >= 0, got {temperature!r}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f"top_k must be None or an int >= 1, got {top_k!r}")
+    if top_p is not None and (isinstance(top_p, bool) or not (isinstance(top_p, (int, float)) and 0 < top_p <= 1)):
+        raise ValueError(f"top_p must be None or a float in (0, 1], got {top_p!r}")

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Optional, Sequence, Union
 import numpy as np
 
 from .extras import require
+from .config import check_sampling
 from .files import atomic_write, read_json_object
 
 if TYPE_CHECKING:                                   # names for the annotations only: torch is imported where it runs
@@ -330,12 +331,7 @@ class OnnxLM:
         if total > self.max_seq_len:
             raise ValueError(f"max_new_tokens: prompt length {ids.shape[1]} + max_new_tokens {max_new_tokens} "
                              f"= {total} exceeds max_seq_len = {self.max_seq_len}")
-        if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature >= 0):
-            raise ValueError(f"temperature must be a finite float >= 0, got {temperature!r}")
-        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-            raise ValueError(f"top_k must be None or an int >= 1, got {top_k!r}")
-        if top_p is not None and not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
-            raise ValueError(f"top_p must be None or a float in (0, 1], got {top_p!r}")
+        check_sampling(temperature, top_k, top_p)
         rng = np.random.default_rng(seed)
         logits, cache = self.forward(ids)
         out = [ids]

@@ -11,6 +11,8 @@ from typing import Iterator, Optional
 import torch
 from torch import Tensor
 
+from .config import check_sampling
+
 # %% auto #0
 __all__ = ['filter_logits', 'sample_next', 'generate', 'generate_stream']
 
@@ -50,12 +52,7 @@ def _check_generate(model, input_ids, max_new_tokens, temperature, top_k, top_p)
     if total > limit:
         raise ValueError(f"max_new_tokens: prompt length {input_ids.shape[1]} + max_new_tokens {max_new_tokens} "
                          f"= {total} exceeds max_seq_len = {limit}")
-    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature >= 0):
-        raise ValueError(f"temperature must be a finite float >= 0, got {temperature!r}")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-        raise ValueError(f"top_k must be None or an int >= 1, got {top_k!r}")
-    if top_p is not None and not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
-        raise ValueError(f"top_p must be None or a float in (0, 1], got {top_p!r}")
+    check_sampling(temperature, top_k, top_p)
 
 @torch.no_grad()
 def generate(model, input_ids: Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: Optional[int] = None,
