@@ -85,6 +85,7 @@ def _check_lora(lo) -> dict:
 
 def split_adaptation(cfg: dict) -> tuple[dict, Path, Optional[dict]]:
     "`cfg` with the saved model's config as `model` and without `train.lora`; the saved model's directory; the LoRA settings."
+    from arc_geometry.models import GeoConfig
     from arc_geometry.pretrained import CONFIG_NAME, load_model_config
     model, train = dict(cfg.get("model") or {}), dict(cfg.get("train") or {})
     src, lo = model.pop("from", None), train.pop("lora", None)
@@ -94,7 +95,7 @@ def split_adaptation(cfg: dict) -> tuple[dict, Path, Optional[dict]]:
     if (src / "model" / CONFIG_NAME).is_file(): src = src / "model"          # a run directory: its final model
     if not (src / CONFIG_NAME).is_file(): raise ValueError(f"model.from: {src} holds no saved model ({CONFIG_NAME})")
     if model: raise ValueError(f"model.{next(iter(model))}: the model comes from model.from ({src}); no other model key may be set")
-    return {**cfg, "model": load_model_config(src).to_dict(), "train": train}, src, None if lo is None else _check_lora(lo)
+    return {**cfg, "model": load_model_config(src, GeoConfig).to_dict(), "train": train}, src, None if lo is None else _check_lora(lo)
 
 def check_adaptation(cfg: dict):
     "Validate an adapting config as `cli.build_config` validates the others; returns its `RunConfig`."

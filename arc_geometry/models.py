@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Optional, cast
+from typing import Any, Optional, cast
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from .blocks import Euclidean, GeoAttention, GeoBlock, KVCache
 from .geometries import GEOMETRIES
+from .pretrained import from_pretrained, register_architecture, save_pretrained
 
 # %% auto #0
 __all__ = ['POSITIONS', 'GeoConfig', 'GeoPreTrained', 'GeoModel', 'GeoLM', 'GeoForSequenceClassification']
@@ -106,6 +107,10 @@ class GeoConfig:
 # %% ../nbs/21_model.ipynb #5aaec6eb
 class GeoPreTrained(nn.Module):
     "Base of every model built on `GeoModel`: construction from a `GeoConfig`, init, checkpoints."
+    config_class = GeoConfig
+    def __init_subclass__(cls, **kw: Any):
+        super().__init_subclass__(**kw)
+        register_architecture(cls)                   # `config.json` names the class; loading finds it here
     def __init__(self, config: GeoConfig):
         super().__init__()
         if not isinstance(config, GeoConfig):
@@ -153,13 +158,11 @@ class GeoPreTrained(nn.Module):
 
     def save_pretrained(self, save_dir, max_shard_size="2GB"):
         "Write `config.json` and safetensors weights to `save_dir` (see `arc_geometry.pretrained`)."
-        from arc_geometry.pretrained import save_pretrained
         return save_pretrained(self, save_dir, max_shard_size)
 
     @classmethod
     def from_pretrained(cls, save_dir, map_location="cpu"):
         "Load a model written by `save_pretrained`."
-        from arc_geometry.pretrained import from_pretrained
         return from_pretrained(cls, save_dir, map_location)
 
 # %% ../nbs/21_model.ipynb #76f9ffd2

@@ -9,7 +9,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Union
+from typing import Any, Optional, Union
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -18,11 +18,11 @@ from safetensors.torch import save as st_save
 from .files import (CheckpointError as CheckpointError, atomic_write as atomic_write,   # re-exported:
                                 read_json_object as read_json_object, tensor_sha256 as tensor_sha256,  # their home
                                 verify_sha256 as verify_sha256)                                        # until 0.2
-from .models import GeoConfig
+from .shrink import load_structure, reshape, structure
 
 # %% auto #0
-__all__ = ['CONFIG_NAME', 'WEIGHTS_NAME', 'INDEX_NAME', 'parse_size', 'unique_state_dict', 'save_pretrained', 'load_model_config',
-           'load_state_dict', 'from_pretrained']
+__all__ = ['CONFIG_NAME', 'WEIGHTS_NAME', 'INDEX_NAME', 'ARCHITECTURES', 'parse_size', 'register_architecture',
+           'unique_state_dict', 'save_pretrained', 'load_model_config', 'load_state_dict', 'from_pretrained']
 
 # %% ../nbs/23_pretrained.ipynb #36f44243
 CONFIG_NAME, WEIGHTS_NAME, INDEX_NAME = "config.json", "model.safetensors", "model.safetensors.index.json"
@@ -40,6 +40,16 @@ def parse_size(size: Union[int, str]) -> int:
     n = int(float(m.group(1)) * _UNITS[m.group(2).upper()])
     if n < 1: raise ValueError(f"max_shard_size must be >= 1 byte, got {size!r}")
     return n
+
+# %% ../nbs/23_pretrained.ipynb #5413159d
+ARCHITECTURES: dict[str, Any] = {}
+"Model classes that `save_pretrained` may write and `load_model_config` may read, by name (`config_class` on each)."
+
+def register_architecture(cls: Any) -> Any:
+    "Record the model class `cls` (it has a `config_class`) under its name; returns `cls`."
+    if not hasattr(cls, "config_class"): raise TypeError(f"{cls.__name__} must have a config_class to be saved and loaded")
+    ARCHITECTURES[cls.__name__] = cls
+    return cls
 
 # %% ../nbs/23_pretrained.ipynb #b0661827
 def unique_state_dict(model: torch.nn.Module) -> dict:
@@ -78,22 +88,25 @@ def save_pretrained(model: torch.nn.Module, save_dir, max_shard_size: Union[int,
         index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for t in sd.values())},
                  "weight_map": {k: f for f, s in zip(names, shards) for k in s}}
         atomic_write(d / INDEX_NAME, json.dumps(index, indent=2))
-    config: GeoConfig = getattr(model, "config")
+    config: Any = getattr(model, "config")
     cfg = {**config.to_dict(), "architecture": type(model).__name__}
-    from arc_geometry.prune import structure         # a pruned model's shape beyond its GeoConfig (None if unpruned)
-    if (s := structure(model)) is not None: cfg["structure"] = s
+    if (s := structure(model)) is not None: cfg["structure"] = s     # a pruned model: its shape beyond the config
     atomic_write(d / CONFIG_NAME, json.dumps(cfg, indent=2))
     return d
 
 # %% ../nbs/23_pretrained.ipynb #1a74f011
-def load_model_config(save_dir) -> GeoConfig:
-    "The validated `GeoConfig` of `save_dir/config.json`."
+def load_model_config(save_dir, config_class: Optional[Any] = None) -> Any:
+    "The validated config (a `config_class`; default: that of the class named in the file) of `save_dir/config.json`."
     p = Path(save_dir) / CONFIG_NAME
     if not p.is_file(): raise CheckpointError(f"{p}: missing")
     try:
         d = read_json_object(p, "the file")
-        d.pop("architecture", None); d.pop("structure", None)
-        return GeoConfig.from_dict(d)
+        arch = d.pop("architecture", "GeoLM"); d.pop("structure", None)
+        if config_class is None:
+            if arch not in ARCHITECTURES:
+                raise ValueError(f"architecture {arch!r} is not a registered model class ({', '.join(ARCHITECTURES) or 'none'})")
+            config_class = ARCHITECTURES[arch].config_class
+        return config_class.from_dict(d)
     except (ValueError, TypeError) as e:
         raise CheckpointError(f"{p}: invalid config: {str(e).removeprefix(f'{p}: ')}") from None
 
@@ -131,10 +144,9 @@ def load_state_dict(save_dir) -> dict:
 def from_pretrained(cls, save_dir, map_location="cpu"):
     "An instance of `cls` (a `GeoPreTrained`) built from `save_dir/config.json` with its verified weights."
     d = Path(save_dir)
-    config = load_model_config(d)
+    config = load_model_config(d, cls.config_class)
     model = cls(config)
-    from arc_geometry.prune import load_structure, reshape    # a pruned model: its smaller heads and MLPs first
-    if (s := load_structure(d)) is not None: reshape(model, s)
+    if (s := load_structure(d, config)) is not None: reshape(model, s)   # a pruned model: its smaller heads and MLPs first
     sd = load_state_dict(d)
     want = unique_state_dict(model)
     wfile = d / (INDEX_NAME if (d / INDEX_NAME).exists() else WEIGHTS_NAME)

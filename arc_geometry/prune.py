@@ -16,90 +16,11 @@ import torch
 from torch import Tensor, nn
 
 from .models import GeoLM, GeoPreTrained
+from .shrink import (model_blocks, check_structure as check_structure, reshape, shrink_attention,  # re-exported:
+                                 shrink_mlp, structure as structure)                                # their home until 0.2
 
 # %% auto #0
-__all__ = ['shrink_attention', 'shrink_mlp', 'structure', 'check_structure', 'reshape', 'load_structure', 'importance', 'plan',
-           'prune', 'prune_run', 'prune_main']
-
-# %% ../nbs/53_prune.ipynb #a392be51
-def _linear(src: nn.Linear, rows: Optional[Tensor] = None, cols: Optional[Tensor] = None) -> nn.Linear:
-    "A new `nn.Linear` with the rows (outputs) and columns (inputs) `rows`, `cols` of `src` (all if None)."
-    w = src.weight.detach()
-    if rows is not None: w = w[rows]
-    if cols is not None: w = w[:, cols]
-    new = nn.Linear(w.shape[1], w.shape[0], bias=src.bias is not None, device=w.device, dtype=w.dtype)
-    new.weight.data.copy_(w)
-    if src.bias is not None: new.bias.data.copy_(src.bias.detach() if rows is None else src.bias.detach()[rows])
-    for k, v in vars(src).items():
-        if not k.startswith("_") and k not in ("in_features", "out_features", "training"): setattr(new, k, v)   # e.g. is_residual_out
-    return new
-
-def _index(keep, n: int, what: str) -> Tensor:
-    keep = torch.as_tensor(list(keep), dtype=torch.long)
-    if keep.numel() == 0: raise ValueError(f"{what}: at least one must stay, got none")
-    if keep.unique().numel() != keep.numel() or keep.min() < 0 or keep.max() >= n:
-        raise ValueError(f"{what} must be distinct indices in [0, {n}), got {keep.tolist()}")
-    return keep
-
-def shrink_attention(attn: Any, keep: Sequence[int]) -> Any:
-    "Keep the heads `keep` of the `GeoAttention` `attn` (in place): `qkv`, `proj` and every per-head parameter."
-    H, hd = attn.H, attn.hd
-    heads = _index(keep, H, "heads")
-    within = (heads[:, None] * hd + torch.arange(hd)).flatten()                  # the kept columns of a (H·hd) axis
-    rows = torch.cat([t * H * hd + within for t in range(3)])                     # q, k, v blocks of the fused qkv
-    attn.qkv, attn.proj = _linear(attn.qkv, rows=rows), _linear(attn.proj, cols=within)
-    for mod in attn.modules():
-        if mod is attn.qkv or mod is attn.proj: continue
-        for name, p in list(mod.named_parameters(recurse=False)):
-            if p.ndim and p.shape[0] == H:                                        # per head: the geometry's parameters
-                setattr(mod, name, nn.Parameter(p.detach()[heads.to(p.device)].clone(), requires_grad=p.requires_grad))
-        if mod is not attn and getattr(mod, "num_heads", None) == H: mod.num_heads = len(heads)
-    attn.H, attn.dim = len(heads), len(heads) * hd
-    return attn
-
-def shrink_mlp(mlp: Any, keep: Sequence[int]) -> Any:
-    "Keep the hidden units `keep` of the `MLP` `mlp` (`Linear(D, M)`, activation, `Linear(M, D)`), in place."
-    units = _index(keep, mlp[0].out_features, "mlp units")
-    mlp[0], mlp[2] = _linear(mlp[0], rows=units), _linear(mlp[2], cols=units)
-    return mlp
-
-# %% ../nbs/53_prune.ipynb #586b8032
-def _blocks(model: nn.Module) -> list[Any]:
-    trunk = getattr(model, "model", None)
-    return list(getattr(trunk, "blocks", None) or [])
-
-def structure(model: nn.Module) -> Optional[dict]:
-    "`{'heads': [H_l], 'mlp_hidden': [M_l]}` of a pruned `GeoPreTrained`, or `None` if it has its config's shape."
-    blocks, cfg = _blocks(model), getattr(model, "config", None)
-    if not blocks or cfg is None: return None
-    s = {"heads": [b.attn.H for b in blocks], "mlp_hidden": [b.mlp[0].out_features for b in blocks]}
-    full = {"heads": [cfg.num_heads] * len(blocks), "mlp_hidden": [cfg.mlp_ratio * cfg.dim] * len(blocks)}
-    return None if s == full else s
-
-def check_structure(s, cfg, where: str = "structure") -> dict:
-    "`s` if it is a valid structure for the `GeoConfig` `cfg`; `ValueError` naming `where` otherwise."
-    if not isinstance(s, dict) or set(s) != {"heads", "mlp_hidden"}:
-        raise ValueError(f"{where} must be {{'heads': [...], 'mlp_hidden': [...]}}, got {s!r}")
-    for k, top in (("heads", cfg.num_heads), ("mlp_hidden", cfg.mlp_ratio * cfg.dim)):
-        v = s[k]
-        if not (isinstance(v, list) and len(v) == cfg.depth and all(isinstance(n, int) and 1 <= n <= top for n in v)):
-            raise ValueError(f"{where}.{k} must be {cfg.depth} integers in [1, {top}], got {v!r}")
-    return s
-
-def reshape(model: GeoPreTrained, s: dict) -> GeoPreTrained:
-    "Shrink `model` (in place) to the structure `s`: the first `heads[l]` heads and `mlp_hidden[l]` units of block `l`."
-    check_structure(s, model.config)
-    for blk, h, u in zip(_blocks(model), s["heads"], s["mlp_hidden"]):
-        if h < blk.attn.H: shrink_attention(blk.attn, range(h))
-        if u < blk.mlp[0].out_features: shrink_mlp(blk.mlp, range(u))
-    return model
-
-def load_structure(save_dir) -> Optional[dict]:
-    "The `structure` recorded in `save_dir/config.json` (checked against its config), or None."
-    from arc_geometry.pretrained import CONFIG_NAME, load_model_config
-    p = Path(save_dir) / CONFIG_NAME
-    s = json.loads(p.read_text()).get("structure")
-    return None if s is None else check_structure(s, load_model_config(save_dir), f"{p}: structure")
+__all__ = ['importance', 'plan', 'prune', 'prune_run', 'prune_main']
 
 # %% ../nbs/53_prune.ipynb #5a2f9935
 def importance(model: GeoPreTrained, batches: Iterable, loss_fn: Callable) -> list[tuple[Tensor, Tensor]]:
@@ -112,7 +33,7 @@ def importance(model: GeoPreTrained, batches: Iterable, loss_fn: Callable) -> li
     if n == 0: raise ValueError("batches: importance needs at least one calibration batch")
     res = []
     with torch.no_grad():
-        for blk in _blocks(model):
+        for blk in model_blocks(model):
             a, H, hd = blk.attn, blk.attn.H, blk.attn.hd
             wg = lambda lin: lin.weight * lin.weight.grad
             qkv = wg(a.qkv).sum(1)                                               # (3·H·hd,)
@@ -135,7 +56,7 @@ def _head_cost(attn: Any) -> int:
 def plan(model: GeoPreTrained, ratio: float) -> dict:
     "The structure that removes about `ratio` of `model`'s parameters: `⌊ratio·H⌋` heads per block, then MLP units evenly."
     if not (isinstance(ratio, (int, float)) and 0 < ratio < 1): raise ValueError(f"ratio must be in (0, 1), got {ratio!r}")
-    blocks = _blocks(model)
+    blocks = model_blocks(model)
     if not blocks: raise ValueError(f"{type(model).__name__} has no transformer blocks to prune")
     total, target = model.num_parameters(), math.ceil(ratio * model.num_parameters())
     heads, removed = [], 0
@@ -153,7 +74,7 @@ def prune(model: GeoPreTrained, ratio: float, batches: Iterable, loss_fn: Callab
     "Remove about `ratio` of `model`'s parameters (heads, MLP units) by Taylor importance on `batches`; in place."
     s = plan(model, ratio)
     imp = importance(model, batches, loss_fn)
-    for blk, (ih, iu), h, u in zip(_blocks(model), imp, s["heads"], s["mlp_hidden"]):
+    for blk, (ih, iu), h, u in zip(model_blocks(model), imp, s["heads"], s["mlp_hidden"]):
         shrink_attention(blk.attn, ih.topk(h).indices.sort().values.tolist())
         shrink_mlp(blk.mlp, iu.topk(u).indices.sort().values.tolist())
     return model
