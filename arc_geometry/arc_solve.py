@@ -26,7 +26,7 @@ from .config import config_from_dict
 from .geometries import GEOMETRIES
 from .models import GeoConfig, GeoLM
 from .files import atomic_write
-from .cli import check_memory
+from .job import check_memory
 from .runs import ResultsCSV, check_run_dir, run_jobs, stop_on_signals, suite_config, suite_parser
 from .files import TrainingInterrupted
 from .train import TrainConfig, lr_factor, param_groups, resolve_device

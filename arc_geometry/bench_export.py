@@ -115,7 +115,7 @@ def train_default_runs(out_dir, geometries: Optional[Sequence[str]] = None, extr
 
 def _val_split(run_dir: Path):
     "The validation sequences `(N, S)` (answer last) of a run, from its `config.json`."
-    from arc_geometry.cli import build_config, read_run_config
+    from arc_geometry.job import build_config, read_run_config
     return build_config(read_run_config(run_dir)).task.val
 
 def int8_table(runs: dict, workdir=None) -> list[dict]:

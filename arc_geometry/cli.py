@@ -23,6 +23,9 @@ import yaml
 
 from . import __version__
 from .config import SECTIONS, ArgumentParser, apply_overrides, check_fields, config_from_dict, load_config
+from .job import (DEFAULT_CONFIG, DataConfig, RunConfig, build_config, check_memory, import_optuna,
+                              model_bytes, read_run_config, resume_config, saved_run_config, suggest, validate_space,
+                              validate_tune)
 from .models import GeoConfig, GeoLM
 from .files import read_json_object
 from .tasks import ModularArithmetic
@@ -31,188 +34,8 @@ from .train import MID_RUN_KEYS, NonFiniteLossError, TrainConfig, Trainer
 from .train_state import latest_checkpoint, unpack_training_state
 
 # %% auto #0
-__all__ = ['DEFAULT_CONFIG', 'BENCHMARKS', 'EXTENSIONS', 'HELP', 'DataConfig', 'RunConfig', 'model_bytes', 'check_memory',
-           'build_config', 'validate_tune', 'validate_space', 'suggest', 'import_optuna', 'read_run_config',
-           'resume_config', 'init_distributed', 'end_distributed', 'run_training', 'cmd_train', 'cmd_eval',
+__all__ = ['BENCHMARKS', 'EXTENSIONS', 'HELP', 'init_distributed', 'end_distributed', 'run_training', 'cmd_train', 'cmd_eval',
            'cmd_generate', 'cmd_tune', 'cmd_passthrough', 'parser', 'main']
-
-# %% ../nbs/33_cli.ipynb #67432cef
-@dataclass
-class DataConfig:
-    "The `data` section: which task and its settings."
-    task: str = "modular"
-    p: int = 97
-    op: str = "+"
-    train_frac: float = 0.6
-    split_seed: int = 0
-
-    def __post_init__(self):
-        check_fields(self, "data")
-        if self.task != "modular": raise ValueError(f"data.task must be 'modular' or 'text', got {self.task!r}")
-
-    def build(self) -> ModularArithmetic:
-        try: return ModularArithmetic(p=self.p, op=self.op, train_frac=self.train_frac, split_seed=self.split_seed)
-        except ValueError as e: raise ValueError(f"data.{e}") from None
-
-DEFAULT_CONFIG = {
-    "model": {"dim": 128, "depth": 1, "num_heads": 4, "geometry": "metric", "rank": 8},
-    "data": {"task": "modular", "p": 97, "op": "+", "train_frac": 0.6},
-    "train": {"max_steps": 3000, "batch_size": 512, "lr": 1e-3, "weight_decay": 1.0, "warmup_steps": 10,
-              "eval_every": 25, "checkpoint_every_s": 30.0, "seed": 0, "target_accuracy": 0.99, "num_threads": 1},
-}
-"The built-in default job (`arc-geometry train --out DIR` with no CONFIG): addition mod 97 to 99 % validation accuracy."
-
-@dataclass
-class RunConfig:
-    "A validated config: the model, data and train sections as objects, and the task they describe."
-    model: GeoConfig
-    data: Any                  # DataConfig, or text.TextDataConfig for `task: text`
-    train: TrainConfig
-    task: Any                  # ModularArithmetic, or text.TextTask
-    tune: dict
-
-    def to_dict(self) -> dict:
-        return {"model": self.model.to_dict(), "data": dataclasses.asdict(self.data), "train": self.train.to_dict(),
-                **({"tune": self.tune} if self.tune else {})}
-
-def model_bytes(c: GeoConfig) -> int:
-    """A lower bound of the bytes training a `GeoLM` of config `c` takes: 16 per parameter (float32 weights, gradients
-    and AdamW's two moments) of its embeddings, learned positions and the blocks' attention and MLP matrices."""
-    d = c.dim
-    n = c.vocab_size * d * (1 if c.tie_embeddings else 2) + (c.max_seq_len * d if c.positions == "learned" else 0)
-    return 16 * (n + c.depth * (4 + 2 * c.mlp_ratio) * d * d)
-
-# %% ../nbs/33_cli.ipynb #f679cb35
-def check_memory(c: GeoConfig, section: str = "model") -> None:
-    "`ValueError` (naming the sizes and the bytes) if training config `c` cannot fit in this machine's memory."
-    try: have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError): return        # unknown on this system
-    need = model_bytes(c)
-    if need > have:
-        raise ValueError(f"{section}: this model needs at least {need:,} bytes ({need / 2**30:,.1f} GiB) for its float32 "
-                         f"weights, gradients and AdamW state, more than this machine's {have / 2**30:,.1f} GiB "
-                         f"(dim = {c.dim}, depth = {c.depth}, vocab_size = {c.vocab_size}, max_seq_len = {c.max_seq_len})")
-
-def build_config(cfg: dict) -> RunConfig:
-    "Validate every section of `cfg` (errors name the key); `model.vocab_size`/`max_seq_len` default to the task's."
-    for sec in cfg:
-        if sec not in SECTIONS: raise ValueError(f"unknown section {sec!r}; a config has sections {', '.join(SECTIONS)}")
-        if not isinstance(cfg[sec] or {}, dict): raise ValueError(f"section {sec} must be a mapping, got {cfg[sec]!r}")
-    d: Any = cfg.get("data")
-    if isinstance(d, dict) and d.get("task") == "text":                 # a text corpus: arc_geometry.text
-        from arc_geometry.text import text_task
-        data, task = text_task(d, cfg.get("model"))
-    else:
-        data = config_from_dict(DataConfig, d, "data"); task = data.build()
-    m = dict(cfg.get("model") or {})
-    m.setdefault("vocab_size", task.vocab_size); m.setdefault("max_seq_len", task.seq_len)
-    try: model = config_from_dict(GeoConfig, m, "model")
-    except (ValueError, TypeError) as e:
-        msg = str(e); raise ValueError(msg if msg.startswith(("model.", "unknown key model.")) else f"model.{msg}") from None
-    if model.vocab_size < task.vocab_size:
-        raise ValueError(f"model.vocab_size must be >= the task's vocabulary {task.vocab_size}, got {model.vocab_size}")
-    if model.max_seq_len < task.seq_len:
-        raise ValueError(f"model.max_seq_len must be >= the task's input length {task.seq_len}, got {model.max_seq_len}")
-    check_memory(model)
-    train = config_from_dict(TrainConfig, cfg.get("train"), "train")
-    tune = validate_tune(cfg.get("tune") or {})
-    return RunConfig(model, data, train, task, tune)
-
-# %% ../nbs/33_cli.ipynb #762e98cb
-_FIELDS = {"model": GeoConfig, "data": DataConfig, "train": TrainConfig}
-
-def validate_tune(t: dict) -> dict:
-    "Check the `tune` section's shape; returns it with defaults filled in."
-    known = ("space", "metric", "direction")
-    for k in t:
-        if k not in known: raise ValueError(f"unknown key tune.{k}; known keys: {', '.join(known)}")
-    if not t: return {}
-    t = {"metric": "val_acc", "direction": "maximize", "space": {}, **t}
-    if t["direction"] not in ("maximize", "minimize"):
-        raise ValueError(f"tune.direction must be 'maximize' or 'minimize', got {t['direction']!r}")
-    if t["metric"] not in ("val_acc", "val_loss", "loss", "step", "val_bpb", "val_ppl"):
-        raise ValueError(f"tune.metric must be one of val_acc, val_loss, loss, step, val_bpb, val_ppl, got {t['metric']!r}")
-    if not isinstance(t["space"], dict): raise ValueError(f"tune.space must be a mapping, got {t['space']!r}")
-    for key, spec in t["space"].items():
-        sec, _, k = key.partition(".")
-        if sec not in _FIELDS or k not in [f.name for f in dataclasses.fields(_FIELDS[sec])]:
-            raise ValueError(f"tune.space key {key!r} is not a config key (section.key)")
-        if not isinstance(spec, dict) or not ({"choices"} <= spec.keys() or {"low", "high"} <= spec.keys()):
-            raise ValueError(f"tune.space.{key} must be {{low, high[, log, step]}} or {{choices: [...]}}, got {spec!r}")
-        if "choices" in spec and (not isinstance(spec["choices"], list) or not spec["choices"]):
-            raise ValueError(f"tune.space.{key}.choices must be a non-empty list, got {spec['choices']!r}")
-        if "low" in spec:
-            lo, hi = spec["low"], spec["high"]
-            if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (lo, hi)) or not lo <= hi:
-                raise ValueError(f"tune.space.{key} needs numbers low <= high, got low={lo!r}, high={hi!r}")
-            if spec.get("log") and not lo > 0: raise ValueError(f"tune.space.{key}: a log range needs low > 0, got {lo!r}")
-    return t
-
-def _set(key: str, v) -> str: return f"{key}={json.dumps(v)}"
-
-def validate_space(base: dict, space: dict) -> None:
-    "Build the config with every choice and both ends of every range of `space`; `ValueError` naming the first bad value."
-    for key, s in space.items():
-        for v in (s["choices"] if "choices" in s else [s["low"], s["high"]]):
-            try: build_config(apply_overrides(base, [_set(key, v)]))
-            except ValueError as e: raise ValueError(f"tune.space.{key}: the value {v!r} is invalid: {e}") from None
-
-def suggest(trial, space: dict) -> list[str]:
-    "Ask an Optuna `trial` for a value of every key in `space`; returns `--set` strings."
-    out = []
-    for key, s in space.items():
-        if "choices" in s: v = trial.suggest_categorical(key, s["choices"])
-        elif isinstance(s["low"], int) and isinstance(s["high"], int) and not s.get("float", False):
-            v = trial.suggest_int(key, s["low"], s["high"], step=s.get("step", 1), log=s.get("log", False))
-        else: v = trial.suggest_float(key, float(s["low"]), float(s["high"]), log=s.get("log", False))
-        out.append(_set(key, v))
-    return out
-
-def import_optuna():
-    try:
-        import optuna
-    except ImportError:
-        raise ImportError("arc-geometry tune needs Optuna, which is not installed: pip install 'optuna>=4'") from None
-    return optuna
-
-# %% ../nbs/33_cli.ipynb #f15fcb19
-def read_run_config(run) -> dict:
-    "The `config.json` of run directory `run`; `ValueError` naming the directory if it is missing or holds no run."
-    run = Path(run)
-    if not run.exists(): raise ValueError(f"run directory {run} does not exist")
-    if not run.is_dir(): raise ValueError(f"{run} is not a run directory (it is a file)")
-    p = run / "config.json"
-    if not p.exists(): raise ValueError(f"{run} holds no run: {p.name} is missing")
-    return read_json_object(p, "the run's config")
-
-def _saved_config(run) -> RunConfig:
-    "The validated config of run directory `run`; an invalid one is an error naming its file."
-    try: return build_config(read_run_config(run))
-    except (ValueError, TypeError) as e:
-        msg = str(e); p = str(Path(run) / "config.json")
-        raise ValueError(msg if msg.startswith(p) else f"{p}: {msg}") from None
-
-def resume_config(run, cfg: Optional[dict] = None, sets: Optional[list] = None) -> tuple[dict, list[str]]:
-    "The config to resume `run` with, and the changes made: its `config.json`, changed only in `MID_RUN_KEYS`."
-    saved = _saved_config(run).to_dict()
-    raw = apply_overrides(cfg if cfg is not None else saved, sets)
-    def diff(want: dict, fixed_only: bool) -> tuple[list, list]:
-        changes: list[str] = []; refused: list[str] = []
-        for sec in ("model", "data", "train"):
-            for k, b in (want.get(sec) or {}).items():
-                a = saved[sec].get(k, b)
-                if a == b or (isinstance(a, float) and isinstance(b, str) and b.strip() == repr(a)): continue
-                mid = sec == "train" and k in MID_RUN_KEYS
-                if not (fixed_only and mid): (changes if mid else refused).append(f"{sec}.{k}: {a!r} → {b!r}")
-        return changes, refused
-    refused = diff(raw, True)[1]                  # first the keys asked for, before validation can fail on them
-    if not refused:
-        want = build_config(raw).to_dict()
-        changes, refused = diff(want, False)
-    if refused:
-        raise ValueError(f"--resume keeps the run's config.json; it cannot change {'; '.join(refused)} "
-                         f"(only train.{', train.'.join(MID_RUN_KEYS)} may change mid-run)")
-    return {**saved, "train": want["train"]}, changes
 
 # %% ../nbs/33_cli.ipynb #b20d904b
 def init_distributed() -> bool:
@@ -279,7 +102,7 @@ def cmd_eval(a) -> int:
         model, tok, source = load_text_model(run)
         res = evaluate_files(model, tok, a.data)
         print(json.dumps({"data": a.data, "source": source, **res})); return 0
-    base = _saved_config(run)
+    base = saved_run_config(run)
     saved = base.to_dict()
     fixed = [s for s in a.set if s.partition("=")[0].strip().startswith("model.")]
     if fixed: raise ValueError(f"--set {fixed[0]} is refused: eval reads the model from the run, model.* cannot be overridden")

@@ -99,7 +99,7 @@ def split_adaptation(cfg: dict) -> tuple[dict, Path, Optional[dict]]:
 
 def check_adaptation(cfg: dict):
     "Validate an adapting config as `cli.build_config` validates the others; returns its `RunConfig`."
-    from arc_geometry.cli import build_config
+    from arc_geometry.job import build_config
     return build_config(split_adaptation(cfg)[0])
 
 # %% ../nbs/52_lora.ipynb #f1e25acc

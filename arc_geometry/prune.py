@@ -84,7 +84,7 @@ def _dir_bytes(d: Path) -> int: return sum(f.stat().st_size for f in Path(d).ite
 
 def prune_run(run, ratio: float, finetune_steps: int = 0, out=None, calib_batches: int = 4, progress: bool = False) -> dict:
     "Prune the final model of the run directory `run`, fine-tune it, save it to `out/model`; returns the summary."
-    from arc_geometry.cli import build_config, read_run_config
+    from arc_geometry.job import build_config, read_run_config
     from arc_geometry.files import atomic_write
     from arc_geometry.train import Trainer, TrainConfig
     run = Path(run)

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from .blocks import Ball, Product
 from .calibration import TemperatureScaler, brier, ece, radius_confidence
-from .cli import check_memory
+from .job import check_memory
 from .geometries import GEOMETRIES
 from .models import GeoConfig, GeoLM
 from .files import atomic_write
