@@ -146,7 +146,7 @@ def lorentz_transform(q: Tensor, k: Tensor, c: Tensor, scale: float,
     qa, ka = _LorentzMap.apply(q, k, c, scale, max_radius)
     return qa, ka
 
-# %% ../../nbs/19_lorentz.ipynb #418170dc
+# %% ../../nbs/19_lorentz.ipynb #fb121318
 _GROUP_BYTES = 32 * 2 ** 20   # the CPU flash path's budget for one head group's D+1-wide copies (q', k', v')
 
 def _pad_last(x: Tensor, width: int) -> Tensor:
@@ -163,6 +163,7 @@ def _heads_per_group(q: Tensor, k: Tensor) -> int:
     per_head = 3 * q.shape[0] * max(q.shape[2], k.shape[2]) * (q.shape[-1] + 1) * q.element_size()
     return max(1, min(q.shape[1], _GROUP_BYTES // per_head))
 
+# %% ../../nbs/19_lorentz.ipynb #3ccac876
 class _LorentzFlashCPU(torch.autograd.Function):
     """Lorentz attention by PyTorch's CPU flash kernel, a group of heads at a time. One group: its wide copies are kept
     for the backward; several: each group's are rebuilt there (at most one group's alive at a time)."""
