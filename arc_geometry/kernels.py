@@ -261,7 +261,7 @@ def check_paths(geometries: Optional[Iterable[str]] = None) -> list[tuple[str, s
 def _tol(geometry: str, key: str) -> float:
     return TOLERANCE_OVERRIDES.get((geometry, key), TOLERANCES[key])
 
-# %% ../nbs/18_kernels.ipynb #d1a3155a
+# %% ../nbs/18_kernels.ipynb #e08e7e65
 def device_name(dev: torch.device) -> str:
     "What a row names as its device: the GPU's name (`NVIDIA H100 80GB HBM3`, …), or `cpu`."
     return torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
@@ -272,6 +272,7 @@ def _judge(geometry: str, errs: dict, half: bool) -> tuple[dict, dict]:
     else: tols = {n: _tol(geometry, "fp32" if n == "out" else "fp32 grad") for n in errs}
     return tols, {n: bool(e < tols[n]) for n, e in errs.items()}
 
+# %% ../nbs/18_kernels.ipynb #be32f710
 def check_one(geometry: str, fn: Callable, reference: Callable, case: CheckCase, dtype: str, device: str = "cuda",
               path: str = "", seed: int = 0) -> dict:
     """Compare `fn` in `dtype` ("fp32", "fp16", "bf16") with the float64 `reference` on `device`, in one `case`:
