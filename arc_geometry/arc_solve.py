@@ -25,10 +25,10 @@ from .arc import (END, NL, PAD, VOCAB_SIZE, ArcTask, Transform, decode_grid, enc
 from .config import config_from_dict
 from .geometries import GEOMETRIES
 from .models import GeoConfig, GeoLM
-from .files import atomic_write
+from .files import TrainingInterrupted, atomic_write
 from .job import check_memory
-from .runs import ResultsCSV, check_run_dir, run_jobs, stop_on_signals, suite_config, suite_parser
-from .files import TrainingInterrupted
+from .grid import enqueue, export, grid_name, masked, open_grid, run_grid
+from .runs import ResultsCSV, check_run_dir, stop_on_signals, suite_config, suite_parser
 from .train import TrainConfig, lr_factor, param_groups, resolve_device
 
 # %% auto #0
@@ -329,7 +329,7 @@ def _pretrained(out: Path, tasks, done: set, cfg: dict, arc: dict) -> dict:
     return pre
 
 def arc_main(argv: Optional[Sequence[str]] = None) -> int:
-    "`arc-geometry arc [CONFIG] --out DIR [--set …] [--workers N]`: the resumable ARC study; returns the exit status."
+    "`arc-geometry arc [CONFIG] --out DIR [--set …] [--workers N] [--storage URL] [--export]`: the ARC study; returns the exit status."
     p = suite_parser("arc-geometry arc", "Solve ARC-AGI tasks with small geometric LMs (test-time training, "
                      "optional pre-training); one row per (task, geometry, seed) in DIR/results.csv.")
     a = p.parse_args(argv)
@@ -339,9 +339,14 @@ def arc_main(argv: Optional[Sequence[str]] = None) -> int:
     for mc in mcs: check_memory(mc)
     if train_config(cfg["train"]).num_threads: torch.set_num_threads(cfg["train"]["num_threads"])
     tasks, long = select_tasks(load_tasks(arc["version"], arc["split"]), arc["tasks"], context_len(mcs[0], arc))
-    out = check_run_dir(a.out, {**cfg, "solver": {k: arc[k] for k in SOLVER_KEYS}}, fixed=("model", "train", "solver"))
+    fixed = {**cfg, "solver": {k: arc[k] for k in SOLVER_KEYS}}
+    out = check_run_dir(a.out, fixed, fixed=("model", "train", "solver"))
     table = ResultsCSV(out / "results.csv", KEY)
-    done = table.done()                                  # results.csv checked before any work
+    grid = open_grid(out, a.storage, grid_name("arc", fixed, ("model", "train", "solver")), KEY, a.heartbeat)
+    if a.export: print(f"{export(grid, table.path)} rows of {masked(grid.url)} in {table.path}"); return 0
+    keys = [(arc["version"], arc["split"], t.id, g, str(s)) for t in tasks for s in arc["seeds"] for g in arc["geometries"]]
+    enqueue(grid, keys, table.rows())                    # results.csv checked before any work
+    done = grid.complete()
     pre: dict = {}
     if arc["pretrain_steps"]:
         with stop_on_signals():
@@ -352,10 +357,11 @@ def arc_main(argv: Optional[Sequence[str]] = None) -> int:
     jobs = [{"version": arc["version"], "split": arc["split"], "task": t.id, "geometry": g, "seed": s,
              "cfg": cfg, "out": str(out), "pretrained": pre.get((g, s))}
             for t in tasks for s in arc["seeds"] for g in arc["geometries"]]   # task-major: a stopped run compares every geometry
-    n = run_jobs(jobs, solve_job, table, a.workers, desc="arc")
+    n = run_grid(grid, jobs, solve_job, table.path, a.workers, desc="arc")
     rows = [r for r in table.rows() if (r["version"], r["split"]) == (arc["version"], arc["split"])]
     for g in arc["geometries"]:
         rs = [r for r in rows if r["geometry"] == g and r["pass2"] != ""]
         if rs: print(f"{g}: pass@2 {sum(float(r['pass2']) for r in rs) / len(rs):.3f} over {len(rs)} task-runs", flush=True)
-    print(f"{n} task-runs run, {len(jobs) - n} already in {table.path}; {len(long)} of {len(tasks)} tasks longer than max_len", flush=True)
+    print(f"{n} task-runs run here, {len(jobs) - n} before or by other processes, all in {table.path}; "
+          f"{len(long)} of {len(tasks)} tasks longer than max_len", flush=True)
     return 0

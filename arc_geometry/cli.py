@@ -152,7 +152,8 @@ def cmd_tune(a) -> int:
     out = Path(a.out)
     if out.exists() and not out.is_dir(): raise ValueError(f"--out {out} exists and is not a directory")
     out.mkdir(parents=True, exist_ok=True)
-    storage = a.storage or f"sqlite:///{(out / 'optuna.db').resolve()}"
+    from arc_geometry.grid import open_storage              # heartbeats: a dead worker's trial is retried
+    storage = open_storage(a.storage or f"sqlite:///{(out / 'optuna.db').resolve()}")
     study = optuna.create_study(study_name=a.study, storage=storage, load_if_exists=True, direction=t["direction"],
                                 sampler=optuna.samplers.TPESampler(seed=a.seed))
     def objective(trial):
@@ -261,7 +262,9 @@ def parser() -> argparse.ArgumentParser:
     u.add_argument("--trials", type=_positive_int, required=True, help="number of trials to run in this process (>= 1)")
     u.add_argument("--out", required=True, help="sweep directory (one run directory per trial)")
     u.add_argument("--study", default="arc-geometry", help="study name inside the storage")
-    u.add_argument("--storage", default=None, help="Optuna storage URL (default sqlite:///OUT/optuna.db)")
+    u.add_argument("--storage", default=None, metavar="URL", help="Optuna RDB storage URL: sqlite:///FILE, "
+                   "postgresql://USER@HOST/DB, mysql://…; processes on several machines with the same URL and --study "
+                   "share one sweep (default sqlite:///OUT/optuna.db)")
     u.add_argument("--seed", type=int, default=None, help="seed of the sampler, for a reproducible sweep")
     u.add_argument("--set", **sets)
     g = sub.add_parser("generate", help="stream text from a text run or model", description=(

@@ -5,6 +5,7 @@
 # %% ../nbs/36_runs.ipynb #94d0dcd9
 from __future__ import annotations
 
+import argparse
 import copy
 import csv
 import ctypes
@@ -31,7 +32,7 @@ from .files import atomic_write, read_json_object
 from .files import TrainingInterrupted
 
 # %% auto #0
-__all__ = ['ResultsCSV', 'stop_on_signals', 'run_jobs', 'suite_config', 'check_run_dir', 'suite_parser']
+__all__ = ['ResultsCSV', 'die_with_parent', 'stop_on_signals', 'run_jobs', 'suite_config', 'check_run_dir', 'suite_parser']
 
 # %% ../nbs/36_runs.ipynb #54cfb1bc
 class ResultsCSV:
@@ -106,7 +107,7 @@ class ResultsCSV:
         return True
 
 # %% ../nbs/36_runs.ipynb #6ae10492
-def _die_with_parent(ppid: int) -> None:
+def die_with_parent(ppid: int) -> None:
     """Make this (worker) process die with its parent `ppid`, whatever kills the parent: the kernel's
     `PR_SET_PDEATHSIG` on Linux, and a thread polling `os.getppid()` everywhere (a SIGKILL either way)."""
     if sys.platform.startswith("linux"):
@@ -120,7 +121,7 @@ def _die_with_parent(ppid: int) -> None:
 
 def _worker(fn: Callable[[dict], dict], conn, ppid: int) -> None:
     "A worker process: run `fn` on each job received on `conn`, send back `('ok', row)` or `('err', exception)`."
-    _die_with_parent(ppid)
+    die_with_parent(ppid)
     os.setpgrp()                                             # signals sent to the parent's group are the parent's to handle
     signal.signal(signal.SIGINT, signal.SIG_IGN)             # Ctrl-C reaches the whole group: the parent decides
     torch.set_num_threads(1)
@@ -250,12 +251,28 @@ def check_run_dir(out, cfg: dict, fixed: Sequence[str]) -> Path:
     atomic_write(f, json.dumps(cfg, indent=2))
     return out
 
+def _int_at_least_1(s: str) -> int:
+    try: v = int(s)
+    except ValueError: raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {s!r}") from None
+    if v < 1: raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
+
 def suite_parser(prog: str, description: str) -> ArgumentParser:
-    "`prog [CONFIG] --out DIR [--set S.K=V …] [--workers N]`, one-line errors."
+    "`prog [CONFIG] --out DIR [--set S.K=V …] [--workers N] [--storage URL] [--heartbeat S] [--export]`, one-line errors."
     p = ArgumentParser(prog=prog, description=description)
     p.add_argument("config", nargs="?", help="YAML or JSON config (omit for the built-in small defaults)")
     p.add_argument("--out", required=True, help="result directory: DIR/results.csv grows one row per finished trial")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one config key (repeatable)")
-    p.add_argument("--workers", type=int, default=1, help="trials run in parallel processes (default 1)")
+    p.add_argument("--workers", type=_int_at_least_1, default=1,
+                   help="worker processes on this machine taking trials from the queue (default 1)")
+    p.add_argument("--storage", default=None, metavar="URL",
+                   help="Optuna RDB storage holding the queue of trials: sqlite:///FILE, postgresql://USER@HOST/DB, "
+                   "mysql://…; every process, on any machine, started with the same config and URL shares the grid "
+                   "(default: an SQLite file inside DIR)")
+    p.add_argument("--heartbeat", type=_int_at_least_1, default=5, metavar="SECONDS",
+                   help="seconds between a running trial's heartbeats; a trial silent for 3 of them (its worker died) "
+                   "is retried, at most 3 times (default 5)")
+    p.add_argument("--export", action="store_true",
+                   help="only write DIR/results.csv from the storage's finished trials, then exit")
     return p

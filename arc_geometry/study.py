@@ -25,7 +25,8 @@ from .job import check_memory
 from .geometries import GEOMETRIES
 from .models import GeoConfig, GeoLM
 from .files import atomic_write
-from .runs import ResultsCSV, check_run_dir, run_jobs, suite_config, suite_parser
+from .grid import enqueue, export, grid_name, masked, open_grid, run_grid
+from .runs import ResultsCSV, check_run_dir, suite_config, suite_parser
 from .tasks import ModularArithmetic, answer_loss, is_prime, split_batch
 from .train import Callback, NonFiniteLossError, TrainConfig, Trainer
 
@@ -271,17 +272,22 @@ def study_jobs(cfg: dict, out) -> list[dict]:
 
 # %% ../nbs/43_study.ipynb #13ee0e88
 def study_main(argv: Optional[Sequence[str]] = None) -> int:
-    "`arc-geometry study [CONFIG] --out DIR [--set S.K=V …] [--workers N]`; returns the exit status."
+    "`arc-geometry study [CONFIG] --out DIR [--set S.K=V …] [--workers N] [--storage URL] [--export]`; returns the exit status."
     p = suite_parser("arc-geometry study", "The grokking study: tasks × train fractions × geometries × seeds, "
                      "one row per trial in DIR/results.csv (a re-run skips the rows already there).")
     a = p.parse_args(list(argv) if argv is not None else None)
     cfg = check_study_config(suite_config(a.config, a.set, DEFAULTS))
     trial = {k: cfg["study"][k] for k in ("max_steps", "target_accuracy", "p")}
-    out = check_run_dir(a.out, {**cfg, "trial": trial}, fixed=("model", "train", "trial"))
+    fixed = {**cfg, "trial": trial}
+    out = check_run_dir(a.out, fixed, fixed=("model", "train", "trial"))
     jobs = study_jobs(cfg, out)
     table = ResultsCSV(out / "results.csv", KEY)
-    ran = run_jobs(jobs, run_trial, table, a.workers, desc="study")
-    have = table.done() & {table.key_of(j) for j in jobs}
+    grid = open_grid(out, a.storage, grid_name("study", fixed, ("model", "train", "trial")), KEY, a.heartbeat)
+    if a.export:
+        print(f"arc-geometry study: {export(grid, table.path)} rows of {masked(grid.url)} in {table.path}"); return 0
+    enqueue(grid, [table.key_of(j) for j in jobs], table.rows())     # results.csv checked before any work
+    ran = run_grid(grid, jobs, run_trial, table.path, a.workers, desc="study")
+    have = grid.complete() & {table.key_of(j) for j in jobs}
     print(f"arc-geometry study: {ran} trial(s) run; {len(have)} of the {len(jobs)} trials are in {table.path}")
     return 0
 
