@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import codecs
+import collections
 import contextlib
 import dataclasses
 import fnmatch
@@ -18,6 +19,7 @@ import shutil
 import sys
 import sysconfig
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional
@@ -344,6 +346,8 @@ class TokenShards:
         return f"TokenShards({self.root.name}: train {m['train']['tokens']:,} tokens, val {m['val']['tokens']:,} tokens)"
 
 # %% ../nbs/37_text.ipynb #3e1026af
+_IN_FLIGHT = 2          # batches being encoded while one is written
+
 class _ShardWriter:
     def __init__(self, path: Path, dtype, eod: int):
         self.f, self.h, self.dtype, self.eod = open(path, "wb"), hashlib.sha256(), dtype, eod
@@ -361,19 +365,30 @@ def _write_shards(tmp: Path, sources, scan: CorpusScan, tok, val_fraction, split
     from tqdm.auto import tqdm
     dtype = np.uint16 if tok.vocab_size <= 65536 else np.uint32
     w = {s: _ShardWriter(tmp / f"{s}.bin", dtype, tok.eod_id) for s in ("train", "val")}
-    batch: list = []; meta: list = []; pending = 0
     _REPLACED[0] = 0
     bar = tqdm(total=scan.bytes, unit="B", unit_scale=True, desc="tokenize", disable=not progress, mininterval=1.0)
-    def flush():
-        for ids, text, (split, last) in zip(tok.encode_batch(batch), batch, meta):
+    def write(done):
+        fut, batch, meta = done
+        for ids, text, (split, last) in zip(fut.result(), batch, meta):
             wr = w[split]; wr.write(ids); n = len(text.encode("utf-8")); wr.bytes += n; bar.update(n)
             if last: wr.write(np.array([tok.eod_id])); wr.documents += 1
-        batch.clear(); meta.clear()
-    for key, text, last in iter_documents(sources, errors, text_field):
-        batch.append(text); meta.append((scan.split_of(key, val_fraction, split_seed) if val_fraction > 0 else "train", last))
-        pending += len(text)
-        if pending >= batch_bytes: flush(); pending = 0
-    flush(); bar.close()
+    def batches():
+        batch: list = []; meta: list = []; pending = 0
+        for key, text, last in iter_documents(sources, errors, text_field):
+            batch.append(text); meta.append((scan.split_of(key, val_fraction, split_seed) if val_fraction > 0 else "train", last))
+            pending += len(text)
+            if pending >= batch_bytes: yield batch, meta; batch, meta, pending = [], [], 0
+        if batch: yield batch, meta
+    # Encoding runs in worker threads (the Rust encoder releases the GIL and spreads each batch over its own thread
+    # pool) while this thread reads the next files and writes the previous batch, in order: `_IN_FLIGHT` batches are
+    # queued so that the encoder's threads never wait for the writer nor for the end of one batch to start the next.
+    with ThreadPoolExecutor(_IN_FLIGHT) as ex:
+        queue: collections.deque = collections.deque()
+        for batch, meta in batches():
+            queue.append((ex.submit(tok.encode_batch, batch), batch, meta))
+            if len(queue) > _IN_FLIGHT: write(queue.popleft())
+        while queue: write(queue.popleft())
+    bar.close()
     man = {"version": SHARD_VERSION, "dtype": np.dtype(dtype).name, "vocab_size": tok.vocab_size, "eod_id": tok.eod_id,
            "tokenizer": tok.spec, "tokenizer_digest": tok.digest, "corpus_digest": scan.digest,
            "val_fraction": val_fraction, "split_seed": split_seed, "errors": errors, "replacements": _REPLACED[0],
