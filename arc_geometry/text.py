@@ -405,7 +405,7 @@ def shard_key(scan: CorpusScan, tok, val_fraction: float, split_seed: int) -> st
 
 def build_shards(sources: list[Source], tok, val_fraction: float = 0.05, split_seed: int = 0, cache_dir=None,
                  errors: str = "strict", text_field: str = "text", scan: Optional[CorpusScan] = None,
-                 batch_bytes: int = 1 << 20, progress: bool = True, hook=None) -> TokenShards:
+                 batch_bytes: int = 1 << 22, progress: bool = True, hook=None) -> TokenShards:
     "Tokenise `sources` into cached train/val shards (built once per corpus, tokenizer and split; rebuilt if stale)."
     scan = scan or scan_corpus(sources, val_fraction, split_seed, errors, text_field)
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
