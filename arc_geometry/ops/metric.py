@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..core import allowed_mask
-from .common import acc_dtype
+from ..core import allowed_mask, mask_block, segment_spans, window_binds
+from .common import acc_dtype, query_blocks
 
 # %% auto #0
 __all__ = ['metric_features', 'metric_augment', 'sdpa_attend', 'dot_cpu', 'metric_cpu']
@@ -34,15 +34,60 @@ def metric_augment(q: Tensor, k: Tensor, A: Tensor, lam: Tensor, scale: float) -
     ka = torch.cat([kw, kGk[..., None]], -1)
     return qa, ka
 
+# %% ../../nbs/11_metric_fast.ipynb #76c4a0a3
+def _sdpa_block(q: Tensor, k: Tensor, v: Tensor, blk: tuple[int, int, int, int], Sq: int, Sk: int, scale: float,
+                causal: bool, kpm: Optional[Tensor], window: Optional[int], seg: Optional[Tensor]) -> Tensor:
+    "SDPA of the queries `i0…i1−1` over the keys `k0…k1−1` of `blk` (`q, k, v` already sliced), with that block's mask only."
+    i0, i1, k0, k1 = blk
+    m = mask_block(Sq, Sk, i0, i1, k0, k1, causal, kpm, window, seg, q.device)
+    if m is not None and bool(m.all()): m = None               # a tile inside the band: the unmasked kernel
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=m, scale=scale)
+    return out if m is None else out * m.any(-1, keepdim=True)
+
+class _BlockSDPA(torch.autograd.Function):
+    """SDPA by query blocks of `C` queries, each over the keys its window and documents allow: `O(S·(C + window))`
+    time, `O(C·(C + window))` extra memory; backward recomputes each block."""
+    @staticmethod
+    def forward(ctx, q, k, v, scale, causal, kpm, window, seg):
+        Sq, Sk = q.shape[2], k.shape[2]
+        C = min(Sq, max(64, min(512, window // 4)) if window_binds(Sq, Sk, window) else 256)
+        blocks = [b for b in query_blocks(Sq, Sk, causal, block=C, window=window,
+                                          spans=segment_spans(seg) if seg is not None else None) if b[3] > b[2]]
+        out = q.new_zeros(*q.shape[:3], v.shape[-1])
+        for blk in blocks:
+            (i0, i1, k0, k1), a = blk, (Sq, Sk, scale, causal, kpm, window, seg)
+            out[:, :, i0:i1] = _sdpa_block(q[:, :, i0:i1], k[:, :, k0:k1], v[:, :, k0:k1], blk, *a)
+        ctx.save_for_backward(q, k, v)
+        ctx.args = (blocks, (Sq, Sk, scale, causal, kpm, window, seg))
+        return out
+
+    @staticmethod
+    def backward(ctx, do):
+        q, k, v = ctx.saved_tensors
+        blocks, a = ctx.args
+        dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+        for blk in blocks:
+            i0, i1, k0, k1 = blk
+            with torch.enable_grad():
+                t = [x.detach().requires_grad_() for x in (q[:, :, i0:i1], k[:, :, k0:k1], v[:, :, k0:k1])]
+                gq, gk, gv = torch.autograd.grad(_sdpa_block(*t, blk, *a), t, do[:, :, i0:i1])
+            dq[:, :, i0:i1] = gq
+            dk[:, :, k0:k1] += gk
+            dv[:, :, k0:k1] += gv
+        return dq, dk, dv, None, None, None, None, None
+
 # %% ../../nbs/11_metric_fast.ipynb #31494471
-def sdpa_attend(q: Tensor, k: Tensor, v: Tensor, causal: bool = False,
-                key_padding_mask: Optional[Tensor] = None, scale: float = 1.0) -> Tensor:
-    "Softmax(`scale·q kᵀ`) `v` by SDPA's fused kernel: heads padded to one size; empty rows give 0."
+def sdpa_attend(q: Tensor, k: Tensor, v: Tensor, causal: bool = False, key_padding_mask: Optional[Tensor] = None,
+                scale: float = 1.0, *, window: Optional[int] = None, segment_ids: Optional[Tensor] = None) -> Tensor:
+    """Softmax(`scale·q kᵀ`) `v` by SDPA's fused kernel: heads padded to one size; empty rows give 0. With a `window`
+    or `segment_ids`, by query blocks over their key ranges (`_BlockSDPA`): no `Sq × Sk` mask, `O(S·window)` work."""
     B, H, Sq, Dq = q.shape
     Sk, Dv = k.shape[2], v.shape[-1]
     P = max(Dq, Dv)                                    # one head dim for q, k and v keeps the fused kernel
     q, k, v = (F.pad(x, (0, P - x.shape[-1])) if x.shape[-1] < P else x for x in (q, k, v))
     v = v.to(q.dtype)
+    if window_binds(Sq, Sk, window) or segment_ids is not None:
+        return _BlockSDPA.apply(q, k, v, scale, causal, key_padding_mask, window, segment_ids)[..., :Dv]
     mask, is_causal, has_key = None, False, None
     if causal and Sq == Sk and key_padding_mask is None:
         is_causal = True
@@ -58,12 +103,13 @@ def sdpa_attend(q: Tensor, k: Tensor, v: Tensor, causal: bool = False,
 
 # %% ../../nbs/11_metric_fast.ipynb #bd62cc30
 def dot_cpu(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False, key_padding_mask: Optional[Tensor] = None,
-            scale: float) -> Tensor:
+            scale: float, window: Optional[int] = None, segment_ids: Optional[Tensor] = None) -> Tensor:
     "Dot-product attention (the models' baseline) by SDPA: `(B, H, Sq, Dv)`, empty rows 0 (inputs validated by the caller)."
-    return sdpa_attend(q, k, v, causal, key_padding_mask, scale)
+    return sdpa_attend(q, k, v, causal, key_padding_mask, scale, window=window, segment_ids=segment_ids)
 
 def metric_cpu(q: Tensor, k: Tensor, v: Tensor, A: Tensor, lam: Tensor, *, causal: bool = False,
-               key_padding_mask: Optional[Tensor] = None, scale: float) -> Tensor:
+               key_padding_mask: Optional[Tensor] = None, scale: float, window: Optional[int] = None,
+               segment_ids: Optional[Tensor] = None) -> Tensor:
     "Metric attention by SDPA on augmented vectors: `(B, H, Sq, Dv)`, `O(S)` memory (inputs validated by the caller)."
     qa, ka = metric_augment(q, k, A, lam, scale)
-    return sdpa_attend(qa, ka, v.to(qa.dtype), causal, key_padding_mask).to(v.dtype)
+    return sdpa_attend(qa, ka, v.to(qa.dtype), causal, key_padding_mask, window=window, segment_ids=segment_ids).to(v.dtype)
