@@ -15,8 +15,8 @@ from torch import Tensor
 # %% auto #0
 __all__ = ['check_shape', 'check_bound', 'check_masks', 'check_attention', 'check_finite', 'check_metric_params',
            'check_position_params', 'check_poincare_params', 'check_hybrid_params', 'causal_mask', 'window_binds',
-           'mask_block', 'allowed_mask', 'segment_spans', 'nonfinite_rows', 'propagate_nonfinite', 'masked_attend',
-           'ball_eps', 'min_norm', 'check_value', 'check_fields', 'config_from_dict', 'ArgumentParser']
+           'mask_block', 'allowed_mask', 'segment_spans', 'sees_any', 'nonfinite_rows', 'propagate_nonfinite',
+           'masked_attend', 'ball_eps', 'min_norm', 'check_value', 'check_fields', 'config_from_dict', 'ArgumentParser']
 
 # %% ../nbs/00_core.ipynb #1aa677f4
 def _fmt_shape(shape: Sequence[Optional[int]]) -> str:
@@ -206,31 +206,35 @@ def _key_interval(Sq: int, Sk: int, causal: bool, window: Optional[int], device)
     if window_binds(Sq, Sk, window): lo, hi = (i - window + 1).clamp(0, Sk), torch.minimum(hi, (i + window).clamp(0, Sk))
     return lo, hi
 
-def nonfinite_rows(q: Tensor, k: Tensor, v: Tensor, causal: bool = False, key_padding_mask: Optional[Tensor] = None,
-                   *, window: Optional[int] = None, segment_ids: Optional[Tensor] = None) -> Tensor:
-    "Boolean `(B, H, Sq)`: the output rows a NaN or infinity in `q (B, H, Sq, D)`, `k`, `v (B, H, Sk, ·)` reaches."
-    (B, H, Sq), Sk = q.shape[:3], k.shape[2]
-    bad_k = ~(torch.isfinite(k).all(-1) & torch.isfinite(v).all(-1))               # (B, H, Sk)
-    if key_padding_mask is not None: bad_k = bad_k & key_padding_mask[:, None, :]
+def sees_any(flags: Tensor, Sq: int, causal: bool = False, window: Optional[int] = None,
+             segment_ids: Optional[Tensor] = None) -> Tensor:
+    """Boolean `(B, H, Sq)`: whether each query may attend (causal, window, documents) a key whose `flags (B, H, Sk)` is
+    True (fold the padding into `flags`). `O(S)` memory: each query's keys are one interval, unless a document is split."""
+    (B, H, Sk), dev = flags.shape, flags.device
     spans = segment_spans(segment_ids) if segment_ids is not None else None
     if segment_ids is not None and spans is None:                                   # split documents: by query blocks
         C = max(1, 2 ** 22 // (B * H * Sk))
-        sees = torch.cat([(mask_block(Sq, Sk, i0, min(Sq, i0 + C), 0, Sk, causal, None, window, segment_ids, q.device)
-                           & bad_k[:, :, None, :]).any(-1) for i0 in range(0, Sq, C)], -1)
-    elif window_binds(Sq, Sk, window) or spans is not None:     # an interval of keys per query: count its bad keys
-        lo, hi = (t.expand(B, Sq) for t in _key_interval(Sq, Sk, causal, window, q.device))
+        return torch.cat([(mask_block(Sq, Sk, i0, min(Sq, i0 + C), 0, Sk, causal, None, window, segment_ids, dev)
+                           & flags[:, :, None, :]).any(-1) for i0 in range(0, Sq, C)], -1).expand(B, H, Sq)
+    if window_binds(Sq, Sk, window) or spans is not None:      # an interval of keys per query: count its flagged keys
+        lo, hi = (t.expand(B, Sq) for t in _key_interval(Sq, Sk, causal, window, dev))
         if spans is not None:
             lo, hi = torch.maximum(lo, spans[0][:, Sk - Sq:]), torch.minimum(hi, spans[1][:, Sk - Sq:])
-        cnt = torch.nn.functional.pad(bad_k.long().cumsum(-1), (1, 0))              # (B, H, Sk + 1)
+        cnt = torch.nn.functional.pad(flags.long().cumsum(-1), (1, 0))              # (B, H, Sk + 1)
         at = lambda t: cnt.gather(-1, t[:, None, :].expand(B, H, Sq))
-        sees = (hi > lo)[:, None, :] & (at(hi.clamp_min(lo)) > at(lo))
-    elif causal:
-        j = torch.arange(Sk, device=k.device)
-        first = torch.where(bad_k, j, Sk).amin(-1, keepdim=True)                    # (B, H, 1): first bad key
-        sees = first <= torch.arange(Sq, device=q.device) + (Sk - Sq)              # query i sees keys j <= i + Sk − Sq
-    else:
-        sees = bad_k.any(-1, keepdim=True).expand(*bad_k.shape[:2], Sq)
-    return ~torch.isfinite(q).all(-1) | sees
+        return (hi > lo)[:, None, :] & (at(hi.clamp_min(lo)) > at(lo))
+    if causal:
+        j = torch.arange(Sk, device=dev)
+        first = torch.where(flags, j, Sk).amin(-1, keepdim=True)                    # (B, H, 1): first flagged key
+        return first <= torch.arange(Sq, device=dev) + (Sk - Sq)                    # query i sees keys j <= i + Sk − Sq
+    return flags.any(-1, keepdim=True).expand(B, H, Sq)
+
+def nonfinite_rows(q: Tensor, k: Tensor, v: Tensor, causal: bool = False, key_padding_mask: Optional[Tensor] = None,
+                   *, window: Optional[int] = None, segment_ids: Optional[Tensor] = None) -> Tensor:
+    "Boolean `(B, H, Sq)`: the output rows a NaN or infinity in `q (B, H, Sq, D)`, `k`, `v (B, H, Sk, ·)` reaches."
+    bad_k = ~(torch.isfinite(k).all(-1) & torch.isfinite(v).all(-1))               # (B, H, Sk)
+    if key_padding_mask is not None: bad_k = bad_k & key_padding_mask[:, None, :]
+    return ~torch.isfinite(q).all(-1) | sees_any(bad_k, q.shape[2], causal, window, segment_ids)
 
 def propagate_nonfinite(out: Tensor, q: Tensor, k: Tensor, v: Tensor, causal: bool = False,
                         key_padding_mask: Optional[Tensor] = None, *, window: Optional[int] = None,
