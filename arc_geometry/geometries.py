@@ -130,7 +130,8 @@ class Geometry:
             with torch.no_grad(): finite = bool(torch.isfinite(q.sum() + k.sum() + v.sum()))
             if finite: return fn(q, k, v, *params, **kw)
         vf = v.nan_to_num(0.0, 0.0, 0.0)      # a zero weight times NaN would spread it to rows that never see it
-        out = fn(q, k, vf, *params, **kw)
+        kf = k.nan_to_num(0.0, 0.0, 0.0) if masks else k   # block-masked SDPA adds −∞ to a NaN score: NaN in every row
+        out = fn(q, kf, vf, *params, **kw)                  # of the block; the rule below sets the rows that see it
         return propagate_nonfinite(out, q, k, v, causal, key_padding_mask, **masks)   # the rule of `core`, on every path
 
     def example(self, B: int = 2, H: int = 2, Sq: int = 8, Sk: Optional[int] = None, D: int = 8, Dv: Optional[int] = None,

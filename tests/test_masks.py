@@ -99,3 +99,20 @@ def test_loop_bounds_visit_exactly_the_band(Sq, Sk, causal, window, docs):
                 assert lo <= seen.min() and seen.max() < hi, (keys, b, p, lo, hi, seen)
                 if not split: assert seen.min() - lo < step and hi - seen.max() - 1 < 2 * step, (keys, p, lo, hi, seen)
                 assert tile[:, ulo:uhi].all(), (keys, b, p, ulo, uhi)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "triton", "reference"])
+@pytest.mark.parametrize("geom", ["metric", "poincare", "lorentz"])
+def test_nonfinite_key_reaches_only_the_rows_that_see_it(geom, backend):
+    "A NaN key poisons exactly the rows whose window and document hold it; every other row equals the clean run."
+    from arc_geometry.geometries import GEOMETRIES
+    row = GEOMETRIES[geom]
+    if backend == "triton" and row.triton is None: pytest.skip(f"{geom} has no Triton path")
+    q, k, v, p = row.example(B=2, H=1, Sq=19, D=8, dtype=torch.float32)
+    seg = torch.tensor([[0] * 10 + [1] * 9, [0] * 19])
+    bad = k.clone(); bad[:, :, 4, 0] = float("nan")
+    kw = dict(causal=True, window=3, segment_ids=seg, backend=backend)
+    out, clean = row(q, bad, v, *p, **kw), row(q, k, v, *p, **kw)
+    want = torch.zeros(2, 1, 19, dtype=torch.bool); want[:, :, 4:7] = True       # rows 4, 5, 6 see key 4 (window 3)
+    assert torch.equal(out.isnan().all(-1), want)
+    torch.testing.assert_close(out[~want], clean[~want], rtol=1e-5, atol=1e-6)

@@ -35,14 +35,31 @@ def metric_augment(q: Tensor, k: Tensor, A: Tensor, lam: Tensor, scale: float) -
     return qa, ka
 
 # %% ../../nbs/11_metric_fast.ipynb #76c4a0a3
-def _sdpa_block(q: Tensor, k: Tensor, v: Tensor, blk: tuple[int, int, int, int], Sq: int, Sk: int, scale: float,
-                causal: bool, kpm: Optional[Tensor], window: Optional[int], seg: Optional[Tensor]) -> Tensor:
-    "SDPA of the queries `i0…i1−1` over the keys `k0…k1−1` of `blk` (`q, k, v` already sliced), with that block's mask only."
+def _block_mask(blk: tuple[int, int, int, int], Sq: int, Sk: int, causal: bool, kpm: Optional[Tensor],
+                window: Optional[int], seg: Optional[Tensor], dtype: torch.dtype, device,
+                cache: dict) -> tuple[Optional[Tensor], Optional[Tensor]]:
+    """The additive mask (`0`, `−∞`; in `dtype`) of block `blk` for SDPA (None: every pair allowed) and its rows with a
+    key (None: all have one). Without padding or documents the mask depends only on the block's offset from the
+    diagonal: blocks share it (`cache`), and SDPA gets it ready, not as a boolean mask to convert at every call."""
     i0, i1, k0, k1 = blk
-    m = mask_block(Sq, Sk, i0, i1, k0, k1, causal, kpm, window, seg, q.device)
-    if m is not None and bool(m.all()): m = None               # a tile inside the band: the unmasked kernel
+    key = (i0 + Sk - Sq - k0, i1 - i0, k1 - k0) if kpm is None and seg is None else None
+    if key is not None and key in cache: return cache[key]
+    m = mask_block(Sq, Sk, i0, i1, k0, k1, causal, kpm, window, seg, device)
+    has = None
+    if m is not None:
+        if bool(m.all()): m = None                             # a tile inside the band: the unmasked kernel
+        else:
+            has = m.any(-1, keepdim=True)
+            if bool(has.all()): has = None
+            m = torch.zeros(m.shape, dtype=dtype, device=device).masked_fill_(~m, float("-inf"))
+    if key is not None: cache[key] = (m, has)
+    return m, has
+
+def _sdpa_block(q: Tensor, k: Tensor, v: Tensor, mask: tuple[Optional[Tensor], Optional[Tensor]], scale: float) -> Tensor:
+    "SDPA of a block's queries over its keys (`q, k, v` already sliced) with that block's `_block_mask`; empty rows 0."
+    m, has = mask
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=m, scale=scale)
-    return out if m is None else out * m.any(-1, keepdim=True)
+    return out if has is None else out * has
 
 class _BlockSDPA(torch.autograd.Function):
     """SDPA by query blocks of `C` queries, each over the keys its window and documents allow: `O(S·(C + window))`
@@ -53,24 +70,26 @@ class _BlockSDPA(torch.autograd.Function):
         C = min(Sq, max(64, min(512, window // 4)) if window_binds(Sq, Sk, window) else 256)
         blocks = [b for b in query_blocks(Sq, Sk, causal, block=C, window=window,
                                           spans=segment_spans(seg) if seg is not None else None) if b[3] > b[2]]
+        cache: dict = {}
+        masks = lambda b: _block_mask(b, Sq, Sk, causal, kpm, window, seg, q.dtype, q.device, cache)
         out = q.new_zeros(*q.shape[:3], v.shape[-1])
         for blk in blocks:
-            (i0, i1, k0, k1), a = blk, (Sq, Sk, scale, causal, kpm, window, seg)
-            out[:, :, i0:i1] = _sdpa_block(q[:, :, i0:i1], k[:, :, k0:k1], v[:, :, k0:k1], blk, *a)
+            i0, i1, k0, k1 = blk
+            out[:, :, i0:i1] = _sdpa_block(q[:, :, i0:i1], k[:, :, k0:k1], v[:, :, k0:k1], masks(blk), scale)
         ctx.save_for_backward(q, k, v)
-        ctx.args = (blocks, (Sq, Sk, scale, causal, kpm, window, seg))
+        ctx.args = (blocks, masks, scale)
         return out
 
     @staticmethod
     def backward(ctx, do):
         q, k, v = ctx.saved_tensors
-        blocks, a = ctx.args
+        blocks, masks, scale = ctx.args
         dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
         for blk in blocks:
             i0, i1, k0, k1 = blk
             with torch.enable_grad():
                 t = [x.detach().requires_grad_() for x in (q[:, :, i0:i1], k[:, :, k0:k1], v[:, :, k0:k1])]
-                gq, gk, gv = torch.autograd.grad(_sdpa_block(*t, blk, *a), t, do[:, :, i0:i1])
+                gq, gk, gv = torch.autograd.grad(_sdpa_block(*t, masks(blk), scale), t, do[:, :, i0:i1])
             dq[:, :, i0:i1] = gq
             dk[:, :, k0:k1] += gk
             dv[:, :, k0:k1] += gv
