@@ -284,15 +284,13 @@ def flash_fwd_kernel(QL, KL, KX, QH, KH, QN, KN, V, KPM, SEG, SPS, SPE, C, COEF,
     l_i = tl.zeros((BLOCK_M,), dtype=ACC)
     acc = tl.zeros((BLOCK_M, BD), dtype=ACC)
     lo, ulo, uhi, hi = _key_range(pid_m * BLOCK_M, BLOCK_M, BLOCK_N, Sq, Sk, causal, window, SPS, SPE, b, has_seg)
-    for start_n in range(lo, ulo, BLOCK_N):                 # the band's lower edge: masked
-        acc, m_i, l_i = _fwd_step(acc, m_i, l_i, start_n, ql, qh, a, offs_m, KL, KX, KH, KN, KPM, Vb, svs, b, bh, Sq, Sk,
-                                  DL, DH, DV, c, coef, causal, has_kpm, store_acc, window, SEG, has_seg, LIN, POWER,
-                                  BLOCK_N, BD, DT, ACC, HT, HOP, PREC, True)
     for start_n in range(ulo, uhi, BLOCK_N):                # inside the band: no mask
         acc, m_i, l_i = _fwd_step(acc, m_i, l_i, start_n, ql, qh, a, offs_m, KL, KX, KH, KN, KPM, Vb, svs, b, bh, Sq, Sk,
                                   DL, DH, DV, c, coef, causal, has_kpm, store_acc, window, SEG, has_seg, LIN, POWER,
                                   BLOCK_N, BD, DT, ACC, HT, HOP, PREC, False)
-    for start_n in range(uhi, hi, BLOCK_N):                 # the diagonal, the upper edge, the sequence end: masked
+    n_lo = tl.cdiv(ulo - lo, BLOCK_N)                    # masked: the lower edge, then the upper one (one loop body)
+    for t in range(0, n_lo + tl.cdiv(hi - uhi, BLOCK_N)):
+        start_n = lo + t * BLOCK_N + (t >= n_lo).to(tl.int32) * (uhi - lo - n_lo * BLOCK_N)
         acc, m_i, l_i = _fwd_step(acc, m_i, l_i, start_n, ql, qh, a, offs_m, KL, KX, KH, KN, KPM, Vb, svs, b, bh, Sq, Sk,
                                   DL, DH, DV, c, coef, causal, has_kpm, store_acc, window, SEG, has_seg, LIN, POWER,
                                   BLOCK_N, BD, DT, ACC, HT, HOP, PREC, True)
@@ -303,7 +301,6 @@ def flash_fwd_kernel(QL, KL, KX, QH, KH, QN, KN, V, KPM, SEG, SPS, SPE, C, COEF,
         store_rows(OA + bh * Sq * DV, offs_m, Sq, DV, DV, out, BD)
     tl.store(M + bh * Sq + offs_m, tl.where(empty, 0, m_i), mask=offs_m < Sq)
     tl.store(LL + bh * Sq + offs_m, tl.where(empty, float("inf"), tl.log(tl.where(empty, 1, l_i))), mask=offs_m < Sq)
-
 
 # %% ../../nbs/16_flash.ipynb #bde4c68b
 @triton.jit
@@ -375,15 +372,13 @@ def flash_bwd_q_kernel(QL, KL, KX, QH, KH, QN, KN, V, KPM, SEG, SPS, SPE, C, COE
     dqh = tl.zeros((BLOCK_M, BD), dtype=HT)
     ga = tl.zeros((BLOCK_M,), dtype=HT)
     lo, ulo, uhi, hi = _key_range(pid_m * BLOCK_M, BLOCK_M, BLOCK_N, Sq, Sk, causal, window, SPS, SPE, b, has_seg)
-    for start_n in range(lo, ulo, BLOCK_N):
-        dql, dqh, ga = _bwd_q_step(dql, dqh, ga, start_n, ql, qh, a, ip, do, mll, delta, offs_m, KL, KX, KH, KN, KPM, Vb,
-                                   svs, b, bh, Sq, Sk, DL, DH, DV, c, coef, causal, has_kpm, window, SEG, has_seg, LIN,
-                                   POWER, BLOCK_N, BD, DT, ACC, HT, HOP, PREC, HALF, True)
     for start_n in range(ulo, uhi, BLOCK_N):
         dql, dqh, ga = _bwd_q_step(dql, dqh, ga, start_n, ql, qh, a, ip, do, mll, delta, offs_m, KL, KX, KH, KN, KPM, Vb,
                                    svs, b, bh, Sq, Sk, DL, DH, DV, c, coef, causal, has_kpm, window, SEG, has_seg, LIN,
                                    POWER, BLOCK_N, BD, DT, ACC, HT, HOP, PREC, HALF, False)
-    for start_n in range(uhi, hi, BLOCK_N):
+    n_lo = tl.cdiv(ulo - lo, BLOCK_N)                    # masked: the lower edge, then the upper one (one loop body)
+    for t in range(0, n_lo + tl.cdiv(hi - uhi, BLOCK_N)):
+        start_n = lo + t * BLOCK_N + (t >= n_lo).to(tl.int32) * (uhi - lo - n_lo * BLOCK_N)
         dql, dqh, ga = _bwd_q_step(dql, dqh, ga, start_n, ql, qh, a, ip, do, mll, delta, offs_m, KL, KX, KH, KN, KPM, Vb,
                                    svs, b, bh, Sq, Sk, DL, DH, DV, c, coef, causal, has_kpm, window, SEG, has_seg, LIN,
                                    POWER, BLOCK_N, BD, DT, ACC, HT, HOP, PREC, HALF, True)
@@ -452,17 +447,14 @@ def flash_bwd_kv_kernel(QL, KL, KX, QH, KH, QN, KN, V, KPM, SEG, SPS, SPE, C, CO
     gcoef = tl.zeros((BLOCK_N,), dtype=HT)
     dv = tl.zeros((BLOCK_N, BD), dtype=ACC)
     lo, ulo, uhi, hi = _query_range(pid_n * BLOCK_N, BLOCK_M, BLOCK_N, Sq, Sk, causal, window, SPS, SPE, b, has_seg)
-    for start_m in range(lo, ulo, BLOCK_M):
-        dkl, dkx, dkh, gb, gc, gcoef, dv = _bwd_kv_step(dkl, dkx, dkh, gb, gc, gcoef, dv, start_m, kl, kx, kh, bb, iq,
-                                                        v, kp_ok, offs_n, QL, QH, QN, DOb, sds, M, LL, DELTA, b, bh, Sq,
-                                                        Sk, DL, DH, DV, c, coef, causal, has_kpm, window, SEG, has_seg,
-                                                        LIN, POWER, BLOCK_M, BD, DT, ACC, HT, HOP, PREC, HALF, True)
     for start_m in range(ulo, uhi, BLOCK_M):
         dkl, dkx, dkh, gb, gc, gcoef, dv = _bwd_kv_step(dkl, dkx, dkh, gb, gc, gcoef, dv, start_m, kl, kx, kh, bb, iq,
                                                         v, kp_ok, offs_n, QL, QH, QN, DOb, sds, M, LL, DELTA, b, bh, Sq,
                                                         Sk, DL, DH, DV, c, coef, causal, has_kpm, window, SEG, has_seg,
                                                         LIN, POWER, BLOCK_M, BD, DT, ACC, HT, HOP, PREC, HALF, False)
-    for start_m in range(uhi, hi, BLOCK_M):
+    n_lo = tl.cdiv(ulo - lo, BLOCK_M)                    # masked: the lower edge, then the upper one (one loop body)
+    for t in range(0, n_lo + tl.cdiv(hi - uhi, BLOCK_M)):
+        start_m = lo + t * BLOCK_M + (t >= n_lo).to(tl.int32) * (uhi - lo - n_lo * BLOCK_M)
         dkl, dkx, dkh, gb, gc, gcoef, dv = _bwd_kv_step(dkl, dkx, dkh, gb, gc, gcoef, dv, start_m, kl, kx, kh, bb, iq,
                                                         v, kp_ok, offs_n, QL, QH, QN, DOb, sds, M, LL, DELTA, b, bh, Sq,
                                                         Sk, DL, DH, DV, c, coef, causal, has_kpm, window, SEG, has_seg,

@@ -102,15 +102,13 @@ def _fwd(Q, K, V, U, Wk, Aq, Ak, LAM, KPM, SEG, SPS, SPE, O, OA, LSE, sqb, sqh, 
     l_i = tl.zeros((BLOCK_M,), dt)
     acc = tl.zeros((BLOCK_M, DP), dt)
     lo, ulo, uhi, hi = _key_range(pid_m * BLOCK_M, BLOCK_M, BLOCK_N, Sq, Sk, CAUSAL, window, SPS, SPE, b, has_seg)
-    for n0 in range(lo, ulo, BLOCK_N):                  # the window's lower edge: masked
-        acc, m_i, l_i = _fwd_step(acc, m_i, l_i, n0, q, lam, K, V, U, Wk, Aq, Ak, KPM, b, h, offs_m, m_ok, skb, skh, sks,
-                                  svb, svh, svs, Sq, Sk, R, D, DV, HAS_MASK, store_acc, window, SEG, has_seg, CAUSAL, DP,
-                                  BLOCK_N, True)
     for n0 in range(ulo, uhi, BLOCK_N):                 # every key seen by every query of the block: no mask
         acc, m_i, l_i = _fwd_step(acc, m_i, l_i, n0, q, lam, K, V, U, Wk, Aq, Ak, KPM, b, h, offs_m, m_ok, skb, skh, sks,
                                   svb, svh, svs, Sq, Sk, R, D, DV, HAS_MASK, store_acc, window, SEG, has_seg, CAUSAL, DP,
                                   BLOCK_N, False)
-    for n0 in range(uhi, hi, BLOCK_N):                  # the diagonal, the upper edge, the sequence end: masked
+    n_lo = tl.cdiv(ulo - lo, BLOCK_N)                    # masked: the lower edge, then the upper one (one loop body)
+    for t in range(0, n_lo + tl.cdiv(hi - uhi, BLOCK_N)):
+        n0 = lo + t * BLOCK_N + (t >= n_lo).to(tl.int32) * (uhi - lo - n_lo * BLOCK_N)
         acc, m_i, l_i = _fwd_step(acc, m_i, l_i, n0, q, lam, K, V, U, Wk, Aq, Ak, KPM, b, h, offs_m, m_ok, skb, skh, sks,
                                   svb, svh, svs, Sq, Sk, R, D, DV, HAS_MASK, store_acc, window, SEG, has_seg, CAUSAL, DP,
                                   BLOCK_N, True)
@@ -187,15 +185,13 @@ def _bwd_kv(Q, K, V, U, Wk, Aq, Ak, LAM, KPM, SEG, SPS, SPE, DO, LSE, DELTA, DK,
     dk = tl.zeros((BLOCK_N, DP), dt)
     dv = tl.zeros((BLOCK_N, DP), dt)
     lo, ulo, uhi, hi = _query_range(pid_n * BLOCK_N, BLOCK_M, BLOCK_N, Sq, Sk, CAUSAL, window, SPS, SPE, b, has_seg)
-    for m0 in range(lo, ulo, BLOCK_M):                      # the diagonal: queries that see some of these keys
-        dk, dv = _bwd_kv_step(dk, dv, m0, k, v, kp_ok, lam, Q, DO, LSE, DELTA, U, Wk, Aq, Ak, DW, DAK, b, h, bh, offs_n,
-                              n_ok, sqb, sqh, sqs, sdb, sdh, sds, Sq, Sk, R, D, DV_, HAS_MASK, window, SEG, has_seg,
-                              CAUSAL, DP, BLOCK_M, True)
     for m0 in range(ulo, uhi, BLOCK_M):                     # queries that see all of them: no mask
         dk, dv = _bwd_kv_step(dk, dv, m0, k, v, kp_ok, lam, Q, DO, LSE, DELTA, U, Wk, Aq, Ak, DW, DAK, b, h, bh, offs_n,
                               n_ok, sqb, sqh, sqs, sdb, sdh, sds, Sq, Sk, R, D, DV_, HAS_MASK, window, SEG, has_seg,
                               CAUSAL, DP, BLOCK_M, False)
-    for m0 in range(uhi, hi, BLOCK_M):                      # the window's upper edge, documents: masked
+    n_lo = tl.cdiv(ulo - lo, BLOCK_M)                    # masked: the lower edge, then the upper one (one loop body)
+    for t in range(0, n_lo + tl.cdiv(hi - uhi, BLOCK_M)):
+        m0 = lo + t * BLOCK_M + (t >= n_lo).to(tl.int32) * (uhi - lo - n_lo * BLOCK_M)
         dk, dv = _bwd_kv_step(dk, dv, m0, k, v, kp_ok, lam, Q, DO, LSE, DELTA, U, Wk, Aq, Ak, DW, DAK, b, h, bh, offs_n,
                               n_ok, sqb, sqh, sqs, sdb, sdh, sds, Sq, Sk, R, D, DV_, HAS_MASK, window, SEG, has_seg,
                               CAUSAL, DP, BLOCK_M, True)
@@ -252,15 +248,13 @@ def _bwd_q(Q, K, V, U, Wk, Aq, Ak, LAM, KPM, SEG, SPS, SPE, DO, LSE, DELTA, DQ, 
     dq = tl.zeros((BLOCK_M, DP), dt)
     dl = tl.zeros((BLOCK_M,), dt)
     lo, ulo, uhi, hi = _key_range(pid_m * BLOCK_M, BLOCK_M, BLOCK_N, Sq, Sk, CAUSAL, window, SPS, SPE, b, has_seg)
-    for n0 in range(lo, ulo, BLOCK_N):                  # the window's lower edge: masked
-        dq, dl = _bwd_q_step(dq, dl, n0, q, do, lse, delta, lam, K, V, U, Wk, Aq, Ak, KPM, DU, DAQ, b, h, offs_m, m_ok,
-                             skb, skh, sks, svb, svh, svs, Sq, Sk, R, D, DV_, HAS_MASK, window, SEG, has_seg, CAUSAL, DP,
-                             BLOCK_N, True)
     for n0 in range(ulo, uhi, BLOCK_N):                 # no mask
         dq, dl = _bwd_q_step(dq, dl, n0, q, do, lse, delta, lam, K, V, U, Wk, Aq, Ak, KPM, DU, DAQ, b, h, offs_m, m_ok,
                              skb, skh, sks, svb, svh, svs, Sq, Sk, R, D, DV_, HAS_MASK, window, SEG, has_seg, CAUSAL, DP,
                              BLOCK_N, False)
-    for n0 in range(uhi, hi, BLOCK_N):                  # the diagonal, the upper edge, the sequence end: masked
+    n_lo = tl.cdiv(ulo - lo, BLOCK_N)                    # masked: the lower edge, then the upper one (one loop body)
+    for t in range(0, n_lo + tl.cdiv(hi - uhi, BLOCK_N)):
+        n0 = lo + t * BLOCK_N + (t >= n_lo).to(tl.int32) * (uhi - lo - n_lo * BLOCK_N)
         dq, dl = _bwd_q_step(dq, dl, n0, q, do, lse, delta, lam, K, V, U, Wk, Aq, Ak, KPM, DU, DAQ, b, h, offs_m, m_ok,
                              skb, skh, sks, svb, svh, svs, Sq, Sk, R, D, DV_, HAS_MASK, window, SEG, has_seg, CAUSAL, DP,
                              BLOCK_N, True)
