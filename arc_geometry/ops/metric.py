@@ -61,9 +61,14 @@ def _sdpa_block(q: Tensor, k: Tensor, v: Tensor, mask: tuple[Optional[Tensor], O
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=m, scale=scale)
     return out if has is None else out * has
 
+_CPU_FLASH = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+_CPU_FLASH_BWD = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
+
 class _BlockSDPA(torch.autograd.Function):
     """SDPA by query blocks of `C` queries, each over the keys its window and documents allow: `O(S·(C + window))`
-    time, `O(C·(C + window))` extra memory; backward recomputes each block."""
+    time, `O(C·(C + window))` extra memory. On CPU (float32/float64) each block calls the fused kernel's forward and
+    backward directly (the log-sum-exp of every row kept, `O(S)`: no recomputation); elsewhere backward recomputes each
+    block with autograd."""
     @staticmethod
     def forward(ctx, q, k, v, scale, causal, kpm, window, seg):
         Sq, Sk = q.shape[2], k.shape[2]
@@ -72,24 +77,38 @@ class _BlockSDPA(torch.autograd.Function):
                                           spans=segment_spans(seg) if seg is not None else None) if b[3] > b[2]]
         cache: dict = {}
         masks = lambda b: _block_mask(b, Sq, Sk, causal, kpm, window, seg, q.dtype, q.device, cache)
+        fused = not q.is_cuda and q.dtype in (torch.float32, torch.float64)
         out = q.new_zeros(*q.shape[:3], v.shape[-1])
+        lse = q.new_zeros(q.shape[:3]) if fused else None
         for blk in blocks:
             i0, i1, k0, k1 = blk
-            out[:, :, i0:i1] = _sdpa_block(q[:, :, i0:i1], k[:, :, k0:k1], v[:, :, k0:k1], masks(blk), scale)
-        ctx.save_for_backward(q, k, v)
-        ctx.args = (blocks, masks, scale)
+            qb, kb, vb = q[:, :, i0:i1], k[:, :, k0:k1], v[:, :, k0:k1]
+            if not fused:
+                out[:, :, i0:i1] = _sdpa_block(qb, kb, vb, masks(blk), scale); continue
+            m, has = masks(blk)
+            o, l = _CPU_FLASH(qb, kb, vb, attn_mask=m, scale=scale)
+            out[:, :, i0:i1], lse[:, :, i0:i1] = (o, l) if has is None else (o * has, l)
+        ctx.save_for_backward(q, k, v, out, *([lse] if fused else []))
+        ctx.args = (blocks, masks, scale, fused)
         return out
 
     @staticmethod
     def backward(ctx, do):
-        q, k, v = ctx.saved_tensors
-        blocks, masks, scale = ctx.args
+        q, k, v, out, *lse = ctx.saved_tensors
+        blocks, masks, scale, fused = ctx.args
         dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
         for blk in blocks:
             i0, i1, k0, k1 = blk
-            with torch.enable_grad():
-                t = [x.detach().requires_grad_() for x in (q[:, :, i0:i1], k[:, :, k0:k1], v[:, :, k0:k1])]
-                gq, gk, gv = torch.autograd.grad(_sdpa_block(*t, masks(blk), scale), t, do[:, :, i0:i1])
+            t = [x.detach() for x in (q[:, :, i0:i1], k[:, :, k0:k1], v[:, :, k0:k1])]
+            if fused:
+                m, has = masks(blk)
+                g = do[:, :, i0:i1] if has is None else do[:, :, i0:i1] * has          # rows without keys: no gradient
+                gq, gk, gv = _CPU_FLASH_BWD(g.contiguous(), *t, out[:, :, i0:i1], lse[0][:, :, i0:i1], 0.0, False,
+                                            attn_mask=m, scale=scale)
+            else:
+                with torch.enable_grad():
+                    t = [x.requires_grad_() for x in t]
+                    gq, gk, gv = torch.autograd.grad(_sdpa_block(*t, masks(blk), scale), t, do[:, :, i0:i1])
             dq[:, :, i0:i1] = gq
             dk[:, :, k0:k1] += gk
             dv[:, :, k0:k1] += gv
