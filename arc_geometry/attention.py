@@ -36,37 +36,37 @@ def implementation(geometry: str, backend: str) -> Callable[..., Tensor]:
     return GEOMETRIES[geometry].implementation(backend)
 
 # %% ../nbs/04_attention.ipynb #7e0aadae
-def metric_attention(q: Tensor, k: Tensor, v: Tensor, A: Tensor, lam: Tensor, *, causal: bool = False,
-                     key_padding_mask: Optional[Tensor] = None, scale: Optional[float] = None,
-                     backend: str = "auto") -> Tensor:
+def metric_attention(q: Tensor, k: Tensor, v: Tensor, A: Tensor, lam: Tensor, *,
+                     causal: bool = False, key_padding_mask: Optional[Tensor] = None, scale: Optional[float] = None,
+                     window: Optional[int] = None, segment_ids: Optional[Tensor] = None, backend: str = "auto") -> Tensor:
     "Attention with scores `−scale·(q_i−k_j)ᵀ G_h (q_i−k_j)`, `G_h = A_hᵀA_h + λ_h I`; `A (H, R, D)`, `lam (H,) > 0`."
     return GEOMETRIES["metric"](q, k, v, A, lam, causal=causal, key_padding_mask=key_padding_mask, scale=scale,
-                             backend=backend)
+                                window=window, segment_ids=segment_ids, backend=backend)
 
 def position_metric_attention(q: Tensor, k: Tensor, v: Tensor, A: Tensor, lam: Tensor, W: Tensor, b: Tensor, *,
-                              causal: bool = False, key_padding_mask: Optional[Tensor] = None,
-                              scale: Optional[float] = None, backend: str = "auto") -> Tensor:
+                              causal: bool = False, key_padding_mask: Optional[Tensor] = None, scale: Optional[float] = None,
+                              window: Optional[int] = None, segment_ids: Optional[Tensor] = None, backend: str = "auto") -> Tensor:
     "Scores `−scale·(‖σ_ij ⊙ A_h(q_i−k_j)‖² + λ_h‖q_i−k_j‖²)`, `σ_ij = tanh(W_h (q_i+k_j)/2 + b_h)`; `W (H, R, D)`, `b (H, R)`."
     return GEOMETRIES["position_metric"](q, k, v, A, lam, W, b, causal=causal, key_padding_mask=key_padding_mask, scale=scale,
-                             backend=backend)
+                                         window=window, segment_ids=segment_ids, backend=backend)
 
-def poincare_attention(q: Tensor, k: Tensor, v: Tensor, c: Tensor, *, causal: bool = False,
-                       key_padding_mask: Optional[Tensor] = None, scale: Optional[float] = None,
-                       backend: str = "auto") -> Tensor:
+def poincare_attention(q: Tensor, k: Tensor, v: Tensor, c: Tensor, *,
+                       causal: bool = False, key_padding_mask: Optional[Tensor] = None, scale: Optional[float] = None,
+                       window: Optional[int] = None, segment_ids: Optional[Tensor] = None, backend: str = "auto") -> Tensor:
     "Scores `−scale·d_c(q_i, k_j)` on the Poincaré ball of per-head curvature `−c`, `c (H,) > 0`."
     return GEOMETRIES["poincare"](q, k, v, c, causal=causal, key_padding_mask=key_padding_mask, scale=scale,
-                             backend=backend)
+                                  window=window, segment_ids=segment_ids, backend=backend)
 
-def hybrid_attention(q: Tensor, k: Tensor, v: Tensor, c: Tensor, alpha: Tensor, dim_e: int, *, causal: bool = False,
-                     key_padding_mask: Optional[Tensor] = None, scale: Optional[float] = None,
-                     backend: str = "auto") -> Tensor:
+def hybrid_attention(q: Tensor, k: Tensor, v: Tensor, c: Tensor, alpha: Tensor, dim_e: int, *,
+                     causal: bool = False, key_padding_mask: Optional[Tensor] = None, scale: Optional[float] = None,
+                     window: Optional[int] = None, segment_ids: Optional[Tensor] = None, backend: str = "auto") -> Tensor:
     "Scores `−scale·(‖qe_i−ke_j‖² + α_h d_c(qh_i, kh_j)²)` on ℝ^dim_e × the Poincaré ball; `c, alpha (H,)`."
     return GEOMETRIES["hybrid"](q, k, v, c, alpha, dim_e, causal=causal, key_padding_mask=key_padding_mask, scale=scale,
-                             backend=backend)
+                                window=window, segment_ids=segment_ids, backend=backend)
 
-def lorentz_attention(q: Tensor, k: Tensor, v: Tensor, c: Tensor, *, causal: bool = False,
-                      key_padding_mask: Optional[Tensor] = None, scale: Optional[float] = None,
-                      backend: str = "auto") -> Tensor:
+def lorentz_attention(q: Tensor, k: Tensor, v: Tensor, c: Tensor, *,
+                      causal: bool = False, key_padding_mask: Optional[Tensor] = None, scale: Optional[float] = None,
+                      window: Optional[int] = None, segment_ids: Optional[Tensor] = None, backend: str = "auto") -> Tensor:
     "Scores `−scale·‖x_i − y_j‖²_L` of the tangent vectors `q, k` mapped by `expmap0` onto hyperboloids of curvature `−c (H,)`."
     return GEOMETRIES["lorentz"](q, k, v, c, causal=causal, key_padding_mask=key_padding_mask, scale=scale,
-                                 backend=backend)
+                                 window=window, segment_ids=segment_ids, backend=backend)

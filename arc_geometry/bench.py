@@ -25,7 +25,7 @@ from .files import atomic_write
 
 # %% auto #0
 __all__ = ['MALLOC_ENV', 'make_inputs', 'poincare_flex', 'attention_fn', 'run_case', 'with_tflops', 'bench_attention',
-           'fresh_dir', 'bench_csv_path', 'main', 'bench_figure']
+           'fresh_dir', 'bench_csv_path', 'bench_window', 'window_targets', 'main', 'bench_figure']
 
 # %% ../nbs/90_bench_attention.ipynb #fc6c0f14
 def make_inputs(geometry: str, B: int, H: int, S: int, D: int, R: int, dtype=torch.float32, seed: int = 0):
@@ -48,9 +48,19 @@ def poincare_flex(q: Tensor, k: Tensor, v: Tensor, c: Tensor, scale: float) -> T
     mask = create_block_mask(lambda b, h, qi, kj: qi >= kj, None, None, q.shape[2], k.shape[2], device=q.device.type)
     return flex_attention(q, k, v, score_mod=score_mod, block_mask=mask, scale=1.0)
 
-def attention_fn(geometry: str, backend: str = "auto"):
+def attention_fn(geometry: str, backend: str = "auto", window: Optional[int] = None, band: bool = False):
     """A callable `(q, k, v, params) -> out` for `geometry` ('dot' = SDPA) on `backend` ('reference' = materialised;
-    'flex' = `poincare_flex` under `torch.compile`, Poincaré only)."""
+    'flex' = `poincare_flex` under `torch.compile`, Poincaré only), causal; with a sliding `window` (`band`: SDPA with a
+    boolean `S × S` band mask, the way a user would write it without this library; dot only)."""
+    if band:
+        if geometry != "dot" or window is None: raise ValueError("band is SDPA (geometry 'dot') with a window")
+        def banded(q, k, v, p):
+            i, j = torch.arange(q.shape[2])[:, None], torch.arange(k.shape[2])[None, :]
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=(j <= i) & (i - j < window))
+        return banded
+    if window is not None:
+        row = ROWS[geometry]
+        return lambda q, k, v, p: row(q, k, v, *p, causal=True, backend=backend, window=window)
     if backend == "flex":
         if geometry != "poincare": raise ValueError(f"backend 'flex' is the Poincaré peer only, got geometry {geometry!r}")
         if "fn" not in _FLEX: _FLEX["fn"] = torch.compile(poincare_flex)
@@ -75,10 +85,11 @@ def _reset_peak() -> bool:
 
 # %% ../nbs/90_bench_attention.ipynb #4720d268
 def run_case(geometry: str, S: int, backend: str = "auto", B: int = 1, H: int = 8, D: int = 64, R: int = 16,
-             repeats: int = 3) -> dict:
+             repeats: int = 3, window: Optional[int] = None, band: bool = False, once: bool = False) -> dict:
     """Measure one case in this process: forward and forward+backward seconds (best of `repeats`), extra peak bytes.
-    The 'flex' backend is measured forward only (memory and time)."""
-    fn = attention_fn(geometry, backend)
+    The 'flex' backend is measured forward only (memory and time); `window`, `band`: see `attention_fn`; `once`: the
+    forward+backward time of the memory run itself (long cases: one run, no separate timed one)."""
+    fn = attention_fn(geometry, backend, window, band)
     fwd_only = backend == "flex"
     def run(q, k, v, p):
         if fwd_only:
@@ -88,7 +99,9 @@ def run_case(geometry: str, S: int, backend: str = "auto", B: int = 1, H: int = 
     q, k, v, p = make_inputs(geometry, B, H, S, D, R)
     rss0 = _status_bytes("VmRSS")
     if not _reset_peak(): rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # conservative
+    t0 = time.perf_counter()
     run(q, k, v, p)                                                   # warm-up (compiles flex), the memory measurement
+    t1 = time.perf_counter()
     peak = _status_bytes("VmHWM")
     def best(f):
         ts = []
@@ -96,6 +109,8 @@ def run_case(geometry: str, S: int, backend: str = "auto", B: int = 1, H: int = 
             t0 = time.perf_counter(); f(); ts.append(time.perf_counter() - t0)
         return min(ts)
     out = dict(geometry=geometry, backend=backend, S=S, extra_peak_mib=max(0, peak - rss0) / 2 ** 20)
+    if window is not None: out.update(window=window, band=band)
+    if once and not fwd_only: out["fwdbwd_s"] = t1 - t0
     if repeats:
         with torch.no_grad():
             out["fwd_s"] = best(lambda: fn(q, k, v, p))
@@ -170,6 +185,54 @@ def bench_csv_path(out: str | None, name: str, kind: str) -> Path:
     if out and out.endswith(".csv"): return Path(out)
     return (Path(out) if out else fresh_dir(f"bench-{kind}")) / name
 
+# %% ../nbs/90_bench_attention.ipynb #5b4c1e39
+def bench_window(geometries: Optional[Sequence[str]] = None, seqlens: Sequence[int] = (4096, 16384, 65536),
+                 window: int = 512, full_max: int = 16384, band_max: int = 16384, B: int = 1, H: int = 8, D: int = 64,
+                 R: int = 16, timeout_s: float = 900, progress: bool = True):
+    """Table (pandas) of windowed attention (`mode` 'window') against full causal attention (`mode` 'full', up to
+    `full_max`) and SDPA with a boolean band mask ('band', up to `band_max`); `dot` is SDPA itself."""
+    import pandas as pd
+    from tqdm.auto import tqdm
+    geometries = ["dot", *(attention_geometries() if geometries is None else geometries)]
+    cases = [(g, "window", S) for g in geometries for S in seqlens]
+    cases += [(g, "full", S) for g in geometries for S in seqlens if S <= full_max]
+    cases += [("dot", "band", S) for S in seqlens if S <= band_max]
+    rows = []
+    for g, mode, S in tqdm(cases, disable=not progress, desc="window cases"):
+        spec = dict(geometry=g, S=S, B=B, H=H, D=D, R=R, repeats=0, once=True, window=None if mode == "full" else window,
+                    band=mode == "band")
+        try:
+            out = subprocess.run([sys.executable, "-m", "arc_geometry.bench", "--case", json.dumps(spec)], capture_output=True,
+                                 text=True, timeout=timeout_s, env={**os.environ, **MALLOC_ENV})
+            row = (json.loads(out.stdout.strip().splitlines()[-1]) | {"status": "ok"} if out.returncode == 0
+                   else {"status": f"failed: {(out.stderr.strip().splitlines() or ['?'])[-1][:200]}"})
+        except subprocess.TimeoutExpired:
+            row = {"status": f"timeout > {timeout_s:.0f} s"}
+        rows.append({**row, "geometry": g, "mode": mode, "S": S, "window": window if mode != "full" else None})
+    df = pd.DataFrame(rows)
+    if "fwdbwd_s" in df: df["us_per_token"] = df.fwdbwd_s / df.S * 1e6
+    return df
+
+def window_targets(df, window: int = 512) -> "pd.DataFrame":
+    """Per geometry: time per token at the longest length ÷ at the shortest (target ≤ 1.3), extra peak memory at the
+    longest length over SDPA's windowed (MiB; target ≤ 512), and windowed ÷ own full-causal time at 16k (target ≤ 0.25)."""
+    import pandas as pd
+    ok = df[df.status == "ok"]
+    w, f = ok[ok["mode"] == "window"].set_index(["geometry", "S"]), ok[ok["mode"] == "full"].set_index(["geometry", "S"])
+    lo, hi = w.index.get_level_values(1).min(), w.index.get_level_values(1).max()
+    rows = {}
+    for g in dict.fromkeys(df.geometry):
+        r = {}
+        if (g, lo) in w.index and (g, hi) in w.index:
+            r[f"us/token {lo}"], r[f"us/token {hi}"] = w.loc[(g, lo), "us_per_token"], w.loc[(g, hi), "us_per_token"]
+            r["growth"] = r[f"us/token {hi}"] / r[f"us/token {lo}"]
+            r[f"extra peak {hi} (MiB)"] = w.loc[(g, hi), "extra_peak_mib"]
+            if ("dot", hi) in w.index: r[f"minus SDPA's (MiB)"] = r[f"extra peak {hi} (MiB)"] - w.loc[("dot", hi), "extra_peak_mib"]
+        if (g, 16384) in w.index and (g, 16384) in f.index:
+            r["window ÷ full at 16k"] = w.loc[(g, 16384), "fwdbwd_s"] / f.loc[(g, 16384), "fwdbwd_s"]
+        rows[g] = r
+    return pd.DataFrame(rows).T
+
 # %% ../nbs/90_bench_attention.ipynb #eea560db
 def main(argv: list | None = None) -> int:
     "`arc-geometry bench attention …` / `python -m arc_geometry.bench …`: run the benchmark, write the CSV, print the table."
@@ -185,6 +248,10 @@ def main(argv: list | None = None) -> int:
     ap.add_argument("--reference", action=argparse.BooleanOptionalAction, default=True,
                     help="also time the materialised reference where it fits in memory")
     ap.add_argument("--timeout", type=float, default=300, help="seconds per case before it is marked 'timeout'")
+    ap.add_argument("--window", type=int, default=None, help="sliding windows: each geometry with this window against "
+                    "its full causal attention and SDPA with a band mask (window.csv; default lengths 4096,16384,65536)")
+    ap.add_argument("--full-max", type=int, default=16384, help="with --window: longest full-causal case")
+    ap.add_argument("--band-max", type=int, default=16384, help="with --window: longest SDPA band-mask case")
     a = ap.parse_args(argv)
     if a.case:
         print(json.dumps(run_case(**json.loads(a.case))))
@@ -192,11 +259,21 @@ def main(argv: list | None = None) -> int:
     geoms = [g for g in a.geometries.split(",") if g]
     bad = [g for g in geoms if g not in attention_geometries()]
     if bad: ap.error(f"--geometries must be among {', '.join(attention_geometries())}, got {', '.join(bad)}")
+    if a.window is not None and a.seqlens == "256,1024,4096,16384": a.seqlens = "4096,16384,65536"
     try: seqlens = [int(s) for s in a.seqlens.split(",")]
     except ValueError: ap.error(f"--seqlens must be comma-separated integers, got {a.seqlens!r}")
     if not seqlens or min(seqlens) < 1: ap.error(f"--seqlens must be integers >= 1, got {a.seqlens!r}")
     if a.repeats < 1: ap.error(f"--repeats must be >= 1, got {a.repeats}")
     if not (math.isfinite(a.timeout) and a.timeout > 0): ap.error(f"--timeout must be a number of seconds > 0, got {a.timeout}")
+    if a.window is not None:
+        if a.window < 1: ap.error(f"--window must be an int >= 1, got {a.window}")
+        path = bench_csv_path(a.out, "window.csv", "window")
+        df = bench_window(geoms, seqlens, a.window, a.full_max, a.band_max, timeout_s=a.timeout)
+        atomic_write(path, df.to_csv(index=False))
+        print(df.to_string(index=False, float_format=lambda x: f"{x:.3g}"))
+        print(window_targets(df, a.window).to_string(float_format=lambda x: f"{x:.3g}"))
+        print(f"wrote {path}", file=sys.stderr)
+        return 0
     path = bench_csv_path(a.out, "attention.csv", "attention")
     df = bench_attention(geometries=geoms, seqlens=seqlens, timeout_s=a.timeout, repeats=a.repeats, reference=a.reference)
     atomic_write(path, df.to_csv(index=False))                 # a killed run leaves no half table

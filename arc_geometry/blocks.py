@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from .core import causal_mask
+from .core import causal_mask, mask_block
 from .geometries import BLOCKS, GEOMETRIES, block_for, register_block
 from .manifolds import LowRankMetric, PoincareBall, PositionMetric, inv_softplus
 from .ops.common import acc_dtype
@@ -83,20 +83,37 @@ class Product(Euclidean):
 
 # %% ../nbs/20_blocks.ipynb #675055e1
 class KVCache:
-    "Per-layer cached keys and values `(B, H, S_cached, D)`; `length` is the number of cached positions."
-    def __init__(self, depth: int):
+    """Per-layer cached keys and values `(B, H, S_cached, D)`; `length` is the number of positions seen. With
+    `windows` (one `Optional[int]` per layer), a windowed layer keeps only its last `window` keys: a rolling cache of
+    `O(window)` memory however long the generation (its positions are counted by `advance`)."""
+    def __init__(self, depth: int, windows: Optional[list] = None):
         self.k: list = [None] * depth
         self.v: list = [None] * depth
+        self.windows = list(windows) if windows is not None else [None] * depth
+        if len(self.windows) != depth: raise ValueError(f"windows must give one entry per layer ({depth}), got {len(self.windows)}")
+        self.seen: Optional[int] = 0 if any(w is not None for w in self.windows) else None
 
     @property
-    def length(self) -> int: return 0 if self.k[0] is None else self.k[0].shape[2]
+    def length(self) -> int:
+        "Positions seen so far: the position of the next token."
+        if self.seen is not None: return self.seen
+        return 0 if self.k[0] is None else self.k[0].shape[2]
+
+    def advance(self, n: int) -> None:
+        "Count `n` new positions (called once per forward, after every layer's `update`)."
+        if self.seen is not None: self.seen += n
 
     def update(self, layer: int, k: Tensor, v: Tensor):
-        "Append `k, v (B, H, S_new, D)` to `layer`'s cache; return the full keys and values."
+        "Append `k, v (B, H, S_new, D)` to `layer`'s cache; return the cached and new keys and values (what attention sees)."
         if self.k[layer] is not None:
             k, v = torch.cat([self.k[layer], k], 2), torch.cat([self.v[layer], v], 2)
-        self.k[layer], self.v[layer] = k, v
+        w = self.windows[layer]
+        self.k[layer], self.v[layer] = (k, v) if w is None else (k[:, :, -w:], v[:, :, -w:])   # a windowed layer: the last w
         return k, v
+
+    def nbytes(self, layer: int) -> int:
+        "Bytes held by `layer`'s cached keys and values."
+        return sum(t.numel() * t.element_size() for t in (self.k[layer], self.v[layer]) if t is not None)
 
 # %% ../nbs/20_blocks.ipynb #dc2fa05b
 class GeoAttention(nn.Module):
@@ -118,6 +135,7 @@ class GeoAttention(nn.Module):
         self.proj = nn.Linear(cfg.dim, cfg.dim, bias=cfg.bias)
         setattr(self.proj, "is_residual_out", True)   # GPT-2 init: scaled by 1/√(2·depth)
         self.metric: Optional[LowRankMetric] = None     # LowRankMetric / PositionMetric for the metric geometries
+        self.window: Optional[int] = cfg.layer_window(layer) if hasattr(cfg, "layer_window") else None
 
     def curvature(self) -> Optional[Tensor]:
         "Per-head curvatures `c_h (H,)`, or `None` where the geometry has no ball."
@@ -137,10 +155,10 @@ class GeoAttention(nn.Module):
         "Pre-softmax scores `(B, H, Sq, Sk)` of the points `q, k`, materialised."
         ps = tuple(p.to(q.dtype) if isinstance(p, Tensor) else p for p in self.params())
         return self.spec.scores(q, k, *ps, 1 / math.sqrt(q.shape[-1]))
-    def attend(self, q, k, v, kpm):
-        "Causal attention of `q, k, v (B, H, S, D_h)` (ends aligned) by this geometry's function."
+    def attend(self, q, k, v, kpm, **masks):
+        "Causal attention of `q, k, v (B, H, S, D_h)` (ends aligned) by this geometry's function; `masks`: `window`, `segment_ids`."
         ps = tuple(p.to(q.dtype) if isinstance(p, Tensor) else p for p in self.params())
-        return self.spec(q, k, v, *ps, causal=True, key_padding_mask=kpm)
+        return self.spec(q, k, v, *ps, causal=True, key_padding_mask=kpm, **masks)
 
     def heads(self, x: Tensor, pos: Tensor):
         "`x (B, S, dim)` → `q, k, v (B, H, S, D_h)`: projected, cast, rotated, and mapped onto the geometry."
@@ -158,15 +176,20 @@ class GeoAttention(nn.Module):
         q, k, _ = self.heads(x, pos)
         with torch.autocast(x.device.type, enabled=False):
             s = self.scores(q, k)
-        return s.masked_fill(~causal_mask(S, S, x.device), float("-inf"))
+        allowed = mask_block(S, S, 0, S, 0, S, True, window=self.window, device=x.device)[0, 0]
+        return s.masked_fill(~allowed, float("-inf"))
 
     def forward(self, x: Tensor, pos: Tensor, cache: Optional[KVCache] = None,
-                key_padding_mask: Optional[Tensor] = None) -> Tensor:
-        "`x (B, S, dim)`, positions `pos (S,)`, optional cache and `key_padding_mask (B, S_cached + S)`."
+                key_padding_mask: Optional[Tensor] = None, segment_ids: Optional[Tensor] = None) -> Tensor:
+        """`x (B, S, dim)`, positions `pos (S,)`, optional cache, `key_padding_mask (B, S_cached + S)` (its last columns
+        where a rolling cache keeps fewer keys) and `segment_ids (B, S)` (packed documents; without a cache)."""
         B, S, _ = x.shape
         q, k, v = self.heads(x, pos)
         if cache is not None: k, v = cache.update(self.layer, k, v)
-        o = self.attend(q, k, v, key_padding_mask)
+        if key_padding_mask is not None and key_padding_mask.shape[1] > k.shape[2]:
+            key_padding_mask = key_padding_mask[:, -k.shape[2]:]
+        masks = {n: m for n, m in (("window", self.window), ("segment_ids", segment_ids)) if m is not None}
+        o = self.attend(q, k, v, key_padding_mask, **masks)
         return self.proj(o.to(x.dtype).transpose(1, 2).reshape(B, S, self.dim))   # (B, S, dim)
 
 # %% ../nbs/20_blocks.ipynb #78b92748
@@ -175,9 +198,9 @@ class Fp32Attention(GeoAttention):
     def cast(self, q, k, v):
         dt = acc_dtype(q.dtype)
         return q.to(dt), k.to(dt), v.to(dt)
-    def attend(self, q, k, v, kpm):
+    def attend(self, q, k, v, kpm, **masks):
         with torch.autocast(q.device.type, enabled=False):
-            return super().attend(q, k, v, kpm)
+            return super().attend(q, k, v, kpm, **masks)
 
 # %% ../nbs/20_blocks.ipynb #b0c93a4e
 class DotAttention(GeoAttention):
@@ -267,9 +290,9 @@ class GeoBlock(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x: Tensor, pos: Tensor, cache: Optional[KVCache] = None,
-                key_padding_mask: Optional[Tensor] = None) -> Tensor:
+                key_padding_mask: Optional[Tensor] = None, segment_ids: Optional[Tensor] = None) -> Tensor:
         sp = self.space
-        x = sp.update(x, self.drop(self.attn(self._pre(self.ln1, x), pos, cache, key_padding_mask)))
+        x = sp.update(x, self.drop(self.attn(self._pre(self.ln1, x), pos, cache, key_padding_mask, segment_ids)))
         return sp.update(x, self.drop(self.mlp(self._pre(self.ln2, x))))
 
     def _pre(self, ln: nn.Module, x: Tensor) -> Tensor:

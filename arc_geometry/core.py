@@ -15,9 +15,10 @@ from .config import (ArgumentParser as ArgumentParser, check_fields as check_fie
                                  check_value as check_value, config_from_dict as config_from_dict)  # home until 0.2
 
 # %% auto #0
-__all__ = ['check_shape', 'check_bound', 'check_attention', 'check_finite', 'check_metric_params', 'check_position_params',
-           'check_poincare_params', 'check_hybrid_params', 'causal_mask', 'allowed_mask', 'nonfinite_rows',
-           'propagate_nonfinite', 'masked_attend', 'ball_eps', 'min_norm']
+__all__ = ['check_shape', 'check_bound', 'check_masks', 'check_attention', 'check_finite', 'check_metric_params',
+           'check_position_params', 'check_poincare_params', 'check_hybrid_params', 'causal_mask', 'window_binds',
+           'mask_block', 'allowed_mask', 'segment_spans', 'sees_any', 'nonfinite_rows', 'propagate_nonfinite',
+           'masked_attend', 'ball_eps', 'min_norm']
 
 # %% ../nbs/00_core.ipynb #1aa677f4
 def _fmt_shape(shape: Sequence[Optional[int]]) -> str:
@@ -42,10 +43,27 @@ def check_bound(name: str, x: Tensor, lower: float = 0.0, strict: bool = True) -
             shown = x.detach().cpu() if x.numel() <= 16 else f"tensor with {int(bad.sum())} bad of {x.numel()}"
             raise ValueError(f"{name} must be {op} {lower:g}, got {shown}")
 
+# %% ../nbs/00_core.ipynb #bf09b70b
+def check_masks(B: int, Sq: int, Sk: int, window: Optional[int] = None, segment_ids: Optional[Tensor] = None,
+                device: Optional[torch.device] = None) -> None:
+    "Check `window` (an int >= 1, or None) and `segment_ids` (integer `(B, Sk)`, `Sq <= Sk`, on `device`), naming them."
+    if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
+        raise ValueError(f"window must be an int >= 1 (or None), got {window!r}")
+    if segment_ids is None: return
+    check_shape("segment_ids", segment_ids, (B, Sk), "(B, Sk)")
+    if segment_ids.is_floating_point() or segment_ids.is_complex() or segment_ids.dtype == torch.bool:
+        raise ValueError(f"segment_ids must be an integer tensor of document ids, got {segment_ids.dtype}")
+    if device is not None and segment_ids.device != torch.device(device):
+        raise ValueError(f"segment_ids must be on the device of q ({device}), got {segment_ids.device}")
+    if Sq > Sk:
+        raise ValueError(f"segment_ids needs Sq <= Sk (queries take the last Sq of the keys' ids), got Sq = {Sq}, Sk = {Sk}")
+
 # %% ../nbs/00_core.ipynb #5fb4577c
 def check_attention(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Optional[Tensor] = None,
-                    scale: Optional[float] = None) -> tuple[int, int, int, int, int, int, float]:
-    "Validate `q, k: (B, H, Sq|Sk, D)`, `v: (B, H, Sk, Dv)` and the mask; return `(B, H, Sq, Sk, D, Dv, scale)`."
+                    scale: Optional[float] = None, *, window: Optional[int] = None,
+                    segment_ids: Optional[Tensor] = None) -> tuple[int, int, int, int, int, int, float]:
+    """Validate `q, k: (B, H, Sq|Sk, D)`, `v: (B, H, Sk, Dv)`, the masks (`check_masks`); return
+    `(B, H, Sq, Sk, D, Dv, scale)`."""
     for name, x in (("q", q), ("k", k), ("v", v)):
         if not isinstance(x, Tensor):
             raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
@@ -71,6 +89,7 @@ def check_attention(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Optional[
             raise ValueError(f"key_padding_mask must be torch.bool (True = attend), got {key_padding_mask.dtype}")
         if key_padding_mask.device != q.device:
             raise ValueError(f"key_padding_mask must be on the device of q ({q.device}), got {key_padding_mask.device}")
+    check_masks(B, Sq, Sk, window, segment_ids, q.device)
     if scale is None:
         scale = 1.0 / math.sqrt(D)
     elif not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
@@ -132,36 +151,99 @@ def causal_mask(Sq: int, Sk: int, device: Optional[torch.device] = None) -> Tens
     j = torch.arange(Sk, device=device)[None, :]
     return j <= i + (Sk - Sq)
 
-def allowed_mask(B: int, Sq: int, Sk: int, causal: bool = False, key_padding_mask: Optional[Tensor] = None,
-                 device: Optional[torch.device] = None) -> Optional[Tensor]:
-    "Boolean `(B, 1, Sq, Sk)` of allowed (query, key) pairs, or `None` when every pair is allowed."
+def window_binds(Sq: int, Sk: int, window: Optional[int]) -> bool:
+    "Whether `window` hides any pair: `|i' − j| >= window` for some query `i' = i + Sk − Sq` and key `j`."
+    return window is not None and window <= max(Sq - 1, Sk - 1)
+
+def mask_block(Sq: int, Sk: int, i0: int, i1: int, k0: int, k1: int, causal: bool = False,
+               key_padding_mask: Optional[Tensor] = None, window: Optional[int] = None,
+               segment_ids: Optional[Tensor] = None, device: Optional[torch.device] = None) -> Optional[Tensor]:
+    """Boolean `(B|1, 1, i1−i0, k1−k0)`: which queries `i0…i1−1` may see keys `k0…k1−1`, every given condition
+    at once (ends aligned, `i' = i + Sk − Sq`): causal `j <= i'`, window `|i' − j| < window`, key padding
+    `(B, Sk)`, segments `segment_ids[b, i'] == segment_ids[b, j]`. `None` when every pair is allowed."""
+    i = torch.arange(i0, i1, device=device)[:, None] + (Sk - Sq)
+    j = torch.arange(k0, k1, device=device)[None, :]
     m = None
-    if causal:
-        m = causal_mask(Sq, Sk, device)[None, None].expand(B, 1, Sq, Sk)
+    if causal: m = j <= i
+    if window_binds(Sq, Sk, window):
+        w = (i - j).abs() < window
+        m = w if m is None else m & w
+    if m is not None: m = m[None, None]
     if key_padding_mask is not None:
-        kp = key_padding_mask[:, None, None, :]
-        m = kp.expand(B, 1, Sq, Sk) if m is None else m & kp
+        kp = key_padding_mask[:, None, None, k0:k1]
+        m = kp if m is None else m & kp
+    if segment_ids is not None:
+        s = segment_ids[:, None, i0 + Sk - Sq:i1 + Sk - Sq, None] == segment_ids[:, None, None, k0:k1]
+        m = s if m is None else m & s
     return m
 
+def allowed_mask(B: int, Sq: int, Sk: int, causal: bool = False, key_padding_mask: Optional[Tensor] = None,
+                 device: Optional[torch.device] = None, *, window: Optional[int] = None,
+                 segment_ids: Optional[Tensor] = None) -> Optional[Tensor]:
+    "Boolean `(B, 1, Sq, Sk)` of allowed (query, key) pairs (`mask_block` of all of them), or `None` when every pair is allowed."
+    m = mask_block(Sq, Sk, 0, Sq, 0, Sk, causal, key_padding_mask, window, segment_ids, device)
+    return None if m is None else m.expand(B, 1, Sq, Sk)
+
+# %% ../nbs/00_core.ipynb #01583148
+def segment_spans(segment_ids: Tensor) -> Optional[tuple[Tensor, Tensor]]:
+    """`(start, end)`, each `(B, Sk)` long: the run of equal ids that holds each position is `start…end−1`; `None` when
+    a document of some row is split into several runs (its keys are not one range)."""
+    B, Sk = segment_ids.shape
+    j = torch.arange(Sk, device=segment_ids.device).expand(B, Sk)
+    change = segment_ids[:, 1:] != segment_ids[:, :-1]
+    edge = torch.ones(B, 1, dtype=torch.bool, device=segment_ids.device)
+    start = torch.where(torch.cat([edge, change], 1), j, 0).cummax(1).values
+    end = torch.where(torch.cat([change, edge], 1), j + 1, Sk).flip(1).cummin(1).values.flip(1)
+    runs = change.sum(1) + 1
+    srt = segment_ids.sort(1).values
+    distinct = (srt[:, 1:] != srt[:, :-1]).sum(1) + 1
+    return (start, end) if bool((runs == distinct).all()) else None
+
 # %% ../nbs/00_core.ipynb #f3207e89
-def nonfinite_rows(q: Tensor, k: Tensor, v: Tensor, causal: bool = False,
-                   key_padding_mask: Optional[Tensor] = None) -> Tensor:
+def _key_interval(Sq: int, Sk: int, causal: bool, window: Optional[int], device) -> tuple[Tensor, Tensor]:
+    "Per query `(Sq,)`: the keys `lo…hi−1` that causal and window allow (ends aligned)."
+    i = torch.arange(Sq, device=device) + (Sk - Sq)
+    lo, hi = torch.zeros_like(i), torch.full_like(i, Sk)
+    if causal: hi = (i + 1).clamp(0, Sk)
+    if window_binds(Sq, Sk, window): lo, hi = (i - window + 1).clamp(0, Sk), torch.minimum(hi, (i + window).clamp(0, Sk))
+    return lo, hi
+
+def sees_any(flags: Tensor, Sq: int, causal: bool = False, window: Optional[int] = None,
+             segment_ids: Optional[Tensor] = None) -> Tensor:
+    """Boolean `(B, H, Sq)`: whether each query may attend (causal, window, documents) a key whose `flags (B, H, Sk)` is
+    True (fold the padding into `flags`). `O(S)` memory: each query's keys are one interval, unless a document is split."""
+    (B, H, Sk), dev = flags.shape, flags.device
+    spans = segment_spans(segment_ids) if segment_ids is not None else None
+    if segment_ids is not None and spans is None:                                   # split documents: by query blocks
+        C = max(1, 2 ** 22 // (B * H * Sk))
+        return torch.cat([(mask_block(Sq, Sk, i0, min(Sq, i0 + C), 0, Sk, causal, None, window, segment_ids, dev)
+                           & flags[:, :, None, :]).any(-1) for i0 in range(0, Sq, C)], -1).expand(B, H, Sq)
+    if window_binds(Sq, Sk, window) or spans is not None:      # an interval of keys per query: count its flagged keys
+        lo, hi = (t.expand(B, Sq) for t in _key_interval(Sq, Sk, causal, window, dev))
+        if spans is not None:
+            lo, hi = torch.maximum(lo, spans[0][:, Sk - Sq:]), torch.minimum(hi, spans[1][:, Sk - Sq:])
+        cnt = torch.nn.functional.pad(flags.long().cumsum(-1), (1, 0))              # (B, H, Sk + 1)
+        at = lambda t: cnt.gather(-1, t[:, None, :].expand(B, H, Sq))
+        return (hi > lo)[:, None, :] & (at(hi.clamp_min(lo)) > at(lo))
+    if causal:
+        j = torch.arange(Sk, device=dev)
+        first = torch.where(flags, j, Sk).amin(-1, keepdim=True)                    # (B, H, 1): first flagged key
+        return first <= torch.arange(Sq, device=dev) + (Sk - Sq)                    # query i sees keys j <= i + Sk − Sq
+    return flags.any(-1, keepdim=True).expand(B, H, Sq)
+
+def nonfinite_rows(q: Tensor, k: Tensor, v: Tensor, causal: bool = False, key_padding_mask: Optional[Tensor] = None,
+                   *, window: Optional[int] = None, segment_ids: Optional[Tensor] = None) -> Tensor:
     "Boolean `(B, H, Sq)`: the output rows a NaN or infinity in `q (B, H, Sq, D)`, `k`, `v (B, H, Sk, ·)` reaches."
-    Sq, Sk = q.shape[2], k.shape[2]
     bad_k = ~(torch.isfinite(k).all(-1) & torch.isfinite(v).all(-1))               # (B, H, Sk)
     if key_padding_mask is not None: bad_k = bad_k & key_padding_mask[:, None, :]
-    if causal:
-        j = torch.arange(Sk, device=k.device)
-        first = torch.where(bad_k, j, Sk).amin(-1, keepdim=True)                    # (B, H, 1): first bad key
-        sees = first <= torch.arange(Sq, device=q.device) + (Sk - Sq)              # query i sees keys j <= i + Sk − Sq
-    else:
-        sees = bad_k.any(-1, keepdim=True).expand(*bad_k.shape[:2], Sq)
-    return ~torch.isfinite(q).all(-1) | sees
+    return ~torch.isfinite(q).all(-1) | sees_any(bad_k, q.shape[2], causal, window, segment_ids)
 
 def propagate_nonfinite(out: Tensor, q: Tensor, k: Tensor, v: Tensor, causal: bool = False,
-                        key_padding_mask: Optional[Tensor] = None) -> Tensor:
+                        key_padding_mask: Optional[Tensor] = None, *, window: Optional[int] = None,
+                        segment_ids: Optional[Tensor] = None) -> Tensor:
     "`out (B, H, Sq, Dv)` with NaN in exactly the rows of `nonfinite_rows`, whatever the path computed there."
-    return out.masked_fill(nonfinite_rows(q, k, v, causal, key_padding_mask)[..., None], float("nan"))
+    rows = nonfinite_rows(q, k, v, causal, key_padding_mask, window=window, segment_ids=segment_ids)
+    return out.masked_fill(rows[..., None], float("nan"))
 
 # %% ../nbs/00_core.ipynb #1bfd6bd2
 def masked_attend(scores: Tensor, v: Tensor, allowed: Optional[Tensor] = None) -> Tensor:

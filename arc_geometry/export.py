@@ -43,17 +43,23 @@ def export_scores(attn: GeoAttention, q: Tensor, k: Tensor) -> Tensor:
     return attn.spec.export(q, k, *ps, 1.0 / math.sqrt(q.shape[-1]))
 
 # %% ../nbs/50_export.ipynb #803092b1
-def export_attend(attn: GeoAttention, q: Tensor, k: Tensor, v: Tensor,
-                  key_padding_mask: Optional[Tensor] = None) -> Tensor:
-    "Attention `(B, H, Sq, Dv)` of the points `q, k` and values `v` with `export_scores`, causal, ends aligned."
+def export_attend(attn: GeoAttention, q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Optional[Tensor] = None,
+                  window: Optional[int] = None, segment_ids: Optional[Tensor] = None) -> Tensor:
+    """Attention `(B, H, Sq, Dv)` of the points `q, k` and values `v` with `export_scores`, causal, ends aligned; a
+    sliding `window` as the band `i' − window < j ≤ i'`, built from the traced lengths (never from the sample's)."""
     import torch
     from arc_geometry.core import allowed_mask, causal_mask, masked_attend
     B, _, Sq, _ = q.shape
     Sk = k.shape[2]
     s = export_scores(attn, q, k).to(v.dtype)
-    if key_padding_mask is None and Sk >= Sq:     # causal alone (the exported graph): key 0 is in every row, no row is empty
-        return torch.softmax(s.masked_fill(~causal_mask(Sq, Sk, q.device), float("-inf")), -1) @ v
-    return masked_attend(s, v, allowed_mask(B, Sq, Sk, True, key_padding_mask, q.device))
+    if key_padding_mask is None and segment_ids is None and Sk >= Sq:   # the exported graph: its own key is in every row
+        allowed = causal_mask(Sq, Sk, q.device)
+        if window is not None:
+            i = torch.arange(Sq, device=q.device)[:, None] + (Sk - Sq)
+            allowed = allowed & (i - torch.arange(Sk, device=q.device)[None, :] < window)
+        return torch.softmax(s.masked_fill(~allowed, float("-inf")), -1) @ v
+    return masked_attend(s, v, allowed_mask(B, Sq, Sk, True, key_padding_mask, q.device, window=window,
+                                            segment_ids=segment_ids))
 
 @contextmanager
 def export_mode(model: GeoLM):

@@ -66,6 +66,12 @@ def _check_row(row: Any) -> None:
                         f"but the row says params = {row.params}")
 
 # %% ../nbs/03_geometries.ipynb #d0a25e16
+def _takes(fn: Callable[..., Tensor], names: Iterable[str]) -> bool:
+    "Whether `fn` accepts every keyword of `names` (or `**kwargs`)."
+    try: ps = inspect.signature(fn).parameters
+    except (TypeError, ValueError): return True
+    return any(p.kind is p.VAR_KEYWORD for p in ps.values()) or all(n in ps for n in names)
+
 @dataclass(frozen=True, kw_only=True)
 class Geometry:
     "One geometry and every part the library needs of it; calling it runs the attention."
@@ -74,7 +80,7 @@ class Geometry:
     distance: str                    # what its scores measure, as figures label them
     params: tuple[str, ...] = ()     # the attention function's parameters after q, k, v, in order
     validate: Optional[Callable[..., object]] = None  # (q, *params) -> None, raising ValueError naming the parameter
-    reference: Callable[..., Tensor] # materialised attention (q, k, v, *params, causal, key_padding_mask, scale)
+    reference: Callable[..., Tensor] # materialised attention (q, k, v, *params, causal, key_padding_mask, scale[, window, segment_ids])
     scores: Callable[..., Tensor]    # materialised scores (q, k, *params, scale) -> (B, H, Sq, Sk)
     cpu: Callable[..., Tensor]       # the fast PyTorch path: `reference`'s arguments, validated input
     triton: Optional[Callable[..., Tensor]] = None    # the Triton path, or None ...
@@ -105,20 +111,28 @@ class Geometry:
         return self.triton
 
     def __call__(self, q: Tensor, k: Tensor, v: Tensor, *params: Any, causal: bool = False,
-                 key_padding_mask: Optional[Tensor] = None, scale: Optional[float] = None, backend: str = "auto") -> Tensor:
-        "Attention `(B, H, Sq, Dv)` of `q, k (B, H, Sq|Sk, D)`, `v (B, H, Sk, Dv)` with this geometry's `params`."
-        *_, scale = check_attention(q, k, v, key_padding_mask, scale)
+                 key_padding_mask: Optional[Tensor] = None, scale: Optional[float] = None, backend: str = "auto",
+                 window: Optional[int] = None, segment_ids: Optional[Tensor] = None) -> Tensor:
+        """Attention `(B, H, Sq, Dv)` of `q, k (B, H, Sq|Sk, D)`, `v (B, H, Sk, Dv)` with this geometry's `params`;
+        `window` and `segment_ids (B, Sk)` reach the implementation only when given (`core.mask_block`)."""
+        *_, scale = check_attention(q, k, v, key_padding_mask, scale, window=window, segment_ids=segment_ids)
         if not isinstance(causal, bool): raise ValueError(f"causal must be a bool, got {causal!r}")
         if len(params) != len(self.params):
             raise TypeError(f"{self.name} attention takes parameters {self.params}, got {len(params)} values")
         if self.validate is not None: self.validate(q, *params)
-        fn = self.implementation(self.resolve(q, backend), q)
+        resolved = self.resolve(q, backend)
+        fn = self.implementation(resolved, q)
+        masks = {n: m for n, m in (("window", window), ("segment_ids", segment_ids)) if m is not None}
+        if masks and not _takes(fn, masks):
+            raise ValueError(f"{self.name} attention's {resolved} path takes no {' or '.join(masks)}")
+        kw = dict(causal=causal, key_padding_mask=key_padding_mask, scale=scale, **masks)
         if not q.is_cuda:                     # on CPU a check costs no synchronisation: one pass over each input
             with torch.no_grad(): finite = bool(torch.isfinite(q.sum() + k.sum() + v.sum()))
-            if finite: return fn(q, k, v, *params, causal=causal, key_padding_mask=key_padding_mask, scale=scale)
+            if finite: return fn(q, k, v, *params, **kw)
         vf = v.nan_to_num(0.0, 0.0, 0.0)      # a zero weight times NaN would spread it to rows that never see it
-        out = fn(q, k, vf, *params, causal=causal, key_padding_mask=key_padding_mask, scale=scale)
-        return propagate_nonfinite(out, q, k, v, causal, key_padding_mask)   # the rule of `core`, on every path
+        kf = k.nan_to_num(0.0, 0.0, 0.0) if masks else k   # block-masked SDPA adds −∞ to a NaN score: NaN in every row
+        out = fn(q, kf, vf, *params, **kw)                  # of the block; the rule below sets the rows that see it
+        return propagate_nonfinite(out, q, k, v, causal, key_padding_mask, **masks)   # the rule of `core`, on every path
 
     def example(self, B: int = 2, H: int = 2, Sq: int = 8, Sk: Optional[int] = None, D: int = 8, Dv: Optional[int] = None,
                 seed: int = 0, dtype: torch.dtype = torch.float64, **kw: Any) -> tuple[Tensor, Tensor, Tensor, tuple[Any, ...]]:

@@ -51,11 +51,15 @@ class GeoConfig:
     dim_e: Optional[int] = None
     transport_residual: bool = False
     num_classes: int = 2
+    window: Optional[int] = None      # sliding-window attention: each token sees its last `window` tokens
+    global_every: int = 0             # with a window: every `global_every`-th layer attends globally (0: none does)
 
     def __post_init__(self):
         check_fields(self, "model")                 # types, int → float, finite floats; errors name model.<field>
         for n in ("vocab_size", "dim", "depth", "num_heads", "max_seq_len", "mlp_ratio", "num_classes"):
             if getattr(self, n) < 1: raise ValueError(f"{n} must be >= 1, got {getattr(self, n)}")
+        if self.window is not None and self.window < 1: raise ValueError(f"window must be >= 1 (or None), got {self.window}")
+        if self.global_every < 0: raise ValueError(f"global_every must be >= 0, got {self.global_every}")
         if self.geometry not in GEOMETRIES:
             raise ValueError(f"geometry must be one of {sorted(GEOMETRIES)}, got {self.geometry!r}")
         if self.dim % self.num_heads:
@@ -91,6 +95,11 @@ class GeoConfig:
 
     @property
     def head_dim(self) -> int: return self.dim // self.num_heads
+
+    def layer_window(self, layer: int) -> Optional[int]:
+        "The window of layer `layer`: `window`, except every `global_every`-th layer (the last of each group), which is global."
+        if self.window is None or (self.global_every and layer % self.global_every == self.global_every - 1): return None
+        return self.window
 
     def to_dict(self) -> dict:
         "A JSON/YAML-ready dict of every field."
@@ -198,8 +207,9 @@ class GeoModel(GeoPreTrained):
         if self.pos_emb is not None: t = t + self.pos_emb(pos)
         return self.space.embed(self.drop(t)), pos
 
-    def forward(self, input_ids: Tensor, attention_mask: Optional[Tensor] = None,
+    def forward(self, input_ids: Tensor, attention_mask: Optional[Tensor] = None, segment_ids: Optional[Tensor] = None,
                 cache: Optional[KVCache] = None) -> Tensor:
+        "Features `(B, S, dim)`; `segment_ids (B, S)`: document ids of packed sequences (tokens see their own document only)."
         start = 0 if cache is None else cache.length
         x, pos = self.embed(input_ids, start)
         B, S = input_ids.shape
@@ -208,7 +218,13 @@ class GeoModel(GeoPreTrained):
             if attention_mask.shape != (B, start + S):
                 raise ValueError(f"attention_mask must be (B, S_cached + S) = {(B, start + S)}, got {tuple(attention_mask.shape)}")
             kpm = attention_mask.bool()
-        for blk in self.blocks: x = blk(x, pos, cache, kpm)
+        if segment_ids is not None:
+            if cache is not None: raise ValueError("segment_ids: packed documents are for training and scoring, not with a KV cache")
+            if not isinstance(segment_ids, Tensor) or tuple(segment_ids.shape) != (B, S):
+                got = tuple(segment_ids.shape) if isinstance(segment_ids, Tensor) else type(segment_ids).__name__
+                raise ValueError(f"segment_ids must be (B, S) = {(B, S)}, got {got}")
+        for blk in self.blocks: x = blk(x, pos, cache, kpm, segment_ids)
+        if cache is not None: cache.advance(S)
         return self.ln_f(self.space.tangent(x))
 
     def attention_scores(self, input_ids: Tensor, layer: int) -> Tensor:
@@ -230,12 +246,16 @@ class GeoLM(GeoPreTrained):
         self.apply(self._init_weights)
         if config.tie_embeddings: self.lm_head.weight = self.model.tok_emb.weight
 
-    def forward(self, input_ids: Tensor, attention_mask: Optional[Tensor] = None,
+    def forward(self, input_ids: Tensor, attention_mask: Optional[Tensor] = None, segment_ids: Optional[Tensor] = None,
                 cache: Optional[KVCache] = None) -> Tensor:
-        "Logits `(B, S, vocab)`; with a `KVCache`, `input_ids` are the new tokens only."
-        return self.lm_head(self.model(input_ids, attention_mask, cache))
+        """Logits `(B, S, vocab)`; `segment_ids (B, S)`: document ids of packed sequences (no attention across documents);
+        with a `KVCache`, `input_ids` are the new tokens only."""
+        return self.lm_head(self.model(input_ids, attention_mask, segment_ids, cache=cache))
 
-    def new_cache(self) -> KVCache: return KVCache(self.config.depth)
+    def new_cache(self) -> KVCache:
+        "An empty KV cache; windowed layers keep only their last `window` keys (a rolling cache)."
+        c = self.config
+        return KVCache(c.depth, [c.layer_window(i) for i in range(c.depth)])
     def attention_scores(self, input_ids: Tensor, layer: int) -> Tensor:
         "Pre-softmax causal scores `(B, H, S, S)` of block `layer` (see `GeoModel.attention_scores`)."
         return self.model.attention_scores(input_ids, layer)

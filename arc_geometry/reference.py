@@ -18,10 +18,10 @@ from .manifolds import PoincareBall
 # %% auto #0
 __all__ = ['metric_scores_ref', 'position_metric_scores_ref', 'poincare_dist_ref', 'poincare_scores_ref', 'hybrid_scores_ref',
            'dot_scores_ref', 'dot_attention_ref', 'metric_attention_ref', 'position_metric_attention_ref',
-           'poincare_attention_ref', 'hybrid_attention_ref', 'padding_mask', 'qkv_case', 'dot_case', 'metric_case',
-           'position_metric_case', 'poincare_case', 'hybrid_case', 'oracle_errors', 'assert_close_to_oracle',
-           'ball_dist_plain', 'dot_scores_plain', 'metric_scores_plain', 'position_metric_scores_plain',
-           'poincare_scores_plain', 'hybrid_scores_plain']
+           'poincare_attention_ref', 'hybrid_attention_ref', 'padding_mask', 'segments_case', 'mask_cases', 'qkv_case',
+           'dot_case', 'metric_case', 'position_metric_case', 'poincare_case', 'hybrid_case', 'oracle_errors',
+           'assert_close_to_oracle', 'ball_dist_plain', 'dot_scores_plain', 'metric_scores_plain',
+           'position_metric_scores_plain', 'poincare_scores_plain', 'hybrid_scores_plain']
 
 # %% ../nbs/02_reference.ipynb #3a80186d
 def _pairs(q: Tensor, k: Tensor) -> Tensor:
@@ -64,54 +64,79 @@ def dot_scores_ref(q: Tensor, k: Tensor, scale: float) -> Tensor:
     return scale * (q @ k.transpose(-1, -2))
 
 # %% ../nbs/02_reference.ipynb #7a6e3e52
-def _attend(scores: Tensor, q: Tensor, k: Tensor, v: Tensor, causal: bool, key_padding_mask: Optional[Tensor]) -> Tensor:
-    "Masked softmax of `scores` times `v`; rows reached by a non-finite input are NaN (the rule of `core`)."
+def _attend(scores: Tensor, q: Tensor, k: Tensor, v: Tensor, causal: bool, key_padding_mask: Optional[Tensor],
+            window: Optional[int] = None, segment_ids: Optional[Tensor] = None) -> Tensor:
+    "Masked softmax of `scores` times `v` (every mask of `core.mask_block`); rows reached by a non-finite input are NaN."
     B, _, Sq, _ = q.shape
     vf = v.nan_to_num(0.0, 0.0, 0.0)          # a zero weight times NaN would spread it to rows that never see it
-    out = masked_attend(scores, vf, allowed_mask(B, Sq, scores.shape[-1], causal, key_padding_mask, q.device))
-    return propagate_nonfinite(out, q, k, v, causal, key_padding_mask)
+    allowed = allowed_mask(B, Sq, scores.shape[-1], causal, key_padding_mask, q.device, window=window, segment_ids=segment_ids)
+    out = masked_attend(scores, vf, allowed)
+    return propagate_nonfinite(out, q, k, v, causal, key_padding_mask, window=window, segment_ids=segment_ids)
 
 def dot_attention_ref(q: Tensor, k: Tensor, v: Tensor, causal: bool = False,
-                      key_padding_mask: Optional[Tensor] = None, scale: Optional[float] = None) -> Tensor:
+                      key_padding_mask: Optional[Tensor] = None, scale: Optional[float] = None,
+                      window: Optional[int] = None, segment_ids: Optional[Tensor] = None) -> Tensor:
     "Reference dot-product attention (the baseline): `q, k (B, H, S, D)`, `v (B, H, Sk, Dv)` → `(B, H, Sq, Dv)`."
-    *_, scale = check_attention(q, k, v, key_padding_mask, scale)
-    return _attend(dot_scores_ref(q, k, scale), q, k, v, causal, key_padding_mask)
+    *_, scale = check_attention(q, k, v, key_padding_mask, scale, window=window, segment_ids=segment_ids)
+    return _attend(dot_scores_ref(q, k, scale), q, k, v, causal, key_padding_mask, window, segment_ids)
 
 def metric_attention_ref(q: Tensor, k: Tensor, v: Tensor, A: Tensor, lam: Tensor, causal: bool = False,
-                         key_padding_mask: Optional[Tensor] = None, scale: Optional[float] = None) -> Tensor:
+                         key_padding_mask: Optional[Tensor] = None, scale: Optional[float] = None,
+                         window: Optional[int] = None, segment_ids: Optional[Tensor] = None) -> Tensor:
     "Reference metric attention: `q, k (B, H, S, D)`, `v (B, H, Sk, Dv)`, `A (H, R, D)`, `lam (H,)` → `(B, H, Sq, Dv)`."
-    *_, scale = check_attention(q, k, v, key_padding_mask, scale)
+    *_, scale = check_attention(q, k, v, key_padding_mask, scale, window=window, segment_ids=segment_ids)
     check_metric_params(q, A, lam)
-    return _attend(metric_scores_ref(q, k, A, lam, scale), q, k, v, causal, key_padding_mask)
+    return _attend(metric_scores_ref(q, k, A, lam, scale), q, k, v, causal, key_padding_mask, window, segment_ids)
 
 def position_metric_attention_ref(q: Tensor, k: Tensor, v: Tensor, A: Tensor, lam: Tensor, W: Tensor, b: Tensor,
                                   causal: bool = False, key_padding_mask: Optional[Tensor] = None,
-                                  scale: Optional[float] = None) -> Tensor:
+                                  scale: Optional[float] = None,
+                                  window: Optional[int] = None, segment_ids: Optional[Tensor] = None) -> Tensor:
     "Reference position-dependent metric attention; `W (H, R, D)`, `b (H, R)` → `(B, H, Sq, Dv)`."
-    *_, scale = check_attention(q, k, v, key_padding_mask, scale)
+    *_, scale = check_attention(q, k, v, key_padding_mask, scale, window=window, segment_ids=segment_ids)
     check_position_params(q, A, lam, W, b)
-    return _attend(position_metric_scores_ref(q, k, A, lam, W, b, scale), q, k, v, causal, key_padding_mask)
+    return _attend(position_metric_scores_ref(q, k, A, lam, W, b, scale), q, k, v, causal, key_padding_mask, window, segment_ids)
 
 def poincare_attention_ref(q: Tensor, k: Tensor, v: Tensor, c: Tensor, causal: bool = False,
-                           key_padding_mask: Optional[Tensor] = None, scale: Optional[float] = None) -> Tensor:
+                           key_padding_mask: Optional[Tensor] = None, scale: Optional[float] = None,
+                           window: Optional[int] = None, segment_ids: Optional[Tensor] = None) -> Tensor:
     "Reference Poincaré attention with per-head curvature `c (H,)` → `(B, H, Sq, Dv)`."
-    *_, scale = check_attention(q, k, v, key_padding_mask, scale)
+    *_, scale = check_attention(q, k, v, key_padding_mask, scale, window=window, segment_ids=segment_ids)
     check_poincare_params(q, c)
-    return _attend(poincare_scores_ref(q, k, c, scale), q, k, v, causal, key_padding_mask)
+    return _attend(poincare_scores_ref(q, k, c, scale), q, k, v, causal, key_padding_mask, window, segment_ids)
 
 def hybrid_attention_ref(q: Tensor, k: Tensor, v: Tensor, c: Tensor, alpha: Tensor, dim_e: int,
                          causal: bool = False, key_padding_mask: Optional[Tensor] = None,
-                         scale: Optional[float] = None) -> Tensor:
+                         scale: Optional[float] = None,
+                         window: Optional[int] = None, segment_ids: Optional[Tensor] = None) -> Tensor:
     "Reference Euclidean × Poincaré attention; `c, alpha (H,)`, `0 < dim_e < D` → `(B, H, Sq, Dv)`."
-    *_, scale = check_attention(q, k, v, key_padding_mask, scale)
+    *_, scale = check_attention(q, k, v, key_padding_mask, scale, window=window, segment_ids=segment_ids)
     check_hybrid_params(q, c, alpha, dim_e)
-    return _attend(hybrid_scores_ref(q, k, c, alpha, dim_e, scale), q, k, v, causal, key_padding_mask)
+    return _attend(hybrid_scores_ref(q, k, c, alpha, dim_e, scale), q, k, v, causal, key_padding_mask, window, segment_ids)
 
 # %% ../nbs/02_reference.ipynb #87af1198
 def padding_mask(B: int, Sk: int, keep: int = 2) -> Tensor:
     "Key padding `(B, Sk)`: batch 0 attends to every key, the others only to their last `keep` (causal: early queries see none)."
     first = torch.tensor([0] + [max(0, Sk - keep)] * (B - 1))[:, None]
     return torch.arange(Sk)[None].expand(B, Sk) >= first
+
+def segments_case(B: int, Sk: int) -> Tensor:
+    """Document ids `(B, Sk)` for tests: row 0 packs three contiguous documents, the middle one a single token; the
+    other rows split document 5 in two runs around document 6 (not contiguous: no key range to skip by)."""
+    j = torch.arange(Sk)
+    first = torch.where(j < Sk // 2, 0, torch.where(j == Sk // 2, 1, 2))
+    other = torch.where((j >= Sk // 3) & (j < 2 * Sk // 3), 6, 5)
+    return torch.stack([first] + [other] * (B - 1))
+
+def mask_cases(B: int, Sq: int, Sk: int) -> list[dict[str, Any]]:
+    """Keyword masks that every path is judged with: windows of 1, 3 and wider than the sequence, packed documents
+    (`segments_case`; only where `Sq <= Sk`), with and without causality and padding."""
+    pad, seg = padding_mask(B, Sk, keep=max(2, Sk - 3)), segments_case(B, Sk)
+    cases = [dict(causal=True, window=1), dict(causal=False, window=3, key_padding_mask=pad),
+             dict(causal=True, window=Sq + Sk, key_padding_mask=pad)]
+    if Sq <= Sk: cases += [dict(causal=True, window=3, segment_ids=seg, key_padding_mask=pad),
+                           dict(causal=False, window=2, segment_ids=seg), dict(causal=True, segment_ids=seg)]
+    return cases
 
 def _ball_points(g: torch.Generator, shape: tuple[int, ...], c: Tensor, radius: float) -> Tensor:
     "Points `shape = (B, H, S, D)` uniform in direction, radius uniform up to `radius/√c_h` (float64)."

@@ -39,8 +39,8 @@ __all__ = ['BUILTIN_CORPORA', 'PATTERNS', 'CHUNK_BYTES', 'EOD', 'MANIFEST', 'SHA
            'expand_files', 'iter_documents', 'spool_texts', 'doc_hash', 'CorpusScan', 'scan_corpus', 'ByteTokenizer',
            'byte_lengths', 'BPETokenizer', 'train_bpe', 'default_cache_dir', 'file_lock', 'StaleShard', 'TokenShards',
            'shard_key', 'build_shards', 'WindowSampler', 'TokenWindows', 'eval_windows', 'bits_per_byte',
-           'TextDataConfig', 'tokenizer_spec', 'run_tokenizer', 'TextTask', 'text_task', 'evaluate_tokens',
-           'bigram_bpb', 'stream_text', 'load_text_model', 'evaluate_files']
+           'TextDataConfig', 'tokenizer_spec', 'run_tokenizer', 'TextTask', 'document_ids', 'text_task',
+           'evaluate_tokens', 'bigram_bpb', 'stream_text', 'load_text_model', 'evaluate_files']
 
 # %% ../nbs/37_text.ipynb #3ec51681
 BUILTIN_CORPORA = ("python-stdlib", "python-docs")
@@ -478,6 +478,7 @@ class TextDataConfig:
     errors: str = "strict"           # 'replace': invalid UTF-8 becomes U+FFFD (counted)
     eval_tokens: Optional[int] = None   # evaluate on the first N validation tokens (None: all)
     cache_dir: Optional[str] = None  # where shards are cached (default $ARC_GEOMETRY_CACHE/text or ~/.cache/arc_geometry/text)
+    cross_document: bool = True      # false: a token of a packed window attends only to its own document (segment_ids)
 
     def __post_init__(self):
         from arc_geometry.config import check_value
@@ -489,7 +490,7 @@ class TextDataConfig:
         self.files = [str(x) for x in f]
         self.tokenizer = tokenizer_spec(self.tokenizer)
         for n, t in (("val_fraction", float), ("split_seed", int), ("text_field", str), ("errors", str),
-                     ("eval_tokens", Optional[int]), ("cache_dir", Optional[str])):
+                     ("eval_tokens", Optional[int]), ("cache_dir", Optional[str]), ("cross_document", bool)):
             setattr(self, n, check_value(f"data.{n}", getattr(self, n), t))
         if not 0 < self.val_fraction < 1: raise ValueError(f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
         if self.errors not in ("strict", "replace"): raise ValueError(f"data.errors must be 'strict' or 'replace', got {self.errors!r}")
@@ -621,9 +622,17 @@ TextTask.train, TextTask.val = property(_train), property(_val)
 
 def _sampler(self, seed: int) -> WindowSampler: return WindowSampler(len(self.train), self.seq_len + 1, seed)
 
-def _split_batch(self, windows) -> tuple[Tensor, Tensor]:
-    "A list of `(L,)` windows (or a `(B, L)` tensor) → inputs `(B, L−1)` and next-token targets `(B, L−1)`."
+def document_ids(ids: Tensor, eod_id: int) -> Tensor:
+    "Document ids `(B, S)` of the tokens of packed windows `ids (B, S)`: each end-of-document token starts the next document."
+    return (ids == eod_id).cumsum(1)
+
+def _split_batch(self, windows) -> tuple[Any, Tensor]:
+    """A list of `(L,)` windows (or a `(B, L)` tensor) → inputs `(B, L−1)` and next-token targets `(B, L−1)`; with
+    `data.cross_document: false` the inputs are `dict(input_ids=…, segment_ids=…)` (`document_ids`), the model's keywords."""
     x = torch.stack(list(windows)) if not isinstance(windows, Tensor) else windows
+    cfg = getattr(self, "config", None)
+    if cfg is not None and not cfg.cross_document:
+        return dict(input_ids=x[:, :-1], segment_ids=document_ids(x[:, :-1], self.tokenizer.eod_id)), x[:, 1:]
     return x[:, :-1], x[:, 1:]
 
 def _loss(self, logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
@@ -658,8 +667,10 @@ TextTask.from_texts = classmethod(_from_texts)
 @torch.no_grad()
 def evaluate_tokens(model, tokens: np.ndarray, seq_len: int, token_bytes: np.ndarray, batch_size: int = 32,
                     max_tokens: Optional[int] = None, device=None, rank: int = 0, world: int = 1,
-                    autocast=contextlib.nullcontext, allreduce=lambda x: x, prefix: str = "") -> dict:
-    "Loss (nats/token), ppl, bpb and token accuracy of `model` on the stream `tokens`, in fixed windows of `seq_len + 1`."
+                    autocast=contextlib.nullcontext, allreduce=lambda x: x, prefix: str = "",
+                    eod_id: Optional[int] = None) -> dict:
+    """Loss (nats/token), ppl, bpb and token accuracy of `model` on the stream `tokens`, in fixed windows of `seq_len + 1`;
+    with `eod_id`, no token attends across a document boundary (`document_ids`)."""
     device = device or next(model.parameters()).device
     was = model.training; model.eval()
     lens = torch.as_tensor(token_bytes, device=device)
@@ -670,7 +681,8 @@ def evaluate_tokens(model, tokens: np.ndarray, seq_len: int, token_bytes: np.nda
         for g in groups:
             for i in range(0, len(g), batch_size):
                 x = torch.stack([torch.from_numpy(tokens[a:b].astype(np.int64)) for a, b in g[i:i + batch_size]]).to(device)
-                with autocast(): logits = model(x[:, :-1])
+                seg = None if eod_id is None else document_ids(x[:, :-1], eod_id)
+                with autocast(): logits = model(x[:, :-1], segment_ids=seg)
                 lf, t = logits.float(), x[:, 1:]
                 nats = F.cross_entropy(lf.reshape(-1, lf.shape[-1]), t.reshape(-1), reduction="sum")
                 s += torch.stack([nats.double(), torch.tensor(t.numel(), dtype=torch.float64, device=device),
@@ -688,7 +700,7 @@ def _evaluate(self, trainer, data=None, prefix: str = "val") -> dict:
     tokens = data.tokens if isinstance(data, TokenWindows) else np.asarray(data)
     r = evaluate_tokens(trainer.model, tokens, self.seq_len, byte_lengths(self.tokenizer), trainer.cfg.batch_size,
                         self.config.eval_tokens, trainer.device, trainer.rank, trainer.world, trainer._autocast,
-                        trainer._allreduce, prefix)
+                        trainer._allreduce, prefix, None if self.config.cross_document else self.tokenizer.eod_id)
     return {k: v for k, v in r.items() if not k.endswith(("_tokens", "_bytes"))}
 
 TextTask.evaluate = _evaluate

@@ -269,6 +269,10 @@ def _to(x, device):
     if isinstance(x, dict): return {k: _to(v, device) for k, v in x.items()}
     return x
 
+def _run(model, inp):
+    "`model(inp)`, or `model(**inp)` where the task's `split_batch` gives keyword inputs (e.g. `segment_ids` of packed text)."
+    return model(**inp) if isinstance(inp, dict) else model(inp)
+
 # %% ../nbs/31_trainer.ipynb #99673f36
 class _TrainerBase:
     "The objects of a run: `model` on its device (DDP-wrapped as `net` under torchrun), AdamW, the schedule, the sampler."
@@ -336,7 +340,7 @@ class _TrainerStep(_TrainerBase):
             with (contextlib.nullcontext() if sync else self.net.no_sync()):
                 inp, tgt = self.task.split_batch(_to(_take(self.task.train, mi), self.device))
                 with self._autocast():
-                    loss, correct = self.task.loss(self.net(inp), tgt)
+                    loss, correct = self.task.loss(_run(self.net, inp), tgt)
                 total = loss * (len(mi) / B)
                 if cfg.reg_weight:
                     reg = self.model.regularization_loss()
@@ -382,7 +386,7 @@ class _TrainerStep(_TrainerBase):
         for i in shard.split(self.cfg.eval_batch_size):
             inp, tgt = self.task.split_batch(_to(_take(data, i), self.device))
             with self._autocast():
-                loss, correct = self.task.loss(self.model(inp), tgt)
+                loss, correct = self.task.loss(_run(self.model, inp), tgt)
             s += torch.stack([loss.float() * len(i), correct.float(), torch.tensor(float(len(i)), device=self.device)])
         self.model.train(was)
         s = self._allreduce(s)

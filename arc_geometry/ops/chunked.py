@@ -12,50 +12,48 @@ import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from ..core import masked_attend
-from .common import mask_block_, query_blocks
+from ..core import mask_block, masked_attend, segment_spans, window_binds
+from .common import query_blocks
 
 # %% auto #0
 __all__ = ['chunked_attention']
 
 # %% ../../nbs/12_chunked.ipynb #d9e1bcfb
-def _block_allowed(i0: int, i1: int, Sq: int, Sk: int, nk: int, causal: bool, kpm: Optional[Tensor], device):
-    "Allowed pairs `(B|1, 1, i1−i0, nk)` of queries `i0…i1−1` and keys `0…nk−1`, or None when all are."
-    if not causal and kpm is None: return None
-    ones = torch.ones(kpm.shape[0] if kpm is not None else 1, 1, i1 - i0, nk, dtype=torch.bool, device=device)
-    return mask_block_(ones, i0, i1, Sq, Sk, causal, kpm, False)
-
 def chunked_attention(score_fn: Callable, q_feats: Sequence[Tensor], k_feats: Sequence[Tensor], v: Tensor,
                       params: Sequence = (), causal: bool = False, key_padding_mask: Optional[Tensor] = None,
                       pair_width: int = 1, budget: int = 2 ** 20, block: Optional[int] = None,
-                      recompute: bool = True) -> Tensor:
+                      recompute: bool = True, *, window: Optional[int] = None,
+                      segment_ids: Optional[Tensor] = None) -> Tensor:
     """Attention whose scores are `score_fn(*q_block_feats, *k_feats, *params) -> (B, H, C, nk)`.
 
     `q_feats`: tensors `(B, H, Sq, ·)` sliced into query blocks; `k_feats`: tensors `(B, H, Sk, ·)` (keys on dim 2,
-    sliced to the keys a causal block can see); `v (B, H, Sk, Dv)`;
+    sliced to the keys a block can see: causality, `window`, contiguous documents of `segment_ids`); `v (B, H, Sk, Dv)`;
     `params`: anything else the scores need (per-head tensors, floats). `pair_width`: elements per (query, key)
     pair in the largest temporary (1 for a score tile, R for a tile of R features), which sizes the blocks.
     `recompute=False` keeps every block's intermediates for backward instead (faster, `O(S²)` memory).
-    Returns `(B, H, Sq, Dv)`; memory `O(block·Sk·pair_width)` forward and backward."""
+    Returns `(B, H, Sq, Dv)`; memory `O(block·Sk·pair_width)` forward and backward (`O(block·window)` with a window)."""
     B, H, Sq = q_feats[0].shape[:3]
     Sk = v.shape[2]
-    C = block or max(16, min(Sq, budget // max(1, B * H * Sk * pair_width)))
+    width = min(Sk, 2 * window) if window_binds(Sq, Sk, window) else Sk
+    C = block or max(16, min(Sq, budget // max(1, B * H * width * pair_width)))
     grad = torch.is_grad_enabled() and any(isinstance(t, Tensor) and t.requires_grad
                                            for t in (*q_feats, *k_feats, v, *params))
+    spans = segment_spans(segment_ids) if segment_ids is not None else None
 
-    def one_block(i0, i1, nk, *tensors):
+    def one_block(i0, i1, k0, k1, *tensors):
         nq = len(q_feats)
         qs, ks, vs, ps = tensors[:nq], tensors[nq:nq + len(k_feats)], tensors[nq + len(k_feats)], tensors[nq + len(k_feats) + 1:]
         scores = score_fn(*qs, *ks, *ps)
-        return masked_attend(scores, vs, _block_allowed(i0, i1, Sq, Sk, nk, causal, key_padding_mask, v.device))
+        allowed = mask_block(Sq, Sk, i0, i1, k0, k1, causal, key_padding_mask, window, segment_ids, v.device)
+        return masked_attend(scores, vs, allowed)
 
     outs = []
-    for i0, i1, nk in query_blocks(Sq, Sk, causal, block=C):
-        if nk == 0:
+    for i0, i1, k0, k1 in query_blocks(Sq, Sk, causal, block=C, window=window, spans=spans):
+        if k1 == k0:
             outs.append(v.new_zeros(B, H, i1 - i0, v.shape[-1])); continue
-        tensors = (*(t[:, :, i0:i1] for t in q_feats), *(t[:, :, :nk] for t in k_feats), v[:, :, :nk], *params)
+        tensors = (*(t[:, :, i0:i1] for t in q_feats), *(t[:, :, k0:k1] for t in k_feats), v[:, :, k0:k1], *params)
         if grad and recompute:
-            outs.append(checkpoint(one_block, i0, i1, nk, *tensors, use_reentrant=False))
+            outs.append(checkpoint(one_block, i0, i1, k0, k1, *tensors, use_reentrant=False))
         else:
-            outs.append(one_block(i0, i1, nk, *tensors))
+            outs.append(one_block(i0, i1, k0, k1, *tensors))
     return torch.cat(outs, dim=2)

@@ -13,6 +13,8 @@ from typing import Iterator, Optional
 import torch
 from torch import Tensor
 
+from ..core import mask_block, window_binds
+
 # %% auto #0
 __all__ = ['acc_dtype', 'triton_available', 'triton_interpret', 'query_blocks', 'mask_block_', 'Tiles']
 
@@ -30,29 +32,43 @@ def triton_interpret() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 # %% ../../nbs/10_common.ipynb #c5774736
-def query_blocks(Sq: int, Sk: int, causal: bool, *, block: Optional[int] = None,
-                 budget: Optional[int] = None) -> Iterator[tuple[int, int, int]]:
-    """Query blocks `(i0, i1, nk)` covering `0…Sq−1`; `nk` = keys any query of the block may see (ends aligned, 0: none).
-    Exactly one of `block` (queries per block) and `budget` (elements per `(C, nk)` tile, at least 16 queries) is given."""
+def query_blocks(Sq: int, Sk: int, causal: bool, *, block: Optional[int] = None, budget: Optional[int] = None,
+                 window: Optional[int] = None, spans: Optional[tuple[Tensor, Tensor]] = None) -> Iterator[tuple[int, int, int, int]]:
+    """Query blocks `(i0, i1, k0, k1)` covering `0…Sq−1`; keys `k0…k1−1` hold every key a query of the block may see
+    (ends aligned; `k0 == k1`: none) under causality, the `window` and the documents' `spans` (`core.segment_spans`).
+    Exactly one of `block` (queries per block) and `budget` (elements per `(C, k1−k0)` tile, at least 16 queries) is given."""
     if (block is None) == (budget is None):
         raise ValueError("query_blocks needs exactly one of block and budget")
     if block is not None and block < 1: raise ValueError(f"block must be >= 1, got {block}")
     off, i0, T = Sk - Sq, 0, budget or 1
+    win = window if window_binds(Sq, Sk, window) else None
+    smin, emax = (spans[0].amin(0).tolist(), spans[1].amax(0).tolist()) if spans is not None else (None, None)
     while i0 < Sq:
         if block is not None: C = block
+        elif win is not None:                                   # a tile of C × (C + width) elements
+            width = win - 1 if causal else 2 * win - 2
+            C = max(16, int((-width + math.sqrt(width * width + 4 * T)) / 2))
         elif causal:
             b = max(0, i0 + off)
             C = max(16, int((-b + math.sqrt(b * b + 4 * T)) / 2))
         else: C = max(16, T // max(1, Sk))
         i1 = min(Sq, i0 + C)
-        yield i0, i1, (max(0, min(Sk, i1 + off)) if causal else Sk)
+        k0, k1 = 0, (max(0, min(Sk, i1 + off)) if causal else Sk)
+        if win is not None: k0, k1 = max(0, i0 + off - win + 1), min(k1, max(0, i1 - 1 + off + win))
+        if smin is not None: k0, k1 = max(k0, smin[i0 + off]), min(k1, emax[i1 - 1 + off])
+        yield i0, i1, min(k0, k1), k1
         i0 = i1
 
 # %% ../../nbs/10_common.ipynb #2af345c8
 def mask_block_(t: Tensor, i0: int, i1: int, Sq: int, Sk: int, causal: bool, kpm: Optional[Tensor],
-                value: float) -> Tensor:
-    "Fill, in place, the pairs of tile `t (B, H, C, nk)` or `(B·H, C, nk)` (queries `i0…i1−1`, keys `0…nk−1`) that may not attend."
+                value: float, *, k0: int = 0, window: Optional[int] = None, segment_ids: Optional[Tensor] = None) -> Tensor:
+    """Fill, in place, the pairs of tile `t (B, H, C, nk)` or `(B·H, C, nk)` (queries `i0…i1−1`, keys `k0…k0+nk−1`) that
+    may not attend (`core.mask_block`)."""
     nk = t.shape[-1]
+    if k0 or window_binds(Sq, Sk, window) or segment_ids is not None:
+        m = mask_block(Sq, Sk, i0, i1, k0, k0 + nk, causal, kpm, window, segment_ids, t.device)
+        if m is not None: t.view(m.shape[0], -1, i1 - i0, nk).masked_fill_(~m, value)
+        return t
     if kpm is not None:
         t.view(kpm.shape[0], -1, i1 - i0, nk).masked_fill_(~kpm[:, None, None, :nk], value)
     if causal and (j0 := max(0, i0 + Sk - Sq + 1)) < nk:

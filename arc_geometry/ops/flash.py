@@ -13,6 +13,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from ..core import sees_any, segment_spans, window_binds
 from ..manifolds import PoincareBall
 from .common import acc_dtype, triton_interpret
 from .metric import metric_features, sdpa_attend
@@ -90,7 +91,7 @@ def _wdot(w, x, HALF: tl.constexpr, DT: tl.constexpr):
 
 
 # %% ../../nbs/16_flash.ipynb #b95d7a67
-_RUNTIME_INTS = ["H", "Sq", "Sk", "causal", "has_kpm", "store_acc"]
+_RUNTIME_INTS = ["H", "Sq", "Sk", "causal", "has_kpm", "store_acc", "window", "has_seg"]
 
 @triton.jit(do_not_specialize=["S"])
 def flash_norms_kernel(X, N, S, D, BLOCK: tl.constexpr, BD: tl.constexpr, HOP: tl.constexpr, HT: tl.constexpr):
@@ -152,11 +153,19 @@ def _scores(ql, kl, kx, qh, kh, a, bb, c, coef, LIN: tl.constexpr, POWER: tl.con
 
 # %% ../../nbs/16_flash.ipynb #78a175d8
 @triton.jit
-def _allowed(offs_m, offs_n, Sq, Sk, kp_ok, causal):
-    "The allowed pairs of a tile: keys in range and not padded (`kp_ok`), and `j ≤ i + Sk − Sq` when causal."
+def _allowed(offs_m, offs_n, Sq, Sk, kp_ok, causal, window, SEG, b, has_seg):
+    """The allowed pairs of a tile (ends aligned, `i' = i + Sk − Sq`): keys in range and not padded (`kp_ok`), `j ≤ i'`
+    when causal, `|i' − j| < window` when `window > 0`, and the same document (`SEG (B, Sk)`) when `has_seg`."""
     ok = kp_ok[None, :] & (offs_m[:, None] >= 0)
+    i = offs_m[:, None] + (Sk - Sq)
     if causal:
-        ok = ok & (offs_n[None, :] <= offs_m[:, None] + (Sk - Sq))
+        ok = ok & (offs_n[None, :] <= i)
+    if window > 0:
+        ok = ok & (i - offs_n[None, :] < window) & (offs_n[None, :] - i < window)
+    if has_seg:
+        sq = load_vec(SEG + b * Sk, offs_m + (Sk - Sq), Sk, -1)
+        sk = load_vec(SEG + b * Sk, offs_n, Sk, -2)
+        ok = ok & (sq[:, None] == sk[None, :])
     return ok
 
 @triton.jit
@@ -168,31 +177,72 @@ def _key_ok(KPM, b, offs_n, Sk, has_kpm):
     return ok
 
 @triton.jit
-def _key_blocks(m0, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, Sq, Sk, causal):
-    """Key-block bounds for the queries `m0 … m0+BLOCK_M−1`: blocks below `full` are whole and seen by every one
-    of these queries (no mask), blocks in `[full, hi)` need one (the diagonal, the sequence end)."""
+def _key_range(m0, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, Sq, Sk, causal, window, SPS, SPE, b, has_seg):
+    """Key-block bounds `(lo, ulo, uhi, hi)` for the queries `m0 … m0+BLOCK_M−1`: blocks in `[ulo, uhi)` are whole and
+    seen by every one of these queries (no mask); blocks in `[lo, ulo)` and `[uhi, hi)` need one (the band's edges,
+    the sequence end, the documents: `SPS`, `SPE (B, Sk)` are the first and one-past-last key of each key's document).
+    Keys outside `[lo, hi)` are never visited: FlashAttention-2's block skipping."""
+    off = Sk - Sq
+    last = tl.minimum(m0 + BLOCK_M, Sq) - 1 + off                 # the block's last query, aligned
+    lo = 0
     hi = Sk
-    see = Sk                                        # keys < see are visible to every query of the block
+    ulo = 0
+    uhi = Sk                                       # keys in [ulo, uhi) are seen by every query of the block
     if causal:
-        hi = tl.maximum(tl.minimum(Sk, m0 + BLOCK_M + Sk - Sq), 0)
-        see = tl.maximum(tl.minimum(Sk, m0 + 1 + Sk - Sq), 0)
-    return see // BLOCK_N * BLOCK_N, hi
+        hi = tl.maximum(tl.minimum(Sk, last + 1), 0)
+        uhi = tl.maximum(tl.minimum(Sk, m0 + 1 + off), 0)
+    if window > 0:
+        lo = tl.minimum(tl.maximum(m0 + off - window + 1, 0), Sk)
+        hi = tl.minimum(hi, tl.maximum(last + window, 0))
+        ulo = tl.minimum(tl.maximum(m0 + BLOCK_M - 1 + off - window + 1, 0), Sk)
+        uhi = tl.minimum(uhi, tl.maximum(m0 + off + window, 0))
+    if has_seg:
+        lo = tl.maximum(lo, tl.load(SPS + b * Sk + tl.minimum(tl.maximum(m0 + off, 0), Sk - 1)))
+        hi = tl.minimum(hi, tl.load(SPE + b * Sk + tl.minimum(tl.maximum(last, 0), Sk - 1)))
+        uhi = ulo                                  # documents may end anywhere: every tile masked
+    lo = lo // BLOCK_N * BLOCK_N
+    hi = tl.maximum(hi, lo)
+    ulo = tl.minimum(tl.maximum(tl.cdiv(ulo, BLOCK_N) * BLOCK_N, lo), hi)
+    uhi = tl.maximum(uhi // BLOCK_N * BLOCK_N, ulo)
+    return lo, ulo, uhi, hi
 
 @triton.jit
-def _query_blocks(n0, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, Sq, Sk, causal):
-    """Query-block bounds for the keys `n0 … n0+BLOCK_N−1`: blocks from `lo` see some of them, blocks from `full`
-    (a multiple of BLOCK_M past `lo`) see all of them; causal only — else `lo = full = 0`."""
+def _query_range(n0, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, Sq, Sk, causal, window, SPS, SPE, b, has_seg):
+    """Query-block bounds `(lo, ulo, uhi, hi)` for the keys `n0 … n0+BLOCK_N−1`: blocks in `[ulo, uhi)` see all of them
+    (no mask), blocks in `[lo, ulo)` and `[uhi, hi)` some of them; queries outside `[lo, hi)` none."""
+    off = Sk - Sq
+    nl = tl.minimum(n0 + BLOCK_N, Sk) - 1                        # the block's last key
     lo = 0
-    full = 0
+    hi = Sq
+    ulo = 0
+    uhi = Sq                                       # queries in [ulo, uhi) see every key of the block
     if causal:
-        lo = tl.maximum(n0 - (Sk - Sq), 0) // BLOCK_M * BLOCK_M
-        full = tl.maximum(tl.cdiv(tl.maximum(n0 + BLOCK_N - 1 - (Sk - Sq), 0), BLOCK_M) * BLOCK_M, lo)
-    return lo, full
+        lo = tl.maximum(n0 - off, 0)
+        ulo = tl.maximum(n0 + BLOCK_N - 1 - off, 0)
+    if window > 0:
+        lo = tl.maximum(lo, n0 - window + 1 - off)
+        hi = tl.minimum(hi, tl.maximum(nl + window - off, 0))
+        ulo = tl.maximum(ulo, n0 + BLOCK_N - window - off)
+        uhi = tl.minimum(uhi, tl.maximum(n0 + window - off, 0))
+    if has_seg:
+        lo = tl.maximum(lo, tl.load(SPS + b * Sk + n0) - off)
+        hi = tl.minimum(hi, tl.load(SPE + b * Sk + nl) - off)
+        uhi = 0
+    lo = tl.minimum(tl.maximum(lo, 0), Sq) // BLOCK_M * BLOCK_M
+    hi = tl.maximum(hi, lo)
+    ulo = tl.minimum(tl.maximum(tl.cdiv(tl.maximum(ulo, 0), BLOCK_M) * BLOCK_M, lo), hi)
+    if uhi >= Sq:
+        uhi = tl.cdiv(Sq, BLOCK_M) * BLOCK_M                    # rows past Sq: nothing to mask (p = 0)
+        hi = tl.maximum(hi, uhi)
+    else:
+        uhi = uhi // BLOCK_M * BLOCK_M
+    uhi = tl.maximum(uhi, ulo)
+    return lo, ulo, uhi, hi
 
 # %% ../../nbs/16_flash.ipynb #36279217
 @triton.jit
 def _fwd_step(acc, m_i, l_i, start_n, ql, qh, a, offs_m, KL, KX, KH, KN, KPM, Vb, svs, b, bh, Sq, Sk, DL, DH, DV,
-              c, coef, causal, has_kpm, store_acc, LIN: tl.constexpr, POWER: tl.constexpr, BLOCK_N: tl.constexpr,
+              c, coef, causal, has_kpm, store_acc, window, SEG, has_seg, LIN: tl.constexpr, POWER: tl.constexpr, BLOCK_N: tl.constexpr,
               BD: tl.constexpr, DT: tl.constexpr, ACC: tl.constexpr, HT: tl.constexpr, HOP: tl.constexpr,
               PREC: tl.constexpr, MASKED: tl.constexpr):
     "One key block of the online softmax; `MASKED`: build the causal/range mask (diagonal and last blocks only)."
@@ -200,7 +250,7 @@ def _fwd_step(acc, m_i, l_i, start_n, ql, qh, a, offs_m, KL, KX, KH, KN, KPM, Vb
     kl, kx, kh, bb, iq = _load_keys(KL, KX, KH, KN, bh, offs_n, Sk, DL, DH, c, LIN, POWER, BD, DT, ACC, HT, HOP)
     s, r, pos = _scores(ql, kl, kx, qh, kh, a, bb, c, coef, LIN, POWER, ACC, HT, PREC)
     if MASKED:
-        s = tl.where(_allowed(offs_m, offs_n, Sq, Sk, _key_ok(KPM, b, offs_n, Sk, has_kpm), causal), s, float("-inf"))
+        s = tl.where(_allowed(offs_m, offs_n, Sq, Sk, _key_ok(KPM, b, offs_n, Sk, has_kpm), causal, window, SEG, b, has_seg), s, float("-inf"))
     elif has_kpm:
         s = tl.where(_key_ok(KPM, b, offs_n, Sk, has_kpm)[None, :], s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -216,8 +266,8 @@ def _fwd_step(acc, m_i, l_i, start_n, ql, qh, a, offs_m, KL, KX, KH, KN, KPM, Vb
     return acc, m_new, l_i
 
 @triton.jit(do_not_specialize=_RUNTIME_INTS)
-def flash_fwd_kernel(QL, KL, KX, QH, KH, QN, KN, V, KPM, C, COEF, O, OA, M, LL, svb, svh, svs,
-                     H, Sq, Sk, DL, DH, DV, causal, has_kpm, store_acc,
+def flash_fwd_kernel(QL, KL, KX, QH, KH, QN, KN, V, KPM, SEG, SPS, SPE, C, COEF, O, OA, M, LL, svb, svh, svs,
+                     H, Sq, Sk, DL, DH, DV, causal, has_kpm, store_acc, window, has_seg,
                      LIN: tl.constexpr, POWER: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                      BD: tl.constexpr, DT: tl.constexpr, ACC: tl.constexpr, HT: tl.constexpr, HOP: tl.constexpr,
                      PREC: tl.constexpr):
@@ -233,15 +283,17 @@ def flash_fwd_kernel(QL, KL, KX, QH, KH, QN, KN, V, KPM, C, COEF, O, OA, M, LL, 
     m_i = tl.full((BLOCK_M,), float("-inf"), dtype=ACC)
     l_i = tl.zeros((BLOCK_M,), dtype=ACC)
     acc = tl.zeros((BLOCK_M, BD), dtype=ACC)
-    full, hi = _key_blocks(pid_m * BLOCK_M, BLOCK_M, BLOCK_N, Sq, Sk, causal)
-    for start_n in range(0, full, BLOCK_N):
+    lo, ulo, uhi, hi = _key_range(pid_m * BLOCK_M, BLOCK_M, BLOCK_N, Sq, Sk, causal, window, SPS, SPE, b, has_seg)
+    for start_n in range(ulo, uhi, BLOCK_N):                # inside the band: no mask
         acc, m_i, l_i = _fwd_step(acc, m_i, l_i, start_n, ql, qh, a, offs_m, KL, KX, KH, KN, KPM, Vb, svs, b, bh, Sq, Sk,
-                                  DL, DH, DV, c, coef, causal, has_kpm, store_acc, LIN, POWER, BLOCK_N, BD, DT, ACC, HT, HOP,
-                                  PREC, False)
-    for start_n in range(full, hi, BLOCK_N):
+                                  DL, DH, DV, c, coef, causal, has_kpm, store_acc, window, SEG, has_seg, LIN, POWER,
+                                  BLOCK_N, BD, DT, ACC, HT, HOP, PREC, False)
+    n_lo = tl.cdiv(ulo - lo, BLOCK_N)                    # masked: the lower edge, then the upper one (one loop body)
+    for t in range(0, n_lo + tl.cdiv(hi - uhi, BLOCK_N)):
+        start_n = lo + t * BLOCK_N + (t >= n_lo).to(tl.int32) * (uhi - lo - n_lo * BLOCK_N)
         acc, m_i, l_i = _fwd_step(acc, m_i, l_i, start_n, ql, qh, a, offs_m, KL, KX, KH, KN, KPM, Vb, svs, b, bh, Sq, Sk,
-                                  DL, DH, DV, c, coef, causal, has_kpm, store_acc, LIN, POWER, BLOCK_N, BD, DT, ACC, HT, HOP,
-                                  PREC, True)
+                                  DL, DH, DV, c, coef, causal, has_kpm, store_acc, window, SEG, has_seg, LIN, POWER,
+                                  BLOCK_N, BD, DT, ACC, HT, HOP, PREC, True)
     empty = l_i == 0
     out = acc / tl.where(empty, 1, l_i)[:, None]
     store_rows(O + bh * Sq * DV, offs_m, Sq, DV, DV, out, BD)
@@ -249,7 +301,6 @@ def flash_fwd_kernel(QL, KL, KX, QH, KH, QN, KN, V, KPM, C, COEF, O, OA, M, LL, 
         store_rows(OA + bh * Sq * DV, offs_m, Sq, DV, DV, out, BD)
     tl.store(M + bh * Sq + offs_m, tl.where(empty, 0, m_i), mask=offs_m < Sq)
     tl.store(LL + bh * Sq + offs_m, tl.where(empty, float("inf"), tl.log(tl.where(empty, 1, l_i))), mask=offs_m < Sq)
-
 
 # %% ../../nbs/16_flash.ipynb #bde4c68b
 @triton.jit
@@ -275,7 +326,7 @@ def _bwd_tile(s, r, pos, do, v, mll, delta, ap, bq, c, coef, POWER: tl.constexpr
 
 @triton.jit
 def _bwd_q_step(dql, dqh, ga, start_n, ql, qh, a, ip, do, mll, delta, offs_m, KL, KX, KH, KN, KPM, Vb, svs, b, bh,
-                Sq, Sk, DL, DH, DV, c, coef, causal, has_kpm, LIN: tl.constexpr, POWER: tl.constexpr,
+                Sq, Sk, DL, DH, DV, c, coef, causal, has_kpm, window, SEG, has_seg, LIN: tl.constexpr, POWER: tl.constexpr,
                 BLOCK_N: tl.constexpr, BD: tl.constexpr, DT: tl.constexpr, ACC: tl.constexpr, HT: tl.constexpr,
                 HOP: tl.constexpr, PREC: tl.constexpr, HALF: tl.constexpr, MASKED: tl.constexpr):
     "One key block of the dQ kernel: `dql += dS·kl`, `dqh += X·kh` and the row sums of `X` and `W·r` (`X = V/(1−cb)`)."
@@ -283,7 +334,7 @@ def _bwd_q_step(dql, dqh, ga, start_n, ql, qh, a, ip, do, mll, delta, offs_m, KL
     kl, kx, kh, bb, iq = _load_keys(KL, KX, KH, KN, bh, offs_n, Sk, DL, DH, c, LIN, POWER, BD, DT, ACC, HT, HOP)
     s, r, pos = _scores(ql, kl, kx, qh, kh, a, bb, c, coef, LIN, POWER, ACC, HT, PREC)
     if MASKED:
-        s = tl.where(_allowed(offs_m, offs_n, Sq, Sk, _key_ok(KPM, b, offs_n, Sk, has_kpm), causal), s, float("-inf"))
+        s = tl.where(_allowed(offs_m, offs_n, Sq, Sk, _key_ok(KPM, b, offs_n, Sk, has_kpm), causal, window, SEG, b, has_seg), s, float("-inf"))
     elif has_kpm:
         s = tl.where(_key_ok(KPM, b, offs_n, Sk, has_kpm)[None, :], s, float("-inf"))
     v = load_rows(Vb, offs_n, Sk, svs, DV, BD).to(DT)
@@ -301,8 +352,8 @@ def _bwd_q_step(dql, dqh, ga, start_n, ql, qh, a, ip, do, mll, delta, offs_m, KL
 
 # %% ../../nbs/16_flash.ipynb #4c8ddd1c
 @triton.jit(do_not_specialize=_RUNTIME_INTS)
-def flash_bwd_q_kernel(QL, KL, KX, QH, KH, QN, KN, V, KPM, C, COEF, DO, M, LL, DELTA, DQL, DQH, svb, svh, svs, sdb, sdh, sds,
-                       H, Sq, Sk, DL, DH, DV, causal, has_kpm,
+def flash_bwd_q_kernel(QL, KL, KX, QH, KH, QN, KN, V, KPM, SEG, SPS, SPE, C, COEF, DO, M, LL, DELTA, DQL, DQH, svb, svh, svs,
+                       sdb, sdh, sds, H, Sq, Sk, DL, DH, DV, causal, has_kpm, window, has_seg,
                        LIN: tl.constexpr, POWER: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                        BD: tl.constexpr, DT: tl.constexpr, ACC: tl.constexpr, HT: tl.constexpr, HOP: tl.constexpr,
                        PREC: tl.constexpr, HALF: tl.constexpr):
@@ -320,15 +371,17 @@ def flash_bwd_q_kernel(QL, KL, KX, QH, KH, QN, KN, V, KPM, C, COEF, DO, M, LL, D
     dql = tl.zeros((BLOCK_M, BD), dtype=ACC)
     dqh = tl.zeros((BLOCK_M, BD), dtype=HT)
     ga = tl.zeros((BLOCK_M,), dtype=HT)
-    full, hi = _key_blocks(pid_m * BLOCK_M, BLOCK_M, BLOCK_N, Sq, Sk, causal)
-    for start_n in range(0, full, BLOCK_N):
+    lo, ulo, uhi, hi = _key_range(pid_m * BLOCK_M, BLOCK_M, BLOCK_N, Sq, Sk, causal, window, SPS, SPE, b, has_seg)
+    for start_n in range(ulo, uhi, BLOCK_N):
         dql, dqh, ga = _bwd_q_step(dql, dqh, ga, start_n, ql, qh, a, ip, do, mll, delta, offs_m, KL, KX, KH, KN, KPM, Vb,
-                                   svs, b, bh, Sq, Sk, DL, DH, DV, c, coef, causal, has_kpm, LIN, POWER, BLOCK_N, BD,
-                                   DT, ACC, HT, HOP, PREC, HALF, False)
-    for start_n in range(full, hi, BLOCK_N):
+                                   svs, b, bh, Sq, Sk, DL, DH, DV, c, coef, causal, has_kpm, window, SEG, has_seg, LIN,
+                                   POWER, BLOCK_N, BD, DT, ACC, HT, HOP, PREC, HALF, False)
+    n_lo = tl.cdiv(ulo - lo, BLOCK_N)                    # masked: the lower edge, then the upper one (one loop body)
+    for t in range(0, n_lo + tl.cdiv(hi - uhi, BLOCK_N)):
+        start_n = lo + t * BLOCK_N + (t >= n_lo).to(tl.int32) * (uhi - lo - n_lo * BLOCK_N)
         dql, dqh, ga = _bwd_q_step(dql, dqh, ga, start_n, ql, qh, a, ip, do, mll, delta, offs_m, KL, KX, KH, KN, KPM, Vb,
-                                   svs, b, bh, Sq, Sk, DL, DH, DV, c, coef, causal, has_kpm, LIN, POWER, BLOCK_N, BD,
-                                   DT, ACC, HT, HOP, PREC, HALF, True)
+                                   svs, b, bh, Sq, Sk, DL, DH, DV, c, coef, causal, has_kpm, window, SEG, has_seg, LIN,
+                                   POWER, BLOCK_N, BD, DT, ACC, HT, HOP, PREC, HALF, True)
     if LIN:
         store_rows(DQL + bh * Sq * DL, offs_m, Sq, DL, DL, dql, BD)
     if POWER > 0:
@@ -338,7 +391,7 @@ def flash_bwd_q_kernel(QL, KL, KX, QH, KH, QN, KN, V, KPM, C, COEF, DO, M, LL, D
 # %% ../../nbs/16_flash.ipynb #97a1de0b
 @triton.jit
 def _bwd_kv_step(dkl, dkx, dkh, gb, gc, gcoef, dv, start_m, kl, kx, kh, bb, iq, v, kp_ok, offs_n, QL, QH, QN, DOb, sds,
-                 M, LL, DELTA, bh, Sq, Sk, DL, DH, DV, c, coef, causal, has_kpm, LIN: tl.constexpr,
+                 M, LL, DELTA, b, bh, Sq, Sk, DL, DH, DV, c, coef, causal, has_kpm, window, SEG, has_seg, LIN: tl.constexpr,
                  POWER: tl.constexpr, BLOCK_M: tl.constexpr, BD: tl.constexpr, DT: tl.constexpr, ACC: tl.constexpr,
                  HT: tl.constexpr, HOP: tl.constexpr, PREC: tl.constexpr, HALF: tl.constexpr, MASKED: tl.constexpr):
     "One query block of the dK/dV kernel."
@@ -346,7 +399,7 @@ def _bwd_kv_step(dkl, dkx, dkh, gb, gc, gcoef, dv, start_m, kl, kx, kh, bb, iq, 
     ql, qh, a, ip = _load_queries(QL, QH, QN, bh, offs_m, Sq, DL, DH, c, LIN, POWER, BD, DT, HT, HOP)
     s, r, pos = _scores(ql, kl, kx, qh, kh, a, bb, c, coef, LIN, POWER, ACC, HT, PREC)
     if MASKED:
-        s = tl.where(_allowed(offs_m, offs_n, Sq, Sk, kp_ok, causal), s, float("-inf"))
+        s = tl.where(_allowed(offs_m, offs_n, Sq, Sk, kp_ok, causal, window, SEG, b, has_seg), s, float("-inf"))
     elif has_kpm:
         s = tl.where(kp_ok[None, :], s, float("-inf"))
     mll = load_vec(M + bh * Sq, offs_m, Sq, 0) + load_vec(LL + bh * Sq, offs_m, Sq, float("inf"))
@@ -370,9 +423,9 @@ def _bwd_kv_step(dkl, dkx, dkh, gb, gc, gcoef, dv, start_m, kl, kx, kh, bb, iq, 
 
 # %% ../../nbs/16_flash.ipynb #2e0e129a
 @triton.jit(do_not_specialize=_RUNTIME_INTS)
-def flash_bwd_kv_kernel(QL, KL, KX, QH, KH, QN, KN, V, KPM, C, COEF, DO, M, LL, DELTA,
+def flash_bwd_kv_kernel(QL, KL, KX, QH, KH, QN, KN, V, KPM, SEG, SPS, SPE, C, COEF, DO, M, LL, DELTA,
                         DKL, DKX, DKH, DV_, DC, DCOEF, svb, svh, svs, sdb, sdh, sds,
-                        H, Sq, Sk, DL, DH, DV, causal, has_kpm,
+                        H, Sq, Sk, DL, DH, DV, causal, has_kpm, window, has_seg,
                         LIN: tl.constexpr, POWER: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                         BD: tl.constexpr, DT: tl.constexpr, ACC: tl.constexpr, HT: tl.constexpr, HOP: tl.constexpr,
                         PREC: tl.constexpr, HALF: tl.constexpr):
@@ -393,17 +446,19 @@ def flash_bwd_kv_kernel(QL, KL, KX, QH, KH, QN, KN, V, KPM, C, COEF, DO, M, LL, 
     gc = tl.zeros((BLOCK_N,), dtype=HT)
     gcoef = tl.zeros((BLOCK_N,), dtype=HT)
     dv = tl.zeros((BLOCK_N, BD), dtype=ACC)
-    lo, full = _query_blocks(pid_n * BLOCK_N, BLOCK_M, BLOCK_N, Sq, Sk, causal)
-    for start_m in range(lo, tl.minimum(full, Sq), BLOCK_M):
+    lo, ulo, uhi, hi = _query_range(pid_n * BLOCK_N, BLOCK_M, BLOCK_N, Sq, Sk, causal, window, SPS, SPE, b, has_seg)
+    for start_m in range(ulo, uhi, BLOCK_M):
         dkl, dkx, dkh, gb, gc, gcoef, dv = _bwd_kv_step(dkl, dkx, dkh, gb, gc, gcoef, dv, start_m, kl, kx, kh, bb, iq,
-                                                        v, kp_ok, offs_n, QL, QH, QN, DOb, sds, M, LL, DELTA, bh, Sq, Sk,
-                                                        DL, DH, DV, c, coef, causal, has_kpm, LIN, POWER, BLOCK_M,
-                                                        BD, DT, ACC, HT, HOP, PREC, HALF, True)
-    for start_m in range(full, Sq, BLOCK_M):
+                                                        v, kp_ok, offs_n, QL, QH, QN, DOb, sds, M, LL, DELTA, b, bh, Sq,
+                                                        Sk, DL, DH, DV, c, coef, causal, has_kpm, window, SEG, has_seg,
+                                                        LIN, POWER, BLOCK_M, BD, DT, ACC, HT, HOP, PREC, HALF, False)
+    n_lo = tl.cdiv(ulo - lo, BLOCK_M)                    # masked: the lower edge, then the upper one (one loop body)
+    for t in range(0, n_lo + tl.cdiv(hi - uhi, BLOCK_M)):
+        start_m = lo + t * BLOCK_M + (t >= n_lo).to(tl.int32) * (uhi - lo - n_lo * BLOCK_M)
         dkl, dkx, dkh, gb, gc, gcoef, dv = _bwd_kv_step(dkl, dkx, dkh, gb, gc, gcoef, dv, start_m, kl, kx, kh, bb, iq,
-                                                        v, kp_ok, offs_n, QL, QH, QN, DOb, sds, M, LL, DELTA, bh, Sq, Sk,
-                                                        DL, DH, DV, c, coef, causal, has_kpm, LIN, POWER, BLOCK_M,
-                                                        BD, DT, ACC, HT, HOP, PREC, HALF, False)
+                                                        v, kp_ok, offs_n, QL, QH, QN, DOb, sds, M, LL, DELTA, b, bh, Sq,
+                                                        Sk, DL, DH, DV, c, coef, causal, has_kpm, window, SEG, has_seg,
+                                                        LIN, POWER, BLOCK_M, BD, DT, ACC, HT, HOP, PREC, HALF, True)
     store_rows(DV_ + bh * Sk * DV, offs_n, Sk, DV, DV, dv, BD)
     if LIN:
         store_rows(DKL + bh * Sk * DL, offs_n, Sk, DL, DL, dkl, BD)
@@ -442,7 +497,7 @@ _T = lambda small, d128: {16: small, 32: small, 64: small, 128: d128}
 FLASH_TABLE = {
     (90, "metric", "half", "fwd"):      _T((128, 64, 8, 3), (128, 64, 8, 2)),
     (90, "metric", "half", "bwd_q"):    _T((64, 64, 4, 2), (64, 64, 8, 2)),
-    (90, "metric", "half", "bwd_kv"):   _T((64, 64, 4, 2), (64, 64, 8, 2)),
+    (90, "metric", "half", "bwd_kv"):   _T((64, 32, 4, 2), (64, 64, 8, 2)),   # 64 × 64 spilled 124 B with the window masks
     (90, "poincare", "half", "fwd"):    _T((64, 64, 4, 2), (64, 64, 8, 2)),
     (90, "poincare", "half", "bwd_q"):  _T((64, 32, 4, 2), (32, 64, 8, 1)),
     (90, "poincare", "half", "bwd_kv"): _T((32, 64, 8, 1), (32, 32, 8, 1)),
@@ -512,11 +567,19 @@ def _rows(x: Tensor) -> Tensor:
     return x if x.stride(-1) == 1 else x.contiguous()
 
 # %% ../../nbs/16_flash.ipynb #d1e27e69
+def _segment_args(seg: Optional[Tensor], B: int, Sk: int, device) -> tuple[Tensor, Tensor, Tensor]:
+    """`(ids, starts, ends)`, each `(B, Sk)` int32, of the documents `seg (B, Sk)` for the kernels: a key's document is the
+    keys `starts…ends−1` (the whole row when a document is split in several runs); three 1-element dummies when None."""
+    if seg is None: return tuple(torch.zeros(1, dtype=torch.int32, device=device) for _ in range(3))
+    spans = segment_spans(seg)
+    if spans is None: spans = (torch.zeros_like(seg), torch.full_like(seg, Sk))
+    return seg.to(torch.int32).contiguous(), spans[0].to(torch.int32).contiguous(), spans[1].to(torch.int32).contiguous()
+
 class FlashScoreAttention(torch.autograd.Function):
     """Fused attention with scores `s_ij = [ql_i·kl_j + kx_j] + [−coef_h·d_c(qh_i, kh_j)^POWER]` (see `flash_attention`)."""
 
     @staticmethod
-    def forward(ctx, ql, kl, kx, qh, kh, v, c, coef, power, causal, kpm, blocks):
+    def forward(ctx, ql, kl, kx, qh, kh, v, c, coef, power, causal, kpm, blocks, window, seg):
         B, H, Sq = (ql if ql is not None else qh).shape[:3]
         Sk, DV = v.shape[2], v.shape[3]
         dt, acc = v.dtype, acc_dtype(v.dtype)
@@ -535,6 +598,7 @@ class FlashScoreAttention(torch.autograd.Function):
         BD = _bd(DL, DH, DV)
         qn, kn = (_norms(x, meta, BD, blocks) if power else dummy.to(acc) for x in (qh, kh))
         kpm_t = kpm.to(torch.int8).contiguous() if kpm is not None else torch.ones(1, dtype=torch.int8, device=v.device)
+        seg_t = _segment_args(seg, B, Sk, v.device)                 # ids, document starts, ends: (B, Sk) int32 each
         o = torch.empty(B, H, Sq, DV, dtype=dt, device=v.device)
         # half precision: O also in float32 when a gradient will be asked for, so that δ = rowsum(dO ∘ O) does not
         # inherit the rounding of the half-precision O (per-head gradients sum δ's error times distances)
@@ -542,20 +606,21 @@ class FlashScoreAttention(torch.autograd.Function):
                  else None)
         m, ll = (torch.empty(B, H, Sq, dtype=acc, device=v.device) for _ in range(2))
         dims = (H, Sq, Sk, DL, DH, DV, int(causal), int(kpm is not None))
+        masks = (int(window or 0), int(seg is not None))
         base = dict(LIN=lin, POWER=power, BD=BD, **meta)
         cfg = _launch("fwd", power, dt, BD, v.device, blocks)
         fwd = {k: x for k, x in base.items() if k != "HALF"}
         flash_fwd_kernel[(triton.cdiv(Sq, cfg["BLOCK_M"]), B * H)](
-            ql, kl, kx, qh, kh, qn, kn, v, kpm_t, c, coef, o, o_acc if o_acc is not None else m, m, ll, *v.stride()[:3], *dims,
-            int(o_acc is not None), **fwd, **cfg)
-        ctx.save_for_backward(ql, kl, kx, qh, kh, qn, kn, v, kpm_t, c, coef, o if o_acc is None else o_acc, m, ll)
-        ctx.cfg = (dims, base, lin, power, blocks)
+            ql, kl, kx, qh, kh, qn, kn, v, kpm_t, *seg_t, c, coef, o, o_acc if o_acc is not None else m, m, ll, *v.stride()[:3],
+            *dims, int(o_acc is not None), *masks, **fwd, **cfg)
+        ctx.save_for_backward(ql, kl, kx, qh, kh, qn, kn, v, kpm_t, *seg_t, c, coef, o if o_acc is None else o_acc, m, ll)
+        ctx.cfg = (dims, masks, base, lin, power, blocks)
         return o
 
     @staticmethod
     def backward(ctx, do):
-        ql, kl, kx, qh, kh, qn, kn, v, kpm_t, c, coef, o, m, ll = ctx.saved_tensors
-        dims, base, lin, power, blocks = ctx.cfg
+        ql, kl, kx, qh, kh, qn, kn, v, kpm_t, sg, sps, spe, c, coef, o, m, ll = ctx.saved_tensors
+        dims, masks, base, lin, power, blocks = ctx.cfg
         H, Sq, Sk = dims[:3]
         B, dt = v.shape[0], v.dtype
         acc = acc_dtype(dt)
@@ -571,17 +636,17 @@ class FlashScoreAttention(torch.autograd.Function):
         nk = triton.cdiv(Sk, ck["BLOCK_N"])
         dc = torch.zeros(B * H, nk, dtype=ht, device=v.device)
         dcoef = torch.zeros_like(dc)
-        common = (ql, kl, kx, qh, kh, qn, kn, v, kpm_t, c, coef, do, m, ll, delta)
+        common = (ql, kl, kx, qh, kh, qn, kn, v, kpm_t, sg, sps, spe, c, coef, do, m, ll, delta)
         strides = (*v.stride()[:3], *do.stride()[:3])
-        flash_bwd_q_kernel[(triton.cdiv(Sq, cq["BLOCK_M"]), B * H)](*common, dql, dqh, *strides, *dims, **base, **cq)
-        flash_bwd_kv_kernel[(nk, B * H)](*common, dkl, dkx, dkh, dv, dc, dcoef, *strides, *dims, **base, **ck)
+        flash_bwd_q_kernel[(triton.cdiv(Sq, cq["BLOCK_M"]), B * H)](*common, dql, dqh, *strides, *dims, *masks, **base, **cq)
+        flash_bwd_kv_kernel[(nk, B * H)](*common, dkl, dkx, dkh, dv, dc, dcoef, *strides, *dims, *masks, **base, **ck)
         n, t = ctx.needs_input_grad, ctx.in_dtypes
         g = lambda x, need, i: x.to(t[i]) if need else None
         dc = dc.view(B, H, nk).sum((0, 2)) if power else None
         dcoef = dcoef.view(B, H, nk).sum((0, 2)) if power else None
         return (g(dql, lin and n[0], 0), g(dkl, lin and n[1], 1), g(dkx, lin and n[2], 2),
                 g(dqh, power and n[3], 3), g(dkh, power and n[4], 4), dv.to(dt),
-                g(dc, power and n[6], 5), g(dcoef, power and n[7], 6), None, None, None, None)
+                g(dc, power and n[6], 5), g(dcoef, power and n[7], 6), None, None, None, None, None, None)
 
 # %% ../../nbs/16_flash.ipynb #6fc27b69
 def _poison(x: Tensor, dim: int, keep: Optional[Tensor] = None) -> Tensor:
@@ -591,8 +656,12 @@ def _poison(x: Tensor, dim: int, keep: Optional[Tensor] = None) -> Tensor:
         z = x.sum(dim, keepdim=True, dtype=torch.promote_types(x.dtype, torch.float32)) * 0
         return z if keep is None else torch.where(keep, z, 0)
 
-def _has_key(B: int, Sq: int, Sk: int, causal: bool, kpm: Optional[Tensor], device) -> Optional[Tensor]:
+def _has_key(B: int, Sq: int, Sk: int, causal: bool, kpm: Optional[Tensor], device, window: Optional[int] = None,
+             seg: Optional[Tensor] = None) -> Optional[Tensor]:
     "`(B, 1, Sq, 1)`: True for the queries that may attend to at least one key; None when all may."
+    if window_binds(Sq, Sk, window) or seg is not None:
+        flags = kpm[:, None, :] if kpm is not None else torch.ones(1, 1, Sk, dtype=torch.bool, device=device)
+        return sees_any(flags.expand(B, 1, Sk), Sq, causal, window, seg)[:, :, :, None]
     if kpm is None and (not causal or Sq <= Sk): return None
     last = (torch.arange(Sq, device=device) + (Sk - Sq)).clamp(max=Sk - 1) if causal else torch.full((Sq,), Sk - 1, device=device)
     if kpm is None:
@@ -604,18 +673,21 @@ def _has_key(B: int, Sq: int, Sk: int, causal: bool, kpm: Optional[Tensor], devi
 def flash_attention(ql: Optional[Tensor], kl: Optional[Tensor], kx: Optional[Tensor], qh: Optional[Tensor],
                     kh: Optional[Tensor], v: Tensor, c: Optional[Tensor] = None, coef: Optional[Tensor] = None,
                     power: int = 0, causal: bool = False, key_padding_mask: Optional[Tensor] = None,
-                    blocks: Optional[tuple[int, int]] = None) -> Tensor:
+                    blocks: Optional[tuple[int, int]] = None, window: Optional[int] = None,
+                    segment_ids: Optional[Tensor] = None) -> Tensor:
     """Fused attention `(B, H, Sq, DV)` with scores `ql_i·kl_j + kx_j − coef_h·d_c(qh_i, kh_j)^power`.
 
     Linear part (or `None`): `ql (B, H, Sq, DL)`, `kl (B, H, Sk, DL)`, `kx (B, H, Sk)`; hyperbolic part (`power` 1 or 2,
     or 0 and `None`): points `qh (B, H, Sq, DH)`, `kh (B, H, Sk, DH)` inside the balls of curvature `−c (H,)`, weights
     `coef (H,)`. `v (B, H, Sk, DV)` sets the dtype: its features are rounded to it (fp16/bf16: the tensor-core
     operands). Differentiable in every tensor; `O(S)` memory; a query with no key gives 0; a NaN or ±∞ in a query's
-    features (with a key to see) or anywhere in a column of `v` gives NaN there, as the reference does."""
-    o = FlashScoreAttention.apply(ql, kl, kx, qh, kh, v, c, coef, power, causal, key_padding_mask, blocks)
+    features (with a key to see) or anywhere in a column of `v` gives NaN there, as the reference does. `window` and
+    `segment_ids (B, Sk)` add the masks of `core.mask_block`: the kernels visit only the key blocks they leave."""
     q = ql if ql is not None else qh
     assert q is not None, "flash_attention needs a linear or a hyperbolic part"
-    seen = _has_key(q.shape[0], q.shape[2], v.shape[2], causal, key_padding_mask, v.device)
+    win = window if window_binds(q.shape[2], v.shape[2], window) else None          # a window that hides nothing: none
+    o = FlashScoreAttention.apply(ql, kl, kx, qh, kh, v, c, coef, power, causal, key_padding_mask, blocks, win, segment_ids)
+    seen = _has_key(q.shape[0], q.shape[2], v.shape[2], causal, key_padding_mask, v.device, win, segment_ids)
     rows = sum(_poison(x, -1, seen) for x in (ql, qh) if x is not None)
     return o + (_poison(v, 2) + rows).to(o.dtype)
 
@@ -625,11 +697,11 @@ def _on_ball(x: Tensor, c: Tensor) -> Tensor:
     return PoincareBall(c.to(acc_dtype(x.dtype)).view(-1, 1, 1)).proj(x.to(acc_dtype(x.dtype)))
 
 def metric_kernel(q: Tensor, k: Tensor, v: Tensor, A: Tensor, lam: Tensor, *, causal: bool = False,
-                  key_padding_mask: Optional[Tensor] = None, scale: float) -> Tensor:
+                  key_padding_mask: Optional[Tensor] = None, scale: float, window: Optional[int] = None, segment_ids: Optional[Tensor] = None) -> Tensor:
     "Metric attention `(B, H, Sq, Dv)` by the fused kernel on `ql = 2·scale·Gq`, `kl = k`, `kx = −scale·kᵀGk`."
     Gq, kw, kGk = metric_features(q, k, A, lam)
     return flash_attention(2 * scale * Gq, kw, -scale * kGk, None, None, v, causal=causal,
-                           key_padding_mask=key_padding_mask)
+                           key_padding_mask=key_padding_mask, window=window, segment_ids=segment_ids)
 
 def metric_sdpa(q: Tensor, k: Tensor, v: Tensor, A: Tensor, lam: Tensor, *, causal: bool = False,
                 key_padding_mask: Optional[Tensor] = None, scale: float) -> Tensor:
@@ -650,33 +722,38 @@ def metric_sdpa(q: Tensor, k: Tensor, v: Tensor, A: Tensor, lam: Tensor, *, caus
     ka[..., D], ka[..., D + 1] = hi, lo
     return sdpa_attend(qa, ka, v, causal, key_padding_mask, 1.0) + _poison(v, 2).to(v.dtype)
 
-def metric_uses_sdpa(q: Tensor, k: Tensor, causal: bool, key_padding_mask: Optional[Tensor]) -> bool:
+def metric_uses_sdpa(q: Tensor, k: Tensor, causal: bool, key_padding_mask: Optional[Tensor], window: Optional[int] = None,
+                     segment_ids: Optional[Tensor] = None) -> bool:
     """Whether `metric_triton` hands a call to SDPA: CUDA tensors in fp16, bf16 or fp32, no padding mask, and not causal
-    with `Sq ≠ Sk` — the cases SDPA's flash and cuDNN kernels run without an `S × S` mask (see the table above)."""
-    return (q.is_cuda and q.dtype != torch.float64 and key_padding_mask is None
+    with `Sq ≠ Sk`, no window, no documents — the cases SDPA's flash and cuDNN kernels run without an `S × S` mask (see
+    the table above); the fused kernel skips the tiles outside a window's band and the documents."""
+    return (q.is_cuda and q.dtype != torch.float64 and key_padding_mask is None and segment_ids is None
+            and not window_binds(q.shape[2], k.shape[2], window)
             and not (causal and q.shape[2] != k.shape[2]))
 
 def metric_triton(q: Tensor, k: Tensor, v: Tensor, A: Tensor, lam: Tensor, *, causal: bool = False,
-                  key_padding_mask: Optional[Tensor] = None, scale: float) -> Tensor:
+                  key_padding_mask: Optional[Tensor] = None, scale: float, window: Optional[int] = None, segment_ids: Optional[Tensor] = None) -> Tensor:
     "Metric attention `(B, H, Sq, Dv)` on CUDA (or the interpreter): SDPA where `metric_uses_sdpa`, else the fused kernel."
-    f = metric_sdpa if metric_uses_sdpa(q, k, causal, key_padding_mask) else metric_kernel
-    return f(q, k, v, A, lam, causal=causal, key_padding_mask=key_padding_mask, scale=scale)
+    if metric_uses_sdpa(q, k, causal, key_padding_mask, window, segment_ids):
+        return metric_sdpa(q, k, v, A, lam, causal=causal, key_padding_mask=key_padding_mask, scale=scale)
+    return metric_kernel(q, k, v, A, lam, causal=causal, key_padding_mask=key_padding_mask, scale=scale, window=window,
+                         segment_ids=segment_ids)
 
 def poincare_triton(q: Tensor, k: Tensor, v: Tensor, c: Tensor, *, causal: bool = False,
-                    key_padding_mask: Optional[Tensor] = None, scale: float) -> Tensor:
+                    key_padding_mask: Optional[Tensor] = None, scale: float, window: Optional[int] = None, segment_ids: Optional[Tensor] = None) -> Tensor:
     "Poincaré attention `(B, H, Sq, Dv)` by the fused kernel, `c (H,)`; points projected into the ball first."
     coef = torch.full(c.shape, scale, dtype=acc_dtype(q.dtype), device=q.device)
     return flash_attention(None, None, None, _on_ball(q, c), _on_ball(k, c), v, c, coef, power=1, causal=causal,
-                           key_padding_mask=key_padding_mask)
+                           key_padding_mask=key_padding_mask, window=window, segment_ids=segment_ids)
 
 def hybrid_triton(q: Tensor, k: Tensor, v: Tensor, c: Tensor, alpha: Tensor, dim_e: int, *, causal: bool = False,
-                  key_padding_mask: Optional[Tensor] = None, scale: float) -> Tensor:
+                  key_padding_mask: Optional[Tensor] = None, scale: float, window: Optional[int] = None, segment_ids: Optional[Tensor] = None) -> Tensor:
     "Euclidean × Poincaré attention `(B, H, Sq, Dv)` by the fused kernel; `‖qe−ke‖²` through the linear part."
     w = acc_dtype(q.dtype)
     qe, ke = q[..., :dim_e].to(w), k[..., :dim_e].to(w)
     return flash_attention(2 * scale * qe, ke, -scale * ke.pow(2).sum(-1), _on_ball(q[..., dim_e:], c),
                            _on_ball(k[..., dim_e:], c), v, c, scale * alpha.to(w), power=2, causal=causal,
-                           key_padding_mask=key_padding_mask)
+                           key_padding_mask=key_padding_mask, window=window, segment_ids=segment_ids)
 
 
 # %% ../../nbs/16_flash.ipynb #40997a56
@@ -731,13 +808,14 @@ def _signatures(vdt: torch.dtype) -> dict:
     "Argument types of the three kernels for values of dtype `vdt`."
     x, w = _PTR[vdt], _PTR[acc_dtype(vdt)]
     h = h_ptr(vdt)
-    ins = dict(QL=x, KL=x, KX=w, QH=x, KH=x, QN=h, KN=h, V=x, KPM="*i8", C=w, COEF=w)
+    ins = dict(QL=x, KL=x, KX=w, QH=x, KH=x, QN=h, KN=h, V=x, KPM="*i8", SEG="*i32", SPS="*i32", SPE="*i32", C=w, COEF=w)
     ints = dict(H="i32", Sq="i32", Sk="i32", DL="i32", DH="i32", DV="i32", causal="i32", has_kpm="i32")
+    masks = dict(window="i32", has_seg="i32")
     sv = dict(svb="i32", svh="i32", svs="i32")
     sd = dict(sdb="i32", sdh="i32", sds="i32")
-    return {"fwd": dict(ins, O=x, OA=w, M=w, LL=w, **sv, **ints, store_acc="i32"),
-            "bwd_q": dict(ins, DO=x, M=w, LL=w, DELTA=w, DQL=w, DQH=h, **sv, **sd, **ints),
-            "bwd_kv": dict(ins, DO=x, M=w, LL=w, DELTA=w, DKL=w, DKX=w, DKH=h, DV_=w, DC=h, DCOEF=h, **sv, **sd, **ints)}
+    return {"fwd": dict(ins, O=x, OA=w, M=w, LL=w, **sv, **ints, store_acc="i32", **masks),
+            "bwd_q": dict(ins, DO=x, M=w, LL=w, DELTA=w, DQL=w, DQH=h, **sv, **sd, **ints, **masks),
+            "bwd_kv": dict(ins, DO=x, M=w, LL=w, DELTA=w, DKL=w, DKX=w, DKH=h, DV_=w, DC=h, DCOEF=h, **sv, **sd, **ints, **masks)}
 
 _KERNELS = {"fwd": flash_fwd_kernel, "bwd_q": flash_bwd_q_kernel, "bwd_kv": flash_bwd_kv_kernel}
 DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)

@@ -11,7 +11,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-from ..core import ball_eps, min_norm
+from ..core import ball_eps, min_norm, segment_spans
 from .common import Tiles, mask_block_, query_blocks
 
 # %% auto #0
@@ -149,53 +149,56 @@ class _HyperbolicCPU(torch.autograd.Function):
     Inputs: projected points `x, y (B·H, S, Dh)`, Euclidean parts `qe, ke` (or None), `v (B·H, Sk, Dv)`,
     `c, alpha (B·H,)`. Saves the inputs and the log-sum-exp of each row, `O(S)`."""
     @staticmethod
-    def forward(ctx, x, y, qe, ke, v, c, alpha, scale, power, causal, kpm, budget, block):
+    def forward(ctx, x, y, qe, ke, v, c, alpha, scale, power, causal, kpm, budget, block, window, seg):
         fe = _Features(x, y, qe, ke, c, alpha, scale, power, v=v)
         BH, Sq, _ = x.shape
         Sk, dt = y.shape[1], v.dtype
         ops = lambda exact: fe.ops(exact, dt)
         out = v.new_zeros(BH, Sq, v.shape[-1])
         lse = torch.full((BH, Sq), math.inf, dtype=torch.float64)                                   # float64, O(S)
-        blocks = list(query_blocks(Sq, Sk, causal, block=block) if block else
-                      query_blocks(Sq, Sk, causal, budget=max(1, budget // BH)))
-        tiles = Tiles(2, max(BH * (i1 - i0) * nk for i0, i1, nk in blocks) or 1)
+        spans = segment_spans(seg) if seg is not None else None
+        blocks = list(query_blocks(Sq, Sk, causal, block=block, window=window, spans=spans) if block else
+                      query_blocks(Sq, Sk, causal, budget=max(1, budget // BH), window=window, spans=spans))
+        tiles = Tiles(2, max(BH * (i1 - i0) * (k1 - k0) for i0, i1, k0, k1 in blocks) or 1)
+        mk = dict(window=window, segment_ids=seg)
         exact = []
-        for i0, i1, nk in blocks:
-            if nk == 0:                                                           # rows with no key: zeros
+        for i0, i1, k0, k1 in blocks:
+            if k1 == k0:                                                          # rows with no key: zeros
                 exact.append(False); continue
+            ks, nk = slice(k0, k1), k1 - k0
             X = ops(False)
             T, u = tiles(dt, BH, i1 - i0, nk)                                    # T = a_i‖q_i − k_j‖²
-            torch.bmm(X["q"][:, i0:i1], X["k0"][:, :nk].transpose(1, 2), out=T)
-            Tmin = mask_block_(T, i0, i1, Sq, Sk, causal, kpm, math.inf).amin(-1).double()   # no key: inf, fine
+            torch.bmm(X["q"][:, i0:i1], X["k0"][:, ks].transpose(1, 2), out=T)
+            Tmin = mask_block_(T, i0, i1, Sq, Sk, causal, kpm, math.inf, k0=k0, **mk).amin(-1).double()   # no key: inf, fine
             ex = not bool((Tmin >= fe.tmin[:, i0:i1]).all())                       # float32 unsafe somewhere
             exact.append(ex)
             if ex:
                 X = ops(True)
                 R, u = tiles(torch.float64, BH, i1 - i0, nk)
-                torch.bmm(X["q"][:, i0:i1], X["k"][:, :nk].transpose(1, 2), out=R)
+                torch.bmm(X["q"][:, i0:i1], X["k"][:, ks].transpose(1, 2), out=R)
             else:
-                R = T.mul_(X["binv"][..., :nk])                                   # R = T/β_j
+                R = T.mul_(X["binv"][..., ks])                                   # R = T/β_j
             f = _f_(R.clamp_min_(_TINY), u)
             if power == 1:                 # κ < 0: the row maximum of κ·f is κ·(row minimum of f)
-                m = mask_block_(f, i0, i1, Sq, Sk, causal, kpm, math.inf).amin(-1, keepdim=True).mul_(X["kap"])
+                m = mask_block_(f, i0, i1, Sq, Sk, causal, kpm, math.inf, k0=k0, **mk).amin(-1, keepdim=True).mul_(X["kap"])
                 m.masked_fill_(torch.isinf(m), 0)
                 p = torch.addcmul(-m, f, X["kap"], out=u).exp_()                   # exp(κ·f − m)
             else:                          # s = κ·f² + E
-                s = f.mul_(f).mul_(X["kap"]).baddbmm_(X["qe"][:, i0:i1], X["ke"][:, :nk].transpose(1, 2))
-                m = mask_block_(s, i0, i1, Sq, Sk, causal, kpm, -math.inf).amax(-1, keepdim=True)
+                s = f.mul_(f).mul_(X["kap"]).baddbmm_(X["qe"][:, i0:i1], X["ke"][:, ks].transpose(1, 2))
+                m = mask_block_(s, i0, i1, Sq, Sk, causal, kpm, -math.inf, k0=k0, **mk).amax(-1, keepdim=True)
                 m.masked_fill_(torch.isinf(m), 0)
                 p = s.sub_(m).exp_()
             l = p.sum(-1, keepdim=True)
-            out[:, i0:i1] = (torch.bmm(p, X["v"][:, :nk]) / torch.where(l > 0, l, 1.0)).to(dt)
+            out[:, i0:i1] = (torch.bmm(p, X["v"][:, ks]) / torch.where(l > 0, l, 1.0)).to(dt)
             lse[:, i0:i1] = torch.where(l > 0, m + torch.log(l), math.inf).squeeze(-1)
         ctx.save_for_backward(x, y, qe, ke, v, c, alpha, lse)
-        ctx.args = (scale, power, causal, kpm, blocks, exact)
+        ctx.args = (scale, power, causal, kpm, mk, blocks, exact)
         return out
 
     @staticmethod
     def backward(ctx, do):
         x, y, qe, ke, v, c, alpha, lse = ctx.saved_tensors
-        scale, power, causal, kpm, blocks, exact = ctx.args
+        scale, power, causal, kpm, mk, blocks, exact = ctx.args
         fe = _Features(x, y, qe, ke, c, alpha, scale, power, bounds=any(exact) and power == 1, v=v,
                        do=do.contiguous(), lse=lse)
         BH, Sq, _ = x.shape
@@ -208,38 +211,39 @@ class _HyperbolicCPU(torch.autograd.Function):
                 acc[d] = [torch.zeros(t.shape, dtype=d) if t is not None else None for t in (o["q"], o["k"], o["qe"], o["ke"], v)]
                 acc[d].append(torch.zeros(BH, 1, 1, dtype=d))
             return acc[d]
-        tiles = Tiles(4, max(BH * (i1 - i0) * nk for i0, i1, nk in blocks) or 1)
-        for (i0, i1, nk), ex in zip(blocks, exact):
-            if nk == 0: continue
+        tiles = Tiles(4, max(BH * (i1 - i0) * (k1 - k0) for i0, i1, k0, k1 in blocks) or 1)
+        for (i0, i1, k0, k1), ex in zip(blocks, exact):
+            if k1 == k0: continue
+            ks, nk = slice(k0, k1), k1 - k0
             X, tdt = ops(ex), (torch.float64 if ex else dt)
             dQ, dK, dQe, dKe, dv, dkap = grads(tdt)
             R, u, p, dp = tiles(tdt, BH, i1 - i0, nk)
-            qb, kb = X["q"][:, i0:i1], X["k"][:, :nk]
+            qb, kb = X["q"][:, i0:i1], X["k"][:, ks]
             torch.bmm(qb, kb.transpose(1, 2), out=R)
             zero = (R <= fe.nu[:, i0:i1, None]) if ex and power == 1 else None   # R within rounding of 0: d = 0
             f = _f_(R.clamp_min_(_TINY), u)
             if power == 1: torch.mul(f, X["kap"], out=p)
-            else: torch.mul(f, f, out=p).mul_(X["kap"]).baddbmm_(X["qe"][:, i0:i1], X["ke"][:, :nk].transpose(1, 2))
-            p = mask_block_(p.sub_(X["lse"][:, i0:i1, None]), i0, i1, Sq, Sk, causal, kpm, -math.inf).exp_()   # P
+            else: torch.mul(f, f, out=p).mul_(X["kap"]).baddbmm_(X["qe"][:, i0:i1], X["ke"][:, ks].transpose(1, 2))
+            p = mask_block_(p.sub_(X["lse"][:, i0:i1, None]), i0, i1, Sq, Sk, causal, kpm, -math.inf, k0=k0, **mk).exp_()   # P
             p.div_(p.sum(-1, keepdim=True).clamp_min_(1e-30))   # rows sum to 1 (the forward's s had other roundings)
             dob = X["do"][:, i0:i1]
-            _add_bmm_(dv[:, :nk], p.transpose(1, 2), dob)
-            ds = torch.bmm(dob, X["v"][:, :nk].transpose(1, 2), out=dp)
+            _add_bmm_(dv[:, ks], p.transpose(1, 2), dob)
+            ds = torch.bmm(dob, X["v"][:, ks].transpose(1, 2), out=dp)
             # dS = P∘(dP − δ) with δ = Σ_j P∘dP from this very P (each block holds whole rows): then Σ_j dS = 0 to
             # rounding, where FlashAttention's δ = dO·O would leave an error ∝ |s|·ε that large scores amplify
             ds.mul_(p).addcmul_(p, ds.sum(-1, keepdim=True), value=-1)
             if power == 2:                                                         # the Euclidean logit: ∂L/∂E = dS
-                dQe[:, i0:i1] = torch.bmm(ds, X["ke"][:, :nk])
-                _add_bmm_(dKe[:, :nk], ds.transpose(1, 2), X["qe"][:, i0:i1])
+                dQe[:, i0:i1] = torch.bmm(ds, X["ke"][:, ks])
+                _add_bmm_(dKe[:, ks], ds.transpose(1, 2), X["qe"][:, i0:i1])
                 ds.mul_(f)                                                         # dS·f: ∂(f²)/∂R = 2f·f'
             dkap.baddbmm_(ds.view(BH, 1, -1), f.view(BH, -1, 1))                  # Σ dS·f^power
             g = ds.div_(u)                                                         # ∂L/∂R ÷ (κ·power/√2)
             if zero is not None: g.masked_fill_(zero, 0)
             dQ[:, i0:i1] = torch.bmm(g, kb)
-            _add_bmm_(dK[:, :nk], g.transpose(1, 2), qb)
+            _add_bmm_(dK[:, ks], g.transpose(1, 2), qb)
         first = next(iter(acc.values()), None)
         if first is None: return (torch.zeros_like(x), torch.zeros_like(y), *[None if t is None else torch.zeros_like(t) for t in (qe, ke)],
-                                  torch.zeros_like(v), torch.zeros_like(c), None if alpha is None else torch.zeros_like(alpha), *[None] * 6)
+                                  torch.zeros_like(v), torch.zeros_like(c), None if alpha is None else torch.zeros_like(alpha), *[None] * 8)
         tot = lambda i, sl: None if first[i] is None else sum(a[i][sl].double() for a in acc.values())
         cR = fe.kappa * (power / math.sqrt(2))                                      # ∂s/∂R = κ·power·f^(power−1)/(√2 u)
         grads = [torch.empty_like(t) if t is not None else None for t in (x, y, qe, ke, c, alpha)]
@@ -250,7 +254,7 @@ class _HyperbolicCPU(torch.autograd.Function):
             for g, r in zip(grads, got):
                 if g is not None: g[sl] = r
         dx, dy, dqe, dke, dc, dal = grads
-        return dx, dy, dqe, dke, tot(4, slice(None)).to(v.dtype), dc, dal, *[None] * 6
+        return dx, dy, dqe, dke, tot(4, slice(None)).to(v.dtype), dc, dal, *[None] * 8
 
 # %% ../../nbs/13_hyperbolic_fast.ipynb #3b34b367
 def _heads(x: Tensor) -> Tensor:
@@ -259,20 +263,21 @@ def _heads(x: Tensor) -> Tensor:
 
 def poincare_cpu(q: Tensor, k: Tensor, v: Tensor, c: Tensor, *, causal: bool = False,
                  key_padding_mask: Optional[Tensor] = None, scale: float, block: Optional[int] = None,
-                 budget: int = 2 ** 18) -> Tensor:
+                 budget: int = 2 ** 18, window: Optional[int] = None, segment_ids: Optional[Tensor] = None) -> Tensor:
     """Poincaré attention `(B, H, Sq, Dv)` in `O(S)` memory; `c (H,)` per-head curvature (inputs validated by the
-    caller). `block`: queries per block (default: tiles of about `budget` elements)."""
+    caller). `block`: queries per block (default: tiles of about `budget` elements); `window`, `segment_ids (B, Sk)`:
+    the masks of `core.mask_block`, only the key blocks they leave visited."""
     B, H, Sq, _ = q.shape
     out = _HyperbolicCPU.apply(_heads(q), _heads(k), None, None, _heads(v), c.repeat(B),
-                               None, float(scale), 1, bool(causal), key_padding_mask, budget, block)
+                               None, float(scale), 1, bool(causal), key_padding_mask, budget, block, window, segment_ids)
     return out.view(B, H, Sq, v.shape[-1])
 
 def hybrid_cpu(q: Tensor, k: Tensor, v: Tensor, c: Tensor, alpha: Tensor, dim_e: int, *, causal: bool = False,
                key_padding_mask: Optional[Tensor] = None, scale: float, block: Optional[int] = None,
-               budget: int = 2 ** 18) -> Tensor:
+               budget: int = 2 ** 18, window: Optional[int] = None, segment_ids: Optional[Tensor] = None) -> Tensor:
     "Euclidean × Poincaré attention `(B, H, Sq, Dv)` in `O(S)` memory; the first `dim_e` coordinates are Euclidean."
     B, H, Sq, _ = q.shape
     out = _HyperbolicCPU.apply(_heads(q[..., dim_e:]), _heads(k[..., dim_e:]),
                                _heads(q[..., :dim_e]), _heads(k[..., :dim_e]), _heads(v), c.repeat(B), alpha.repeat(B),
-                               float(scale), 2, bool(causal), key_padding_mask, budget, block)
+                               float(scale), 2, bool(causal), key_padding_mask, budget, block, window, segment_ids)
     return out.view(B, H, Sq, v.shape[-1])

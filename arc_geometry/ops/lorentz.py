@@ -43,14 +43,16 @@ def lorentz_scores_ref(q: Tensor, k: Tensor, c: Tensor, scale: float) -> Tensor:
     return -scale * Lorentz(c.to(q.dtype).view(1, -1, 1, 1, 1)).sqdist(x[:, :, :, None], y[:, :, None])
 
 def lorentz_attention_ref(q: Tensor, k: Tensor, v: Tensor, c: Tensor, causal: bool = False,
-                          key_padding_mask: Optional[Tensor] = None, scale: Optional[float] = None) -> Tensor:
+                          key_padding_mask: Optional[Tensor] = None, scale: Optional[float] = None,
+                          window: Optional[int] = None, segment_ids: Optional[Tensor] = None) -> Tensor:
     "Reference Lorentz attention: `q, k (B, H, S, D)` tangent vectors, `v (B, H, Sk, Dv)`, `c (H,)` → `(B, H, Sq, Dv)`."
-    *_, scale = check_attention(q, k, v, key_padding_mask, scale)
+    *_, scale = check_attention(q, k, v, key_padding_mask, scale, window=window, segment_ids=segment_ids)
     check_lorentz_params(q, c)
     B, _, Sq, _ = q.shape
+    masks = dict(window=window, segment_ids=segment_ids)
     out = masked_attend(lorentz_scores_ref(q, k, c, scale), v.nan_to_num(0.0, 0.0, 0.0),
-                        allowed_mask(B, Sq, k.shape[2], causal, key_padding_mask, q.device))
-    return propagate_nonfinite(out, q, k, v, causal, key_padding_mask)
+                        allowed_mask(B, Sq, k.shape[2], causal, key_padding_mask, q.device, **masks))
+    return propagate_nonfinite(out, q, k, v, causal, key_padding_mask, **masks)
 
 # %% ../../nbs/19_lorentz.ipynb #e3e609e2
 def _row_terms(n2: Tensor, c: Tensor, max_radius: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -213,14 +215,17 @@ class _LorentzFlashCPU(torch.autograd.Function):
 
 # %% ../../nbs/19_lorentz.ipynb #c0b2596b
 def lorentz_cpu(q: Tensor, k: Tensor, v: Tensor, c: Tensor, *, causal: bool = False,
-                key_padding_mask: Optional[Tensor] = None, scale: float, max_radius: float = LORENTZ_MAX_RADIUS) -> Tensor:
-    "Lorentz attention by SDPA on the transformed vectors: `(B, H, Sq, Dv)`, `O(S)` memory, any device (inputs validated by the caller)."
-    flash = (not q.is_cuda and q.dtype in (torch.float32, torch.float64) and key_padding_mask is None
+                key_padding_mask: Optional[Tensor] = None, scale: float, max_radius: float = LORENTZ_MAX_RADIUS,
+                window: Optional[int] = None, segment_ids: Optional[Tensor] = None) -> Tensor:
+    """Lorentz attention by SDPA on the transformed vectors: `(B, H, Sq, Dv)`, `O(S)` memory, any device (inputs validated
+    by the caller); with a `window` or `segment_ids`, SDPA by query blocks over their key ranges (`sdpa_attend`)."""
+    masked = window is not None or segment_ids is not None
+    flash = (not masked and not q.is_cuda and q.dtype in (torch.float32, torch.float64) and key_padding_mask is None
              and (not causal or q.shape[2] == k.shape[2]) and q.dtype == k.dtype == v.dtype == c.dtype
              and v.shape[-1] <= q.shape[-1] + 1)
     if flash: return _LorentzFlashCPU.apply(q, k, v, c, scale, causal, max_radius)
     qa, ka = lorentz_transform(q, k, c, scale, max_radius)
-    return sdpa_attend(qa, ka, v.to(qa.dtype), causal, key_padding_mask).to(v.dtype)
+    return sdpa_attend(qa, ka, v.to(qa.dtype), causal, key_padding_mask, window=window, segment_ids=segment_ids).to(v.dtype)
 
 # %% ../../nbs/19_lorentz.ipynb #5e7cc7d9
 def lorentz_case(g: torch.Generator, B: int, H: int, Sq: int, Sk: int, D: int, Dv: int, *, c: Optional[Tensor] = None,

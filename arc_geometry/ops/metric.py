@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..core import allowed_mask
-from .common import acc_dtype
+from ..core import allowed_mask, mask_block, segment_spans, window_binds
+from .common import acc_dtype, query_blocks
 
 # %% auto #0
 __all__ = ['metric_features', 'metric_augment', 'sdpa_attend', 'dot_cpu', 'metric_cpu']
@@ -34,15 +34,98 @@ def metric_augment(q: Tensor, k: Tensor, A: Tensor, lam: Tensor, scale: float) -
     ka = torch.cat([kw, kGk[..., None]], -1)
     return qa, ka
 
+# %% ../../nbs/11_metric_fast.ipynb #76c4a0a3
+def _block_mask(blk: tuple[int, int, int, int], Sq: int, Sk: int, causal: bool, kpm: Optional[Tensor],
+                window: Optional[int], seg: Optional[Tensor], dtype: torch.dtype, device,
+                cache: dict) -> tuple[Optional[Tensor], Optional[Tensor]]:
+    """The additive mask (`0`, `−∞`; in `dtype`) of block `blk` for SDPA (None: every pair allowed) and its rows with a
+    key (None: all have one). Without padding or documents the mask depends only on the block's offset from the
+    diagonal: blocks share it (`cache`), and SDPA gets it ready, not as a boolean mask to convert at every call."""
+    i0, i1, k0, k1 = blk
+    key = (i0 + Sk - Sq - k0, i1 - i0, k1 - k0) if kpm is None and seg is None else None
+    if key is not None and key in cache: return cache[key]
+    m = mask_block(Sq, Sk, i0, i1, k0, k1, causal, kpm, window, seg, device)
+    has = None
+    if m is not None:
+        if bool(m.all()): m = None                             # a tile inside the band: the unmasked kernel
+        else:
+            has = m.any(-1, keepdim=True)
+            if bool(has.all()): has = None
+            m = torch.zeros(m.shape, dtype=dtype, device=device).masked_fill_(~m, float("-inf"))
+    if key is not None: cache[key] = (m, has)
+    return m, has
+
+def _sdpa_block(q: Tensor, k: Tensor, v: Tensor, mask: tuple[Optional[Tensor], Optional[Tensor]], scale: float) -> Tensor:
+    "SDPA of a block's queries over its keys (`q, k, v` already sliced) with that block's `_block_mask`; empty rows 0."
+    m, has = mask
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=m, scale=scale)
+    return out if has is None else out * has
+
+_CPU_FLASH = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+_CPU_FLASH_BWD = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
+
+class _BlockSDPA(torch.autograd.Function):
+    """SDPA by query blocks of `C` queries, each over the keys its window and documents allow: `O(S·(C + window))`
+    time, `O(C·(C + window))` extra memory. On CPU (float32/float64) each block calls the fused kernel's forward and
+    backward directly (the log-sum-exp of every row kept, `O(S)`: no recomputation); elsewhere backward recomputes each
+    block with autograd."""
+    @staticmethod
+    def forward(ctx, q, k, v, scale, causal, kpm, window, seg):
+        Sq, Sk = q.shape[2], k.shape[2]
+        C = min(Sq, max(64, min(512, window // 4)) if window_binds(Sq, Sk, window) else 256)
+        blocks = [b for b in query_blocks(Sq, Sk, causal, block=C, window=window,
+                                          spans=segment_spans(seg) if seg is not None else None) if b[3] > b[2]]
+        cache: dict = {}
+        masks = lambda b: _block_mask(b, Sq, Sk, causal, kpm, window, seg, q.dtype, q.device, cache)
+        fused = not q.is_cuda and q.dtype in (torch.float32, torch.float64)
+        out = q.new_zeros(*q.shape[:3], v.shape[-1])
+        lse = q.new_zeros(q.shape[:3]) if fused else None
+        for blk in blocks:
+            i0, i1, k0, k1 = blk
+            qb, kb, vb = q[:, :, i0:i1], k[:, :, k0:k1], v[:, :, k0:k1]
+            if not fused:
+                out[:, :, i0:i1] = _sdpa_block(qb, kb, vb, masks(blk), scale); continue
+            m, has = masks(blk)
+            o, l = _CPU_FLASH(qb, kb, vb, attn_mask=m, scale=scale)
+            out[:, :, i0:i1], lse[:, :, i0:i1] = (o, l) if has is None else (o * has, l)
+        ctx.save_for_backward(q, k, v, out, *([lse] if fused else []))
+        ctx.args = (blocks, masks, scale, fused)
+        return out
+
+    @staticmethod
+    def backward(ctx, do):
+        q, k, v, out, *lse = ctx.saved_tensors
+        blocks, masks, scale, fused = ctx.args
+        dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+        for blk in blocks:
+            i0, i1, k0, k1 = blk
+            t = [x.detach() for x in (q[:, :, i0:i1], k[:, :, k0:k1], v[:, :, k0:k1])]
+            if fused:
+                m, has = masks(blk)
+                g = do[:, :, i0:i1] if has is None else do[:, :, i0:i1] * has          # rows without keys: no gradient
+                gq, gk, gv = _CPU_FLASH_BWD(g.contiguous(), *t, out[:, :, i0:i1], lse[0][:, :, i0:i1], 0.0, False,
+                                            attn_mask=m, scale=scale)
+            else:
+                with torch.enable_grad():
+                    t = [x.requires_grad_() for x in t]
+                    gq, gk, gv = torch.autograd.grad(_sdpa_block(*t, masks(blk), scale), t, do[:, :, i0:i1])
+            dq[:, :, i0:i1] = gq
+            dk[:, :, k0:k1] += gk
+            dv[:, :, k0:k1] += gv
+        return dq, dk, dv, None, None, None, None, None
+
 # %% ../../nbs/11_metric_fast.ipynb #31494471
-def sdpa_attend(q: Tensor, k: Tensor, v: Tensor, causal: bool = False,
-                key_padding_mask: Optional[Tensor] = None, scale: float = 1.0) -> Tensor:
-    "Softmax(`scale·q kᵀ`) `v` by SDPA's fused kernel: heads padded to one size; empty rows give 0."
+def sdpa_attend(q: Tensor, k: Tensor, v: Tensor, causal: bool = False, key_padding_mask: Optional[Tensor] = None,
+                scale: float = 1.0, *, window: Optional[int] = None, segment_ids: Optional[Tensor] = None) -> Tensor:
+    """Softmax(`scale·q kᵀ`) `v` by SDPA's fused kernel: heads padded to one size; empty rows give 0. With a `window`
+    or `segment_ids`, by query blocks over their key ranges (`_BlockSDPA`): no `Sq × Sk` mask, `O(S·window)` work."""
     B, H, Sq, Dq = q.shape
     Sk, Dv = k.shape[2], v.shape[-1]
     P = max(Dq, Dv)                                    # one head dim for q, k and v keeps the fused kernel
     q, k, v = (F.pad(x, (0, P - x.shape[-1])) if x.shape[-1] < P else x for x in (q, k, v))
     v = v.to(q.dtype)
+    if window_binds(Sq, Sk, window) or segment_ids is not None:
+        return _BlockSDPA.apply(q, k, v, scale, causal, key_padding_mask, window, segment_ids)[..., :Dv]
     mask, is_causal, has_key = None, False, None
     if causal and Sq == Sk and key_padding_mask is None:
         is_causal = True
@@ -58,12 +141,13 @@ def sdpa_attend(q: Tensor, k: Tensor, v: Tensor, causal: bool = False,
 
 # %% ../../nbs/11_metric_fast.ipynb #bd62cc30
 def dot_cpu(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False, key_padding_mask: Optional[Tensor] = None,
-            scale: float) -> Tensor:
+            scale: float, window: Optional[int] = None, segment_ids: Optional[Tensor] = None) -> Tensor:
     "Dot-product attention (the models' baseline) by SDPA: `(B, H, Sq, Dv)`, empty rows 0 (inputs validated by the caller)."
-    return sdpa_attend(q, k, v, causal, key_padding_mask, scale)
+    return sdpa_attend(q, k, v, causal, key_padding_mask, scale, window=window, segment_ids=segment_ids)
 
 def metric_cpu(q: Tensor, k: Tensor, v: Tensor, A: Tensor, lam: Tensor, *, causal: bool = False,
-               key_padding_mask: Optional[Tensor] = None, scale: float) -> Tensor:
+               key_padding_mask: Optional[Tensor] = None, scale: float, window: Optional[int] = None,
+               segment_ids: Optional[Tensor] = None) -> Tensor:
     "Metric attention by SDPA on augmented vectors: `(B, H, Sq, Dv)`, `O(S)` memory (inputs validated by the caller)."
     qa, ka = metric_augment(q, k, A, lam, scale)
-    return sdpa_attend(qa, ka, v.to(qa.dtype), causal, key_padding_mask).to(v.dtype)
+    return sdpa_attend(qa, ka, v.to(qa.dtype), causal, key_padding_mask, window=window, segment_ids=segment_ids).to(v.dtype)

@@ -13,6 +13,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
+from ..core import segment_spans, window_binds
 from .common import Tiles, acc_dtype, mask_block_, query_blocks
 
 # %% auto #0
@@ -76,33 +77,35 @@ def _block_f(qb, k, u2, w2, ab, ap, lam, buf):
 class _PosMetricCPU(torch.autograd.Function):
     "Scores `s = −f`, `f = λ‖q−k‖² + Σ_r tanh(u+w)²(a−a')²` (scale already folded into `λ, a, a'`)."
     @staticmethod
-    def forward(ctx, q, k, v, u, w, a, ap, lam, causal, kpm, C, fused):
+    def forward(ctx, q, k, v, u, w, a, ap, lam, causal, kpm, C, fused, window, seg):
         B, H, Sq, _ = q.shape
         Sk = k.shape[2]
         out = q.new_zeros(B, H, Sq, v.shape[-1])
         lse = q.new_full((B, H, Sq), math.inf)
-        tiles = (lambda *shape: None) if fused else partial(Tiles(2, B * H * C * Sk, q.device), q.dtype)
+        blocks = [b for b in query_blocks(Sq, Sk, causal, block=C, window=window,
+                                          spans=segment_spans(seg) if seg is not None else None) if b[3] > b[2]]
+        numel = max([B * H * (i1 - i0) * (k1 - k0) for i0, i1, k0, k1 in blocks] or [1])
+        tiles = (lambda *shape: None) if fused else partial(Tiles(2, numel, q.device), q.dtype)
         u2, w2 = 2 * u, 2 * w
-        for i0, i1, nk in query_blocks(Sq, Sk, causal, block=C):
-            if nk == 0: continue
-            f, _ = _block_f(q[:, :, i0:i1], k[:, :, :nk], u2[..., i0:i1], w2[..., :nk], a[..., i0:i1], ap[..., :nk], lam,
-                            tiles(B, H, i1 - i0, nk))
+        for i0, i1, k0, k1 in blocks:
+            f, _ = _block_f(q[:, :, i0:i1], k[:, :, k0:k1], u2[..., i0:i1], w2[..., k0:k1], a[..., i0:i1], ap[..., k0:k1], lam,
+                            tiles(B, H, i1 - i0, k1 - k0))
             s = f.neg_()
-            mask_block_(s, i0, i1, Sq, Sk, causal, kpm, -math.inf)
+            mask_block_(s, i0, i1, Sq, Sk, causal, kpm, -math.inf, k0=k0, window=window, segment_ids=seg)
             m = s.amax(-1, keepdim=True)
             m = torch.where(torch.isinf(m), torch.zeros_like(m), m)
             p = torch.exp_(s.sub_(m))
             l = p.sum(-1, keepdim=True)
-            out[:, :, i0:i1] = (p @ v[:, :, :nk]) / torch.where(l > 0, l, 1.0)
+            out[:, :, i0:i1] = (p @ v[:, :, k0:k1]) / torch.where(l > 0, l, 1.0)
             lse[:, :, i0:i1] = torch.where(l > 0, m + torch.log(l), math.inf).squeeze(-1)
         ctx.save_for_backward(q, k, v, u, w, a, ap, lam, out, lse)
-        ctx.args = (causal, kpm, C, fused)
+        ctx.args = (causal, kpm, blocks, numel, fused, window, seg)
         return out
 
     @staticmethod
     def backward(ctx, do):
         q, k, v, u, w, a, ap, lam, out, lse = ctx.saved_tensors
-        causal, kpm, C, fused = ctx.args
+        causal, kpm, blocks, numel, fused, window, seg = ctx.args
         B, H, Sq, _ = q.shape
         Sk = k.shape[2]
         do = do.to(out.dtype)
@@ -112,24 +115,24 @@ class _PosMetricCPU(torch.autograd.Function):
         dlam = torch.zeros_like(lam)
         l2 = 2 * lam[None, :, None, None]
         u2, w2 = 2 * u, 2 * w
-        tiles = None if fused else partial(Tiles(4, B * H * C * Sk, q.device), q.dtype)
-        for i0, i1, nk in query_blocks(Sq, Sk, causal, block=C):
-            if nk == 0: continue
-            qb, kb, ab, apb = q[:, :, i0:i1], k[:, :, :nk], a[..., i0:i1], ap[..., :nk]
-            ub, wb = u2[..., i0:i1], w2[..., :nk]
-            t, e, ge, h = tiles(B, H, i1 - i0, nk) if tiles else (None,) * 4
+        tiles = None if fused else partial(Tiles(4, numel, q.device), q.dtype)
+        for i0, i1, k0, k1 in blocks:
+            ks = slice(k0, k1)
+            qb, kb, ab, apb = q[:, :, i0:i1], k[:, :, ks], a[..., i0:i1], ap[..., ks]
+            ub, wb = u2[..., i0:i1], w2[..., ks]
+            t, e, ge, h = tiles(B, H, i1 - i0, k1 - k0) if tiles else (None,) * 4
             f, d2 = _block_f(qb, kb, ub, wb, ab, apb, lam, None if fused else (t, e))
             p = torch.exp_(f.neg_().sub_(lse[:, :, i0:i1, None]))
-            mask_block_(p, i0, i1, Sq, Sk, causal, kpm, 0.0)
+            mask_block_(p, i0, i1, Sq, Sk, causal, kpm, 0.0, k0=k0, window=window, segment_ids=seg)
             dob = do[:, :, i0:i1]
-            dv[:, :, :nk] += p.transpose(-1, -2) @ dob
-            g = (dob @ v[:, :, :nk].transpose(-1, -2)).sub_(delta[:, :, i0:i1, None]).mul_(p).neg_()   # g = −dS = ∂L/∂f
+            dv[:, :, ks] += p.transpose(-1, -2) @ dob
+            g = (dob @ v[:, :, ks].transpose(-1, -2)).sub_(delta[:, :, i0:i1, None]).mul_(p).neg_()   # g = −dS = ∂L/∂f
             dlam += (g * d2).sum((0, 2, 3))
             dq[:, :, i0:i1] = l2 * (g.sum(-1, keepdim=True) * qb - g @ kb)
-            dk[:, :, :nk] += l2 * (g.sum(-2)[..., None] * kb - g.transpose(-1, -2) @ qb)
+            dk[:, :, ks] += l2 * (g.sum(-2)[..., None] * kb - g.transpose(-1, -2) @ qb)
             if fused:
                 gu, gw, ga, gap = _fused()[1](ub, wb, ab, apb, g)
-                du[..., i0:i1], dw[..., :nk], da[..., i0:i1], dap[..., :nk] = gu, dw[..., :nk] + gw, ga, dap[..., :nk] + gap
+                du[..., i0:i1], dw[..., ks], da[..., i0:i1], dap[..., ks] = gu, dw[..., ks] + gw, ga, dap[..., ks] + gap
                 continue
             for r in range(u.shape[2]):
                 # with s = tanh/2 = σ(2(u+w)) − ½: g·e·t² = 4·g·e·s², g·e²·t(1−t²) = 2e·(h − 4h·s²), h = g·e·s
@@ -138,11 +141,11 @@ class _PosMetricCPU(torch.autograd.Function):
                 torch.mul(e, g, out=ge).mul_(t)                                  # h = g·e·s
                 torch.mul(ge, t, out=h)                                          # x = g·e·s²  → da, da'
                 da[:, :, r, i0:i1] = 8 * h.sum(-1)
-                dap[:, :, r, :nk] -= 8 * h.sum(-2)
+                dap[:, :, r, ks] -= 8 * h.sum(-2)
                 torch.addcmul(ge, h, t, value=-4, out=h).mul_(e)                 # e·(h − 4x·s)  → du, dw
                 du[:, :, r, i0:i1] = 4 * h.sum(-1)
-                dw[:, :, r, :nk] += 4 * h.sum(-2)
-        return dq, dk, dv, du, dw, da, dap, dlam, None, None, None, None
+                dw[:, :, r, ks] += 4 * h.sum(-2)
+        return dq, dk, dv, du, dw, da, dap, dlam, None, None, None, None, None, None
 
 # %% ../../nbs/14_position_metric.ipynb #f57f08e7
 def block_size(B: int, H: int, Sk: int, budget: int = 2 ** 20) -> int:
@@ -156,15 +159,17 @@ def _features(q, k, A, lam, W, b, scale):
     return u, w, a * rs, ap * rs, lam.to(u.dtype) * scale
 
 def position_metric_cpu(q: Tensor, k: Tensor, v: Tensor, A: Tensor, lam: Tensor, W: Tensor, b: Tensor, *, causal: bool = False,
-        key_padding_mask: Optional[Tensor] = None, scale: float = 1.0, block: Optional[int] = None,
-                        fused: Optional[bool] = None) -> Tensor:
+                        key_padding_mask: Optional[Tensor] = None, scale: float = 1.0, block: Optional[int] = None,
+                        fused: Optional[bool] = None, window: Optional[int] = None,
+                        segment_ids: Optional[Tensor] = None) -> Tensor:
     """Position-dependent metric attention in PyTorch with `O(S)` memory: `q, k (B, H, Sq|Sk, D)`, `v (B, H, Sk, Dv)`,
     `A, W (H, R, D)`, `lam (H,)`, `b (H, R)` → `(B, H, Sq, Dv)`. Inputs are assumed validated (see `attention`).
-    `block`: queries per block; `fused`: compile the gate loops (default: `use_compile`)."""
+    `block`: queries per block; `fused`: compile the gate loops (default: `use_compile`); `window`, `segment_ids (B, Sk)`:
+    the masks of `core.mask_block`, only the key blocks they leave visited."""
     dt = acc_dtype(q.dtype)
     (B, H, Sq, _), Sk, R = q.shape, k.shape[2], A.shape[1]
     feats = _features(q, k, A, lam, W, b, float(scale))
     fused = use_compile(B, H, Sq, Sk, R, q.device) if fused is None else fused
-    C = block or min(Sq, block_size(B, H, Sk))
-    out = _PosMetricCPU.apply(q.to(dt), k.to(dt), v.to(dt), *feats, bool(causal), key_padding_mask, C, fused)
+    C = block or min(Sq, block_size(B, H, min(Sk, 2 * window) if window_binds(Sq, Sk, window) else Sk))
+    out = _PosMetricCPU.apply(q.to(dt), k.to(dt), v.to(dt), *feats, bool(causal), key_padding_mask, C, fused, window, segment_ids)
     return out.to(q.dtype)

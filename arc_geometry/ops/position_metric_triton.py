@@ -13,8 +13,9 @@ import triton
 import triton.language as tl
 from triton import cdiv, next_power_of_2
 
+from ..core import window_binds
 from .common import triton_interpret
-from .flash import _allowed, _has_key, _key_blocks, _key_ok, _poison, _query_blocks
+from .flash import _allowed, _has_key, _key_ok, _key_range, _poison, _query_range, _segment_args
 from .tlmath import head_base, load_rows
 from .position_metric import _features, position_metric_cpu
 
@@ -22,7 +23,7 @@ from .position_metric import _features, position_metric_cpu
 __all__ = ['PM_TABLE', 'pm_config', 'launch_config', 'position_metric_triton', 'aot_configs']
 
 # %% ../../nbs/17_position_metric_triton.ipynb #00408a5b
-_RUNTIME_INTS = ["H", "Sq", "Sk", "R", "HAS_MASK", "store_acc"]   # lengths and flags: never specialised
+_RUNTIME_INTS = ["H", "Sq", "Sk", "R", "HAS_MASK", "store_acc", "window", "has_seg"]   # lengths and flags: never specialised
 
 @triton.jit
 def _tanh(x):
@@ -48,19 +49,20 @@ def _tile_f(q, k, lam, U, Wk, Aq, Ak, offs_m, offs_n, m_ok, n_ok, R, Sq, Sk):
     return f, d2
 
 @triton.jit
-def _scores(f, kp_ok, offs_m, offs_n, Sq, Sk, CAUSAL: tl.constexpr, HAS_MASK, MASKED: tl.constexpr):
-    """`s = −f` with `−∞` at the pairs that may not attend. `MASKED` (diagonal and sequence-end tiles): the full mask of
-    `ops.flash._allowed` — keys in range, not padded (`kp_ok`), causal; else only the padding, one row vector."""
+def _scores(f, kp_ok, offs_m, offs_n, Sq, Sk, CAUSAL: tl.constexpr, HAS_MASK, window, SEG, b, has_seg, MASKED: tl.constexpr):
+    """`s = −f` with `−∞` at the pairs that may not attend. `MASKED` (edge tiles: the band's edges, the diagonal, the
+    sequence end, documents): the full mask of `ops.flash._allowed` — keys in range, not padded (`kp_ok`), causal,
+    window, same document; else only the padding, one row vector."""
     s = -f
     if MASKED:
-        s = tl.where(_allowed(offs_m, offs_n, Sq, Sk, kp_ok, CAUSAL), s, float("-inf"))
+        s = tl.where(_allowed(offs_m, offs_n, Sq, Sk, kp_ok, CAUSAL, window, SEG, b, has_seg), s, float("-inf"))
     elif HAS_MASK:
         s = tl.where(kp_ok[None, :], s, float("-inf"))
     return s
 
 @triton.jit
 def _fwd_step(acc, m_i, l_i, n0, q, lam, K, V, U, Wk, Aq, Ak, KPM, b, h, offs_m, m_ok, skb, skh, sks, svb, svh, svs,
-              Sq, Sk, R, D, DV, HAS_MASK, store_acc, CAUSAL: tl.constexpr, DP: tl.constexpr, BLOCK_N: tl.constexpr,
+              Sq, Sk, R, D, DV, HAS_MASK, store_acc, window, SEG, has_seg, CAUSAL: tl.constexpr, DP: tl.constexpr, BLOCK_N: tl.constexpr,
               MASKED: tl.constexpr):
     "One key block of the online softmax; `MASKED`: build the causal/range mask (diagonal and last blocks only)."
     dt = lam.dtype
@@ -69,7 +71,8 @@ def _fwd_step(acc, m_i, l_i, n0, q, lam, K, V, U, Wk, Aq, Ak, KPM, b, h, offs_m,
     k = load_rows(head_base(K, b, h, skb, skh), offs_n, Sk, sks, D, DP)
     v = load_rows(head_base(V, b, h, svb, svh), offs_n, Sk, svs, DV, DP)
     f, d2 = _tile_f(q, k, lam, U, Wk, Aq, Ak, offs_m, offs_n, m_ok, n_ok, R, Sq, Sk)
-    s = _scores(f, _key_ok(KPM, b, offs_n, Sk, HAS_MASK), offs_m, offs_n, Sq, Sk, CAUSAL, HAS_MASK, MASKED)
+    s = _scores(f, _key_ok(KPM, b, offs_n, Sk, HAS_MASK), offs_m, offs_n, Sq, Sk, CAUSAL, HAS_MASK, window, SEG, b,
+                has_seg, MASKED)
     m_new = tl.maximum(m_i, tl.max(s, 1))
     m_safe = tl.where(m_new == float("-inf"), 0, m_new)
     alpha = tl.exp(m_i - m_safe)
@@ -83,8 +86,8 @@ def _fwd_step(acc, m_i, l_i, n0, q, lam, K, V, U, Wk, Aq, Ak, KPM, b, h, offs_m,
 
 # %% ../../nbs/17_position_metric_triton.ipynb #11228403
 @triton.jit(do_not_specialize=_RUNTIME_INTS)
-def _fwd(Q, K, V, U, Wk, Aq, Ak, LAM, KPM, O, OA, LSE, sqb, sqh, sqs, skb, skh, sks, svb, svh, svs,
-         H, Sq, Sk, R, D, DV, HAS_MASK, store_acc,
+def _fwd(Q, K, V, U, Wk, Aq, Ak, LAM, KPM, SEG, SPS, SPE, O, OA, LSE, sqb, sqh, sqs, skb, skh, sks, svb, svh, svs,
+         H, Sq, Sk, R, D, DV, HAS_MASK, store_acc, window, has_seg,
          CAUSAL: tl.constexpr, DP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     pid_m, bh = tl.program_id(0), tl.program_id(1)
     b, h = bh // H, bh % H
@@ -98,13 +101,17 @@ def _fwd(Q, K, V, U, Wk, Aq, Ak, LAM, KPM, O, OA, LSE, sqb, sqh, sqs, skb, skh, 
     m_i = tl.full((BLOCK_M,), float("-inf"), dt)
     l_i = tl.zeros((BLOCK_M,), dt)
     acc = tl.zeros((BLOCK_M, DP), dt)
-    full, hi = _key_blocks(pid_m * BLOCK_M, BLOCK_M, BLOCK_N, Sq, Sk, CAUSAL)
-    for n0 in range(0, full, BLOCK_N):                  # every key seen by every query of the block: no mask
+    lo, ulo, uhi, hi = _key_range(pid_m * BLOCK_M, BLOCK_M, BLOCK_N, Sq, Sk, CAUSAL, window, SPS, SPE, b, has_seg)
+    for n0 in range(ulo, uhi, BLOCK_N):                 # every key seen by every query of the block: no mask
         acc, m_i, l_i = _fwd_step(acc, m_i, l_i, n0, q, lam, K, V, U, Wk, Aq, Ak, KPM, b, h, offs_m, m_ok, skb, skh, sks,
-                                  svb, svh, svs, Sq, Sk, R, D, DV, HAS_MASK, store_acc, CAUSAL, DP, BLOCK_N, False)
-    for n0 in range(full, hi, BLOCK_N):                 # the diagonal and the sequence end: masked
+                                  svb, svh, svs, Sq, Sk, R, D, DV, HAS_MASK, store_acc, window, SEG, has_seg, CAUSAL, DP,
+                                  BLOCK_N, False)
+    n_lo = tl.cdiv(ulo - lo, BLOCK_N)                    # masked: the lower edge, then the upper one (one loop body)
+    for t in range(0, n_lo + tl.cdiv(hi - uhi, BLOCK_N)):
+        n0 = lo + t * BLOCK_N + (t >= n_lo).to(tl.int32) * (uhi - lo - n_lo * BLOCK_N)
         acc, m_i, l_i = _fwd_step(acc, m_i, l_i, n0, q, lam, K, V, U, Wk, Aq, Ak, KPM, b, h, offs_m, m_ok, skb, skh, sks,
-                                  svb, svh, svs, Sq, Sk, R, D, DV, HAS_MASK, store_acc, CAUSAL, DP, BLOCK_N, True)
+                                  svb, svh, svs, Sq, Sk, R, D, DV, HAS_MASK, store_acc, window, SEG, has_seg, CAUSAL, DP,
+                                  BLOCK_N, True)
     m_safe = tl.where(m_i == float("-inf"), 0, m_i)
     out = acc / tl.where(l_i > 0, l_i, 1)[:, None]
     lse = tl.where(l_i > 0, m_safe + tl.log(tl.where(l_i > 0, l_i, 1)), float("inf"))
@@ -117,11 +124,11 @@ def _fwd(Q, K, V, U, Wk, Aq, Ak, LAM, KPM, O, OA, LSE, sqb, sqh, sqs, skb, skh, 
 
 @triton.jit
 def _tile_g(q, k, v, do, lse, delta, lam, U, Wk, Aq, Ak, kp_ok, offs_m, offs_n, m_ok, n_ok, R, Sq, Sk,
-            CAUSAL: tl.constexpr, HAS_MASK, MASKED: tl.constexpr):
+            CAUSAL: tl.constexpr, HAS_MASK, window, SEG, b, has_seg, MASKED: tl.constexpr):
     "Backward of one tile: `P (BLOCK_M, BLOCK_N)`, `g = −dS` and `‖q−k‖²` (`MASKED` as in `_scores`)."
     dt = lam.dtype
     f, d2 = _tile_f(q, k, lam, U, Wk, Aq, Ak, offs_m, offs_n, m_ok, n_ok, R, Sq, Sk)
-    s = _scores(f, kp_ok, offs_m, offs_n, Sq, Sk, CAUSAL, HAS_MASK, MASKED)
+    s = _scores(f, kp_ok, offs_m, offs_n, Sq, Sk, CAUSAL, HAS_MASK, window, SEG, b, has_seg, MASKED)
     p = tl.exp(s - lse[:, None])                        # 0 where s = −∞, and in rows without keys (lse = +∞)
     dp = tl.dot(do, tl.trans(v), input_precision="ieee").to(dt)
     g = -p * (dp - delta[:, None])
@@ -130,8 +137,8 @@ def _tile_g(q, k, v, do, lse, delta, lam, U, Wk, Aq, Ak, kp_ok, offs_m, offs_n, 
 # %% ../../nbs/17_position_metric_triton.ipynb #eca1d5c1
 @triton.jit
 def _bwd_kv_step(dk, dv, m0, k, v, kp_ok, lam, Q, DO, LSE, DELTA, U, Wk, Aq, Ak, DW, DAK, b, h, bh, offs_n, n_ok,
-                 sqb, sqh, sqs, sdb, sdh, sds, Sq, Sk, R, D, DV_, HAS_MASK, CAUSAL: tl.constexpr, DP: tl.constexpr,
-                 BLOCK_M: tl.constexpr, MASKED: tl.constexpr):
+                 sqb, sqh, sqs, sdb, sdh, sds, Sq, Sk, R, D, DV_, HAS_MASK, window, SEG, has_seg, CAUSAL: tl.constexpr,
+                 DP: tl.constexpr, BLOCK_M: tl.constexpr, MASKED: tl.constexpr):
     "One query block of the dK/dV kernel: `dk`, `dv` in registers, `dw`, `da'` into this key block's rows."
     dt = lam.dtype
     offs_m = m0 + tl.arange(0, BLOCK_M)
@@ -141,7 +148,7 @@ def _bwd_kv_step(dk, dv, m0, k, v, kp_ok, lam, Q, DO, LSE, DELTA, U, Wk, Aq, Ak,
     lse = tl.load(LSE + bh * Sq + offs_m, mask=m_ok, other=float("inf"))
     delta = tl.load(DELTA + bh * Sq + offs_m, mask=m_ok, other=0)
     p, g, d2 = _tile_g(q, k, v, do, lse, delta, lam, U, Wk, Aq, Ak, kp_ok, offs_m, offs_n, m_ok, n_ok,
-                       R, Sq, Sk, CAUSAL, HAS_MASK, MASKED)
+                       R, Sq, Sk, CAUSAL, HAS_MASK, window, SEG, b, has_seg, MASKED)
     dv += tl.dot(tl.trans(p).to(do.dtype), do, input_precision="ieee").to(dt)
     dk += 2 * lam * (tl.sum(g, 0)[:, None] * k.to(dt) - tl.dot(tl.trans(g).to(q.dtype), q, input_precision="ieee").to(dt))
     for r in range(R):
@@ -160,8 +167,8 @@ def _bwd_kv_step(dk, dv, m0, k, v, kp_ok, lam, Q, DO, LSE, DELTA, U, Wk, Aq, Ak,
     return dk, dv
 
 @triton.jit(do_not_specialize=_RUNTIME_INTS)
-def _bwd_kv(Q, K, V, U, Wk, Aq, Ak, LAM, KPM, DO, LSE, DELTA, DK, DV, DW, DAK, sqb, sqh, sqs, skb, skh, sks,
-            svb, svh, svs, sdb, sdh, sds, H, Sq, Sk, R, D, DV_, HAS_MASK,
+def _bwd_kv(Q, K, V, U, Wk, Aq, Ak, LAM, KPM, SEG, SPS, SPE, DO, LSE, DELTA, DK, DV, DW, DAK, sqb, sqh, sqs, skb, skh, sks,
+            svb, svh, svs, sdb, sdh, sds, H, Sq, Sk, R, D, DV_, HAS_MASK, window, has_seg,
             CAUSAL: tl.constexpr, DP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     pid_n, bh = tl.program_id(0), tl.program_id(1)
     b, h = bh // H, bh % H
@@ -177,21 +184,25 @@ def _bwd_kv(Q, K, V, U, Wk, Aq, Ak, LAM, KPM, DO, LSE, DELTA, DK, DV, DW, DAK, s
     DW, DAK = DW + bh * R * Sk, DAK + bh * R * Sk
     dk = tl.zeros((BLOCK_N, DP), dt)
     dv = tl.zeros((BLOCK_N, DP), dt)
-    lo, full = _query_blocks(pid_n * BLOCK_N, BLOCK_M, BLOCK_N, Sq, Sk, CAUSAL)
-    for m0 in range(lo, tl.minimum(full, Sq), BLOCK_M):     # the diagonal: queries that see some of these keys
+    lo, ulo, uhi, hi = _query_range(pid_n * BLOCK_N, BLOCK_M, BLOCK_N, Sq, Sk, CAUSAL, window, SPS, SPE, b, has_seg)
+    for m0 in range(ulo, uhi, BLOCK_M):                     # queries that see all of them: no mask
         dk, dv = _bwd_kv_step(dk, dv, m0, k, v, kp_ok, lam, Q, DO, LSE, DELTA, U, Wk, Aq, Ak, DW, DAK, b, h, bh, offs_n,
-                              n_ok, sqb, sqh, sqs, sdb, sdh, sds, Sq, Sk, R, D, DV_, HAS_MASK, CAUSAL, DP, BLOCK_M, True)
-    for m0 in range(full, Sq, BLOCK_M):                     # queries that see all of them: no causal mask
+                              n_ok, sqb, sqh, sqs, sdb, sdh, sds, Sq, Sk, R, D, DV_, HAS_MASK, window, SEG, has_seg,
+                              CAUSAL, DP, BLOCK_M, False)
+    n_lo = tl.cdiv(ulo - lo, BLOCK_M)                    # masked: the lower edge, then the upper one (one loop body)
+    for t in range(0, n_lo + tl.cdiv(hi - uhi, BLOCK_M)):
+        m0 = lo + t * BLOCK_M + (t >= n_lo).to(tl.int32) * (uhi - lo - n_lo * BLOCK_M)
         dk, dv = _bwd_kv_step(dk, dv, m0, k, v, kp_ok, lam, Q, DO, LSE, DELTA, U, Wk, Aq, Ak, DW, DAK, b, h, bh, offs_n,
-                              n_ok, sqb, sqh, sqs, sdb, sdh, sds, Sq, Sk, R, D, DV_, HAS_MASK, CAUSAL, DP, BLOCK_M, False)
+                              n_ok, sqb, sqh, sqs, sdb, sdh, sds, Sq, Sk, R, D, DV_, HAS_MASK, window, SEG, has_seg,
+                              CAUSAL, DP, BLOCK_M, True)
     tl.store(DK + bh * Sk * D + offs_n[:, None] * D + offs_d[None, :], dk.to(DK.dtype.element_ty), mask=n_ok[:, None] & (offs_d[None, :] < D))
     tl.store(DV + bh * Sk * DV_ + offs_n[:, None] * DV_ + offs_d[None, :], dv.to(DV.dtype.element_ty), mask=n_ok[:, None] & (offs_d[None, :] < DV_))
 
 # %% ../../nbs/17_position_metric_triton.ipynb #a0785c79
 @triton.jit
 def _bwd_q_step(dq, dl, n0, q, do, lse, delta, lam, K, V, U, Wk, Aq, Ak, KPM, DU, DAQ, b, h, offs_m, m_ok,
-                skb, skh, sks, svb, svh, svs, Sq, Sk, R, D, DV_, HAS_MASK, CAUSAL: tl.constexpr, DP: tl.constexpr,
-                BLOCK_N: tl.constexpr, MASKED: tl.constexpr):
+                skb, skh, sks, svb, svh, svs, Sq, Sk, R, D, DV_, HAS_MASK, window, SEG, has_seg, CAUSAL: tl.constexpr,
+                DP: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr):
     "One key block of the dQ kernel: `dq` and the `dλ` terms in registers, `du`, `da` into this query block's rows."
     dt = lam.dtype
     offs_n = n0 + tl.arange(0, BLOCK_N)
@@ -199,7 +210,7 @@ def _bwd_q_step(dq, dl, n0, q, do, lse, delta, lam, K, V, U, Wk, Aq, Ak, KPM, DU
     k = load_rows(head_base(K, b, h, skb, skh), offs_n, Sk, sks, D, DP)
     v = load_rows(head_base(V, b, h, svb, svh), offs_n, Sk, svs, DV_, DP)
     p, g, d2 = _tile_g(q, k, v, do, lse, delta, lam, U, Wk, Aq, Ak, _key_ok(KPM, b, offs_n, Sk, HAS_MASK), offs_m,
-                       offs_n, m_ok, n_ok, R, Sq, Sk, CAUSAL, HAS_MASK, MASKED)
+                       offs_n, m_ok, n_ok, R, Sq, Sk, CAUSAL, HAS_MASK, window, SEG, b, has_seg, MASKED)
     dl += tl.sum(g * d2, 1)
     dq += 2 * lam * (tl.sum(g, 1)[:, None] * q.to(dt) - tl.dot(g.to(k.dtype), k, input_precision="ieee").to(dt))
     for r in range(R):
@@ -218,8 +229,8 @@ def _bwd_q_step(dq, dl, n0, q, do, lse, delta, lam, K, V, U, Wk, Aq, Ak, KPM, DU
     return dq, dl
 
 @triton.jit(do_not_specialize=_RUNTIME_INTS)
-def _bwd_q(Q, K, V, U, Wk, Aq, Ak, LAM, KPM, DO, LSE, DELTA, DQ, DU, DAQ, DLAM, sqb, sqh, sqs, skb, skh, sks,
-           svb, svh, svs, sdb, sdh, sds, H, Sq, Sk, R, D, DV_, HAS_MASK,
+def _bwd_q(Q, K, V, U, Wk, Aq, Ak, LAM, KPM, SEG, SPS, SPE, DO, LSE, DELTA, DQ, DU, DAQ, DLAM, sqb, sqh, sqs, skb, skh, sks,
+           svb, svh, svs, sdb, sdh, sds, H, Sq, Sk, R, D, DV_, HAS_MASK, window, has_seg,
            CAUSAL: tl.constexpr, DP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     pid_m, bh = tl.program_id(0), tl.program_id(1)
     b, h = bh // H, bh % H
@@ -236,13 +247,17 @@ def _bwd_q(Q, K, V, U, Wk, Aq, Ak, LAM, KPM, DO, LSE, DELTA, DQ, DU, DAQ, DLAM, 
     DU, DAQ = DU + bh * R * Sq, DAQ + bh * R * Sq
     dq = tl.zeros((BLOCK_M, DP), dt)
     dl = tl.zeros((BLOCK_M,), dt)
-    full, hi = _key_blocks(pid_m * BLOCK_M, BLOCK_M, BLOCK_N, Sq, Sk, CAUSAL)
-    for n0 in range(0, full, BLOCK_N):                  # no mask
+    lo, ulo, uhi, hi = _key_range(pid_m * BLOCK_M, BLOCK_M, BLOCK_N, Sq, Sk, CAUSAL, window, SPS, SPE, b, has_seg)
+    for n0 in range(ulo, uhi, BLOCK_N):                 # no mask
         dq, dl = _bwd_q_step(dq, dl, n0, q, do, lse, delta, lam, K, V, U, Wk, Aq, Ak, KPM, DU, DAQ, b, h, offs_m, m_ok,
-                             skb, skh, sks, svb, svh, svs, Sq, Sk, R, D, DV_, HAS_MASK, CAUSAL, DP, BLOCK_N, False)
-    for n0 in range(full, hi, BLOCK_N):                 # the diagonal and the sequence end: masked
+                             skb, skh, sks, svb, svh, svs, Sq, Sk, R, D, DV_, HAS_MASK, window, SEG, has_seg, CAUSAL, DP,
+                             BLOCK_N, False)
+    n_lo = tl.cdiv(ulo - lo, BLOCK_N)                    # masked: the lower edge, then the upper one (one loop body)
+    for t in range(0, n_lo + tl.cdiv(hi - uhi, BLOCK_N)):
+        n0 = lo + t * BLOCK_N + (t >= n_lo).to(tl.int32) * (uhi - lo - n_lo * BLOCK_N)
         dq, dl = _bwd_q_step(dq, dl, n0, q, do, lse, delta, lam, K, V, U, Wk, Aq, Ak, KPM, DU, DAQ, b, h, offs_m, m_ok,
-                             skb, skh, sks, svb, svh, svs, Sq, Sk, R, D, DV_, HAS_MASK, CAUSAL, DP, BLOCK_N, True)
+                             skb, skh, sks, svb, svh, svs, Sq, Sk, R, D, DV_, HAS_MASK, window, SEG, has_seg, CAUSAL, DP,
+                             BLOCK_N, True)
     tl.store(DQ + bh * Sq * D + offs_m[:, None] * D + offs_d[None, :], dq.to(DQ.dtype.element_ty), mask=m_ok[:, None] & (offs_d[None, :] < D))
     tl.store(DLAM + bh * tl.num_programs(0) + pid_m, tl.sum(dl, 0))
 
@@ -303,12 +318,14 @@ def _rows(x: Tensor) -> Tensor:
 # %% ../../nbs/17_position_metric_triton.ipynb #fac1f9b8
 class _PosMetricTriton(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, u, w, a, ap, lam, causal, kpm, block):
+    def forward(ctx, q, k, v, u, w, a, ap, lam, causal, kpm, block, window, seg):
         B, H, Sq, D = q.shape
         Sk, Dv = k.shape[2], v.shape[3]
         cfg = launch_config(D, Dv, block, q.dtype, "_fwd", q.device)
         q, k, v = _rows(q), _rows(k), _rows(v)
         kp = (kpm.to(torch.int8).contiguous() if kpm is not None else torch.ones(1, dtype=torch.int8, device=q.device))
+        sg = _segment_args(seg, B, Sk, q.device)
+        masks = (int(window or 0), int(seg is not None))
         o = torch.empty(B, H, Sq, Dv, dtype=q.dtype, device=q.device)
         # half precision: O also in float32 when gradients will be asked for (δ without the rounding of O)
         o_acc = (torch.empty(B, H, Sq, Dv, dtype=lam.dtype, device=q.device)
@@ -316,16 +333,16 @@ class _PosMetricTriton(torch.autograd.Function):
         lse = torch.empty(B, H, Sq, dtype=lam.dtype, device=q.device)
         grid = (cdiv(Sq, cfg["BLOCK_M"]), B * H)
         strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3])
-        _fwd[grid](q, k, v, u, w, a, ap, lam, kp, o, o_acc if o_acc is not None else lse, lse, *strides, H, Sq, Sk,
-                   u.shape[2], D, Dv, int(kpm is not None), int(o_acc is not None), CAUSAL=causal, **cfg)
-        ctx.save_for_backward(q, k, v, u, w, a, ap, lam, kp, o if o_acc is None else o_acc, lse)
-        ctx.args = (causal, kpm is not None, block)
+        _fwd[grid](q, k, v, u, w, a, ap, lam, kp, *sg, o, o_acc if o_acc is not None else lse, lse, *strides, H, Sq, Sk,
+                   u.shape[2], D, Dv, int(kpm is not None), int(o_acc is not None), *masks, CAUSAL=causal, **cfg)
+        ctx.save_for_backward(q, k, v, u, w, a, ap, lam, kp, *sg, o if o_acc is None else o_acc, lse)
+        ctx.args = (causal, kpm is not None, block, masks)
         return o
 
     @staticmethod
     def backward(ctx, do):
-        q, k, v, u, w, a, ap, lam, kp, o, lse = ctx.saved_tensors
-        causal, has_mask, block = ctx.args
+        q, k, v, u, w, a, ap, lam, kp, sg, sps, spe, o, lse = ctx.saved_tensors
+        causal, has_mask, block, masks = ctx.args
         B, H, Sq, D = q.shape
         Sk, Dv, R = k.shape[2], v.shape[3], u.shape[2]
         do = _rows(do.to(q.dtype))
@@ -336,41 +353,44 @@ class _PosMetricTriton(torch.autograd.Function):
         cq = launch_config(D, Dv, block, q.dtype, "_bwd_q", q.device)
         n_m = cdiv(Sq, cq["BLOCK_M"])
         dlam = torch.empty(B, H, n_m, dtype=lam.dtype, device=q.device)
-        common = (H, Sq, Sk, R, D, Dv, int(has_mask))
+        common = (H, Sq, Sk, R, D, Dv, int(has_mask), *masks)
         strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3])
-        _bwd_kv[(cdiv(Sk, ckv["BLOCK_N"]), B * H)](q, k, v, u, w, a, ap, lam, kp, do, lse, delta, dk, dv, dw, dap,
+        _bwd_kv[(cdiv(Sk, ckv["BLOCK_N"]), B * H)](q, k, v, u, w, a, ap, lam, kp, sg, sps, spe, do, lse, delta, dk, dv, dw, dap,
                                                    *strides, *common, CAUSAL=causal, **ckv)
-        _bwd_q[(n_m, B * H)](q, k, v, u, w, a, ap, lam, kp, do, lse, delta, dq, du, da, dlam,
+        _bwd_q[(n_m, B * H)](q, k, v, u, w, a, ap, lam, kp, sg, sps, spe, do, lse, delta, dq, du, da, dlam,
                              *strides, *common, CAUSAL=causal, **cq)
-        return dq, dk, dv, du, dw, da, dap, dlam.sum((0, 2)), None, None, None
+        return dq, dk, dv, du, dw, da, dap, dlam.sum((0, 2)), None, None, None, None, None
 
 def position_metric_triton(q: Tensor, k: Tensor, v: Tensor, A: Tensor, lam: Tensor, W: Tensor, b: Tensor, *, causal: bool = False,
                            key_padding_mask: Optional[Tensor] = None, scale: float = 1.0,
-                           block: Optional[int] = None) -> Tensor:
+                           block: Optional[int] = None, window: Optional[int] = None,
+                           segment_ids: Optional[Tensor] = None) -> Tensor:
     """Position-dependent metric attention by the fused Triton kernels (CUDA, or the interpreter on CPU):
     same arguments and result as `position_metric_cpu`. Head dims above 128, and float64 on a GPU (Triton fails to lower
     float64 `tl.dot` there), fall back to `position_metric_cpu`, which runs on any device. A NaN or ±∞ in `q`, `k` or
     `v` gives NaN where the reference does (see `ops.flash`)."""
     if max(q.shape[3], v.shape[3]) > 128 or (q.dtype == torch.float64 and not triton_interpret()):
-        return position_metric_cpu(q, k, v, A, lam, W, b, causal=causal, key_padding_mask=key_padding_mask, scale=scale)
+        return position_metric_cpu(q, k, v, A, lam, W, b, causal=causal, key_padding_mask=key_padding_mask, scale=scale,
+                                   window=window, segment_ids=segment_ids)
     feats = _features(q, k, A, lam, W, b, float(scale))
-    out = _PosMetricTriton.apply(q, k, v, *feats, bool(causal), key_padding_mask, block)
-    seen = _has_key(q.shape[0], q.shape[2], k.shape[2], causal, key_padding_mask, q.device)
+    win = window if window_binds(q.shape[2], k.shape[2], window) else None
+    out = _PosMetricTriton.apply(q, k, v, *feats, bool(causal), key_padding_mask, block, win, segment_ids)
+    seen = _has_key(q.shape[0], q.shape[2], k.shape[2], causal, key_padding_mask, q.device, win, segment_ids)
     return out + (_poison(v, 2) + _poison(q, -1, seen)).to(out.dtype)
 
 # %% ../../nbs/17_position_metric_triton.ipynb #affeea6e
-_ARGS = {  # argument name → "in" (input dtype), "acc" (accumulation dtype), "i8" or "i32"
-    "_fwd": dict(Q="in", K="in", V="in", U="acc", Wk="acc", Aq="acc", Ak="acc", LAM="acc", KPM="i8", O="in", OA="acc", LSE="acc",
+_ARGS = {  # argument name → "in" (input dtype), "acc" (accumulation dtype), "i8", "i32" or "i32p" (a pointer)
+    "_fwd": dict(Q="in", K="in", V="in", U="acc", Wk="acc", Aq="acc", Ak="acc", LAM="acc", KPM="i8", SEG="i32p", SPS="i32p", SPE="i32p", O="in", OA="acc", LSE="acc",
                  sqb="i32", sqh="i32", sqs="i32", skb="i32", skh="i32", sks="i32", svb="i32", svh="i32", svs="i32",
-                 H="i32", Sq="i32", Sk="i32", R="i32", D="i32", DV="i32", HAS_MASK="i32", store_acc="i32"),
-    "_bwd_kv": dict(Q="in", K="in", V="in", U="acc", Wk="acc", Aq="acc", Ak="acc", LAM="acc", KPM="i8", DO="in", LSE="acc",
+                 H="i32", Sq="i32", Sk="i32", R="i32", D="i32", DV="i32", HAS_MASK="i32", store_acc="i32", window="i32", has_seg="i32"),
+    "_bwd_kv": dict(Q="in", K="in", V="in", U="acc", Wk="acc", Aq="acc", Ak="acc", LAM="acc", KPM="i8", SEG="i32p", SPS="i32p", SPE="i32p", DO="in", LSE="acc",
                     DELTA="acc", DK="in", DV="in", DW="acc", DAK="acc",
                     sqb="i32", sqh="i32", sqs="i32", skb="i32", skh="i32", sks="i32", svb="i32", svh="i32", svs="i32",
-                    sdb="i32", sdh="i32", sds="i32", H="i32", Sq="i32", Sk="i32", R="i32", D="i32", DV_="i32", HAS_MASK="i32"),
-    "_bwd_q": dict(Q="in", K="in", V="in", U="acc", Wk="acc", Aq="acc", Ak="acc", LAM="acc", KPM="i8", DO="in", LSE="acc",
+                    sdb="i32", sdh="i32", sds="i32", H="i32", Sq="i32", Sk="i32", R="i32", D="i32", DV_="i32", HAS_MASK="i32", window="i32", has_seg="i32"),
+    "_bwd_q": dict(Q="in", K="in", V="in", U="acc", Wk="acc", Aq="acc", Ak="acc", LAM="acc", KPM="i8", SEG="i32p", SPS="i32p", SPE="i32p", DO="in", LSE="acc",
                    DELTA="acc", DQ="in", DU="acc", DAQ="acc", DLAM="acc",
                    sqb="i32", sqh="i32", sqs="i32", skb="i32", skh="i32", sks="i32", svb="i32", svh="i32", svs="i32",
-                   sdb="i32", sdh="i32", sds="i32", H="i32", Sq="i32", Sk="i32", R="i32", D="i32", DV_="i32", HAS_MASK="i32"),
+                   sdb="i32", sdh="i32", sds="i32", H="i32", Sq="i32", Sk="i32", R="i32", D="i32", DV_="i32", HAS_MASK="i32", window="i32", has_seg="i32"),
 }
 _KERNELS = {"_fwd": _fwd, "_bwd_kv": _bwd_kv, "_bwd_q": _bwd_q}
 
@@ -385,7 +405,7 @@ def aot_configs(capabilities=(80, 90)) -> list:
                     for kname, args in _ARGS.items():
                         c = pm_config(kname, dtype, DP, cap)
                         cx = dict(CAUSAL=causal, DP=DP, BLOCK_M=c["BLOCK_M"], BLOCK_N=c["BLOCK_N"])
-                        sig = {n: {"in": "*" + tn, "acc": "*fp32", "i8": "*i8", "i32": "i32"}[t] for n, t in args.items()}
+                        sig = {n: {"in": "*" + tn, "acc": "*fp32", "i8": "*i8", "i32": "i32", "i32p": "*i32"}[t] for n, t in args.items()}
                         sig.update({n: "constexpr" for n in cx})
                         name = f"position_metric{kname}_{tn}_d{DP}_{'causal' if causal else 'full'}_sm{cap}"
                         out.append((name, _KERNELS[kname], sig, cx,
