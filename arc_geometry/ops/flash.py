@@ -762,7 +762,8 @@ def half_errors(fast, ref, args: dict, dtype: torch.dtype = torch.float16, seed:
     """Errors of `fast(**args, **kwargs)` in `dtype` against the float64 oracle `ref` on the *same rounded inputs*,
     next to their baselines. `out`: max |o − o₆₄| / max |o₆₄|; `out_base`: the same for o₆₄ rounded to `dtype` (what
     any kernel returning `dtype` must lose). `d<name>`: each gradient's max error relative to its float64 maximum
-    (or `floor`), for a cotangent in `dtype`; `base_dq`, `base_dk`, `base_dv`: the same errors of PyTorch's SDPA
+    (or `floor`; a gradient that is exactly zero, as `dc` with a window of 1, relative to the largest gradient of all),
+    for a cotangent in `dtype`; `base_dq`, `base_dk`, `base_dv`: the same errors of PyTorch's SDPA
     (dot-product attention, same `scale`, mask and causality) in `dtype` on the same `q, k, v`."""
     cast = lambda dt: {n: (a.detach().to(dtype).to(dt).requires_grad_() if isinstance(a, Tensor) and a.is_floating_point()
                            else a) for n, a in args.items()}
@@ -775,7 +776,10 @@ def half_errors(fast, ref, args: dict, dtype: torch.dtype = torch.float16, seed:
     g64 = torch.autograd.grad(o64, [a64[n] for n in names], cot.double(), allow_unused=True)
     gx = torch.autograd.grad(ox, [ax[n] for n in names], cot.to(ox.dtype), allow_unused=True)
     errs = {"out": rel(ox, o64), "out_base": rel(o64.to(dtype), o64)}
-    errs.update({"d" + n: rel(a, b) for n, a, b in zip(names, gx, g64) if a is not None and b is not None})
+    top = max([float(b.detach().abs().max()) for b in g64 if b is not None] + [floor])   # the largest gradient
+    exact0 = lambda a, b: float((a.detach().double() - b.detach()).abs().max()) / top     # a gradient that is exactly 0
+    errs.update({"d" + n: (rel(a, b) if bool(b.detach().abs().max() > 0) else exact0(a, b))
+                 for n, a, b in zip(names, gx, g64) if a is not None and b is not None})
     scale = kwargs.get("scale", 1 / math.sqrt(args["q"].shape[-1]))
     mask = kwargs.get("key_padding_mask")
     sd = lambda t: sdpa_attend(t["q"], t["k"], t["v"], kwargs.get("causal", False), mask, scale)
