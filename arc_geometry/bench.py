@@ -213,7 +213,7 @@ def bench_window(geometries: Optional[Sequence[str]] = None, seqlens: Sequence[i
     if "fwdbwd_s" in df: df["us_per_token"] = df.fwdbwd_s / df.S * 1e6
     return df
 
-def window_targets(df, window: int = 512) -> "pd.DataFrame":
+def window_targets(df, window: int = 512) -> Any:
     """Per geometry: time per token at the longest length ÷ at the shortest (target ≤ 1.3), extra peak memory at the
     longest length over SDPA's windowed (MiB; target ≤ 512), and windowed ÷ own full-causal time at 16k (target ≤ 0.25)."""
     import pandas as pd

@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional
+from typing import Callable, Optional, cast
 
 import torch
 import torch.nn.functional as F
@@ -176,7 +176,7 @@ class GeoAttention(nn.Module):
         q, k, _ = self.heads(x, pos)
         with torch.autocast(x.device.type, enabled=False):
             s = self.scores(q, k)
-        allowed = mask_block(S, S, 0, S, 0, S, True, window=self.window, device=x.device)[0, 0]
+        allowed = cast(Tensor, mask_block(S, S, 0, S, 0, S, True, window=self.window, device=x.device))[0, 0]   # causal: a mask
         return s.masked_fill(~allowed, float("-inf"))
 
     def forward(self, x: Tensor, pos: Tensor, cache: Optional[KVCache] = None,

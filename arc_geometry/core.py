@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import math
-from typing import NoReturn, Optional, Sequence
+from typing import NoReturn, Optional, Sequence, cast
 
 import torch
 from torch import Tensor
@@ -165,7 +165,7 @@ def mask_block(Sq: int, Sk: int, i0: int, i1: int, k0: int, k1: int, causal: boo
     j = torch.arange(k0, k1, device=device)[None, :]
     m = None
     if causal: m = j <= i
-    if window_binds(Sq, Sk, window):
+    if window is not None and window_binds(Sq, Sk, window):
         w = (i - j).abs() < window
         m = w if m is None else m & w
     if m is not None: m = m[None, None]
@@ -205,7 +205,7 @@ def _key_interval(Sq: int, Sk: int, causal: bool, window: Optional[int], device)
     i = torch.arange(Sq, device=device) + (Sk - Sq)
     lo, hi = torch.zeros_like(i), torch.full_like(i, Sk)
     if causal: hi = (i + 1).clamp(0, Sk)
-    if window_binds(Sq, Sk, window): lo, hi = (i - window + 1).clamp(0, Sk), torch.minimum(hi, (i + window).clamp(0, Sk))
+    if window is not None and window_binds(Sq, Sk, window): lo, hi = (i - window + 1).clamp(0, Sk), torch.minimum(hi, (i + window).clamp(0, Sk))
     return lo, hi
 
 def sees_any(flags: Tensor, Sq: int, causal: bool = False, window: Optional[int] = None,
@@ -216,7 +216,7 @@ def sees_any(flags: Tensor, Sq: int, causal: bool = False, window: Optional[int]
     spans = segment_spans(segment_ids) if segment_ids is not None else None
     if segment_ids is not None and spans is None:                                   # split documents: by query blocks
         C = max(1, 2 ** 22 // (B * H * Sk))
-        return torch.cat([(mask_block(Sq, Sk, i0, min(Sq, i0 + C), 0, Sk, causal, None, window, segment_ids, dev)
+        return torch.cat([(cast(Tensor, mask_block(Sq, Sk, i0, min(Sq, i0 + C), 0, Sk, causal, None, window, segment_ids, dev))
                            & flags[:, :, None, :]).any(-1) for i0 in range(0, Sq, C)], -1).expand(B, H, Sq)
     if window_binds(Sq, Sk, window) or spans is not None:      # an interval of keys per query: count its flagged keys
         lo, hi = (t.expand(B, Sq) for t in _key_interval(Sq, Sk, causal, window, dev))

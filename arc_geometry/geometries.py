@@ -132,7 +132,7 @@ class Geometry:
         vf = v.nan_to_num(0.0, 0.0, 0.0)      # a zero weight times NaN would spread it to rows that never see it
         kf = k.nan_to_num(0.0, 0.0, 0.0) if masks else k   # block-masked SDPA adds −∞ to a NaN score: NaN in every row
         out = fn(q, kf, vf, *params, **kw)                  # of the block; the rule below sets the rows that see it
-        return propagate_nonfinite(out, q, k, v, causal, key_padding_mask, **masks)   # the rule of `core`, on every path
+        return propagate_nonfinite(out, q, k, v, causal, key_padding_mask, window=window, segment_ids=segment_ids)  # `core`'s rule
 
     def example(self, B: int = 2, H: int = 2, Sq: int = 8, Sk: Optional[int] = None, D: int = 8, Dv: Optional[int] = None,
                 seed: int = 0, dtype: torch.dtype = torch.float64, **kw: Any) -> tuple[Tensor, Tensor, Tensor, tuple[Any, ...]]:

@@ -132,7 +132,7 @@ def mask_cases(B: int, Sq: int, Sk: int) -> list[dict[str, Any]]:
     """Keyword masks that every path is judged with: windows of 1, 3 and wider than the sequence, packed documents
     (`segments_case`; only where `Sq <= Sk`), with and without causality and padding."""
     pad, seg = padding_mask(B, Sk, keep=max(2, Sk - 3)), segments_case(B, Sk)
-    cases = [dict(causal=True, window=1), dict(causal=False, window=3, key_padding_mask=pad),
+    cases: list[dict[str, Any]] = [dict(causal=True, window=1), dict(causal=False, window=3, key_padding_mask=pad),
              dict(causal=True, window=Sq + Sk, key_padding_mask=pad)]
     if Sq <= Sk: cases += [dict(causal=True, window=3, segment_ids=seg, key_padding_mask=pad),
                            dict(causal=False, window=2, segment_ids=seg), dict(causal=True, segment_ids=seg)]

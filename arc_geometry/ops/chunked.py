@@ -34,7 +34,7 @@ def chunked_attention(score_fn: Callable, q_feats: Sequence[Tensor], k_feats: Se
     Returns `(B, H, Sq, Dv)`; memory `O(block·Sk·pair_width)` forward and backward (`O(block·window)` with a window)."""
     B, H, Sq = q_feats[0].shape[:3]
     Sk = v.shape[2]
-    width = min(Sk, 2 * window) if window_binds(Sq, Sk, window) else Sk
+    width = min(Sk, 2 * window) if window is not None and window_binds(Sq, Sk, window) else Sk
     C = block or max(16, min(Sq, budget // max(1, B * H * width * pair_width)))
     grad = torch.is_grad_enabled() and any(isinstance(t, Tensor) and t.requires_grad
                                            for t in (*q_feats, *k_feats, v, *params))

@@ -55,7 +55,7 @@ def query_blocks(Sq: int, Sk: int, causal: bool, *, block: Optional[int] = None,
         i1 = min(Sq, i0 + C)
         k0, k1 = 0, (max(0, min(Sk, i1 + off)) if causal else Sk)
         if win is not None: k0, k1 = max(0, i0 + off - win + 1), min(k1, max(0, i1 - 1 + off + win))
-        if smin is not None: k0, k1 = max(k0, smin[i0 + off]), min(k1, emax[i1 - 1 + off])
+        if smin is not None and emax is not None: k0, k1 = max(k0, smin[i0 + off]), min(k1, emax[i1 - 1 + off])
         yield i0, i1, min(k0, k1), k1
         i0 = i1
 

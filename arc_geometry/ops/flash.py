@@ -570,7 +570,8 @@ def _rows(x: Tensor) -> Tensor:
 def _segment_args(seg: Optional[Tensor], B: int, Sk: int, device) -> tuple[Tensor, Tensor, Tensor]:
     """`(ids, starts, ends)`, each `(B, Sk)` int32, of the documents `seg (B, Sk)` for the kernels: a key's document is the
     keys `starts…ends−1` (the whole row when a document is split in several runs); three 1-element dummies when None."""
-    if seg is None: return tuple(torch.zeros(1, dtype=torch.int32, device=device) for _ in range(3))
+    if seg is None: return (torch.zeros(1, dtype=torch.int32, device=device), torch.zeros(1, dtype=torch.int32, device=device),
+                            torch.zeros(1, dtype=torch.int32, device=device))
     spans = segment_spans(seg)
     if spans is None: spans = (torch.zeros_like(seg), torch.full_like(seg, Sk))
     return seg.to(torch.int32).contiguous(), spans[0].to(torch.int32).contiguous(), spans[1].to(torch.int32).contiguous()

@@ -49,10 +49,9 @@ def lorentz_attention_ref(q: Tensor, k: Tensor, v: Tensor, c: Tensor, causal: bo
     *_, scale = check_attention(q, k, v, key_padding_mask, scale, window=window, segment_ids=segment_ids)
     check_lorentz_params(q, c)
     B, _, Sq, _ = q.shape
-    masks = dict(window=window, segment_ids=segment_ids)
     out = masked_attend(lorentz_scores_ref(q, k, c, scale), v.nan_to_num(0.0, 0.0, 0.0),
-                        allowed_mask(B, Sq, k.shape[2], causal, key_padding_mask, q.device, **masks))
-    return propagate_nonfinite(out, q, k, v, causal, key_padding_mask, **masks)
+                        allowed_mask(B, Sq, k.shape[2], causal, key_padding_mask, q.device, window=window, segment_ids=segment_ids))
+    return propagate_nonfinite(out, q, k, v, causal, key_padding_mask, window=window, segment_ids=segment_ids)
 
 # %% ../../nbs/19_lorentz.ipynb #e3e609e2
 def _row_terms(n2: Tensor, c: Tensor, max_radius: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:

@@ -170,6 +170,6 @@ def position_metric_cpu(q: Tensor, k: Tensor, v: Tensor, A: Tensor, lam: Tensor,
     (B, H, Sq, _), Sk, R = q.shape, k.shape[2], A.shape[1]
     feats = _features(q, k, A, lam, W, b, float(scale))
     fused = use_compile(B, H, Sq, Sk, R, q.device) if fused is None else fused
-    C = block or min(Sq, block_size(B, H, min(Sk, 2 * window) if window_binds(Sq, Sk, window) else Sk))
+    C = block or min(Sq, block_size(B, H, min(Sk, 2 * window) if window is not None and window_binds(Sq, Sk, window) else Sk))
     out = _PosMetricCPU.apply(q.to(dt), k.to(dt), v.to(dt), *feats, bool(causal), key_padding_mask, C, fused, window, segment_ids)
     return out.to(q.dtype)
