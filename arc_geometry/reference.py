@@ -206,7 +206,8 @@ def oracle_errors(fast: Callable[..., Tensor], ref: Callable[..., Tensor], args:
                   dtype: torch.dtype = torch.float32, seed: int = 0, floor: float = 1e-2, **kwargs: Any) -> dict[str, float]:
     """Max relative errors of `fast(**args)` in `dtype` vs `ref(**args)` in float64: the output and each gradient.
     Errors are relative to the largest magnitude of the float64 value, or to `floor` when that is smaller (a
-    gradient that vanishes, e.g. to q when each query sees one key, is judged by its absolute error / `floor`)."""
+    gradient that vanishes, e.g. to q when each query sees one key, is judged by its absolute error / `floor`; one that
+    is exactly zero, e.g. to a curvature when every query sees one key, by its absolute error / the largest gradient)."""
     def cast(dt: torch.dtype) -> dict[str, Any]:
         return {n: (a.detach().to(dt).requires_grad_() if isinstance(a, Tensor) and a.is_floating_point() else a)
                 for n, a in args.items()}
@@ -216,14 +217,15 @@ def oracle_errors(fast: Callable[..., Tensor], ref: Callable[..., Tensor], args:
     names = [n for n, a in a64.items() if isinstance(a, Tensor) and a.requires_grad]
     g64 = torch.autograd.grad(o64, [a64[n] for n in names], cot, allow_unused=True)
     gx = torch.autograd.grad(ox, [ax[n] for n in names], cot.to(ox.dtype), allow_unused=True)
-    def rel(x: Tensor, y: Tensor) -> float:
-        return float((x.detach().double() - y.detach()).abs().max() / y.detach().abs().max().clamp_min(floor))
+    def rel(x: Tensor, y: Tensor, lo: float = floor) -> float:
+        return float((x.detach().double() - y.detach()).abs().max() / y.detach().abs().max().clamp_min(lo))
+    top = max([float(b.detach().abs().max()) for b in g64 if b is not None] + [floor])    # the largest gradient
     errs = {"out": rel(ox, o64)}
     for n, a, b in zip(names, gx, g64):
         if (a is None) != (b is None): raise AssertionError(f"gradient of {n} is missing on one side")
         if a is not None:
             if not torch.isfinite(a).all(): raise AssertionError(f"gradient of {n} is not finite")
-            errs["d" + n] = rel(a, b)
+            errs["d" + n] = rel(a, b, floor if bool(b.detach().abs().max() > 0) else top)
     return errs
 
 # %% ../nbs/02_reference.ipynb #ed143210
