@@ -27,7 +27,7 @@ from .geometries import GEOMETRIES
 from .models import GeoConfig, GeoLM
 from .files import TrainingInterrupted, atomic_write
 from .job import check_memory
-from .grid import enqueue, export, grid_name, masked, open_grid, run_grid
+from .grid import enqueue, export_results, grid_name, masked, open_grid, run_grid
 from .runs import ResultsCSV, check_run_dir, stop_on_signals, suite_config, suite_parser
 from .train import TrainConfig, lr_factor, param_groups, resolve_device
 
@@ -343,7 +343,7 @@ def arc_main(argv: Optional[Sequence[str]] = None) -> int:
     out = check_run_dir(a.out, fixed, fixed=("model", "train", "solver"))
     table = ResultsCSV(out / "results.csv", KEY)
     grid = open_grid(out, a.storage, grid_name("arc", fixed, ("model", "train", "solver")), KEY, a.heartbeat)
-    if a.export: print(f"{export(grid, table.path)} rows of {masked(grid.url)} in {table.path}"); return 0
+    if a.export: print(f"{export_results(grid, table.path)} rows of {masked(grid.url)} in {table.path}"); return 0
     keys = [(arc["version"], arc["split"], t.id, g, str(s)) for t in tasks for s in arc["seeds"] for g in arc["geometries"]]
     enqueue(grid, keys, table.rows())                    # results.csv checked before any work
     done = grid.complete()

@@ -31,7 +31,7 @@ from .runs import ResultsCSV, die_with_parent, stop_on_signals
 
 # %% auto #0
 __all__ = ['HEARTBEAT_S', 'GRACE', 'MAX_RETRY', 'DB_NAME', 'LOCK_STALE_S', 'storage_url', 'masked', 'open_storage', 'Grid',
-           'enqueue', 'pop', 'finish', 'fail', 'export', 'grid_name', 'open_grid', 'work', 'run_grid']
+           'enqueue', 'pop', 'finish', 'fail', 'export_results', 'grid_name', 'open_grid', 'work', 'run_grid']
 
 # %% ../nbs/38_grid.ipynb #e815854b
 _depth = threading.local()
@@ -262,7 +262,7 @@ def fail(grid: Grid, trial_id: int, error: str, requeue: bool = False) -> None:
                                                                 user_attrs={"grid_key": t.user_attrs["grid_key"]}))
 
 # %% ../nbs/38_grid.ipynb #65ad1c10
-def export(grid: Grid, path) -> int:
+def export_results(grid: Grid, path) -> int:
     """Write every finished row of the study to the CSV `path` (atomically, under a lock file next to it), in
     trial-number order (the grid's order), one row per key; returns the number of rows (none: the file is not
     touched)."""
@@ -350,7 +350,7 @@ def work(grid: Grid, fn: Callable[[dict], dict], jobs: dict, results, say: Calla
             if hb is not None: hb.stop(); hb = None
             finish(grid, t._trial_id, row); tid, t = t._trial_id, None
             ran += 1; say("fin", tid)
-            export(grid, results)
+            export_results(grid, results)
         except BaseException as e:
             if hb is not None: hb.stop()
             if t is not None: fail(grid, t._trial_id, " ".join(f"{type(e).__name__}: {e}".split()),
@@ -422,11 +422,11 @@ def run_grid(grid: Grid, jobs: Sequence[dict], fn: Callable[[dict], dict], resul
             if workers == 1: ran = work(grid, fn, by, results, lambda kind, v: kind == "fin" and bar.update())
             else: ran = _pool(grid, fn, by, results, workers, bar)
     except TrainingInterrupted as e:
-        try: have = f"{len(grid.complete() & set(by))} of the {len(by)}"; export(grid, results)
+        try: have = f"{len(grid.complete() & set(by))} of the {len(by)}"; export_results(grid, results)
         except Exception: have = f"? of the {len(by)}"
         name = signal.Signals(e.signum).name
         raise TrainingInterrupted(e.signum, e.checkpoint, f"{name}: stopped with {have} {desc} rows in {results} "
                                   "(the running ones are dropped); run the same command again to resume") from None
     finally: bar.close()
-    export(grid, results)
+    export_results(grid, results)
     return ran

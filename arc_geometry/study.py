@@ -25,7 +25,7 @@ from .job import check_memory
 from .geometries import GEOMETRIES
 from .models import GeoConfig, GeoLM
 from .files import atomic_write
-from .grid import enqueue, export, grid_name, masked, open_grid, run_grid
+from .grid import enqueue, export_results, grid_name, masked, open_grid, run_grid
 from .runs import ResultsCSV, check_run_dir, suite_config, suite_parser
 from .tasks import ModularArithmetic, answer_loss, is_prime, split_batch
 from .train import Callback, NonFiniteLossError, TrainConfig, Trainer
@@ -284,7 +284,7 @@ def study_main(argv: Optional[Sequence[str]] = None) -> int:
     table = ResultsCSV(out / "results.csv", KEY)
     grid = open_grid(out, a.storage, grid_name("study", fixed, ("model", "train", "trial")), KEY, a.heartbeat)
     if a.export:
-        print(f"arc-geometry study: {export(grid, table.path)} rows of {masked(grid.url)} in {table.path}"); return 0
+        print(f"arc-geometry study: {export_results(grid, table.path)} rows of {masked(grid.url)} in {table.path}"); return 0
     enqueue(grid, [table.key_of(j) for j in jobs], table.rows())     # results.csv checked before any work
     ran = run_grid(grid, jobs, run_trial, table.path, a.workers, desc="study")
     have = grid.complete() & {table.key_of(j) for j in jobs}
