@@ -162,35 +162,51 @@ class GeoAttention(nn.Module):
 
     def heads(self, x: Tensor, pos: Tensor):
         "`x (B, S, dim)` → `q, k, v (B, H, S, D_h)`: projected, cast, rotated, and mapped onto the geometry."
-        B, S, _ = x.shape
-        q, k, v = self.qkv(x).view(B, S, 3, self.H, self.hd).permute(2, 0, 3, 1, 4)   # 3 × (B, H, S, D_h)
-        q, k, v = self.cast(q, k, v)
-        if self.rotary: q, k = self.rotate(q, pos), self.rotate(k, pos)
-        q, k = self.points(q, k)
-        return q, k, v
+        return _attention_heads(self, x, pos)
 
     def attention_scores(self, x: Tensor, pos: Optional[Tensor] = None) -> Tensor:
         "Pre-softmax causal scores `(B, H, S, S)` of `x (B, S, dim)` (positions `0..S-1` unless `pos (S,)`), `−inf` where masked."
-        S = x.shape[1]
-        pos = torch.arange(S, device=x.device) if pos is None else pos
-        q, k, _ = self.heads(x, pos)
-        with torch.autocast(x.device.type, enabled=False):
-            s = self.scores(q, k)
-        allowed = cast(Tensor, mask_block(S, S, 0, S, 0, S, True, window=self.window, device=x.device))[0, 0]   # causal: a mask
-        return s.masked_fill(~allowed, float("-inf"))
+        return _attention_scores(self, x, pos)
 
     def forward(self, x: Tensor, pos: Tensor, cache: Optional[KVCache] = None,
                 key_padding_mask: Optional[Tensor] = None, segment_ids: Optional[Tensor] = None) -> Tensor:
-        """`x (B, S, dim)`, positions `pos (S,)`, optional cache, `key_padding_mask (B, S_cached + S)` (its last columns
-        where a rolling cache keeps fewer keys) and `segment_ids (B, S)` (packed documents; without a cache)."""
-        B, S, _ = x.shape
-        q, k, v = self.heads(x, pos)
-        if cache is not None: k, v = cache.update(self.layer, k, v)
-        if key_padding_mask is not None and key_padding_mask.shape[1] > k.shape[2]:
-            key_padding_mask = key_padding_mask[:, -k.shape[2]:]
-        masks = {n: m for n, m in (("window", self.window), ("segment_ids", segment_ids)) if m is not None}
-        o = self.attend(q, k, v, key_padding_mask, **masks)
-        return self.proj(o.to(x.dtype).transpose(1, 2).reshape(B, S, self.dim))   # (B, S, dim)
+        "Attention output `(B, S, dim)` of `x (B, S, dim)` at positions `pos (S,)` (masks and cache: `_attention_forward`)."
+        return _attention_forward(self, x, pos, cache, key_padding_mask, segment_ids)
+
+# %% ../nbs/20_blocks.ipynb #c1fe609b
+def _attention_heads(attn, x: Tensor, pos: Tensor):
+    "`x (B, S, dim)` → `q, k, v (B, H, S, D_h)`: projected, cast, rotated, and mapped onto the geometry."
+    B, S, _ = x.shape
+    q, k, v = attn.qkv(x).view(B, S, 3, attn.H, attn.hd).permute(2, 0, 3, 1, 4)   # 3 × (B, H, S, D_h)
+    q, k, v = attn.cast(q, k, v)
+    if attn.rotary: q, k = attn.rotate(q, pos), attn.rotate(k, pos)
+    q, k = attn.points(q, k)
+    return q, k, v
+
+# %% ../nbs/20_blocks.ipynb #3773c341
+def _attention_forward(attn, x: Tensor, pos: Tensor, cache: Optional[KVCache] = None,
+                       key_padding_mask: Optional[Tensor] = None, segment_ids: Optional[Tensor] = None) -> Tensor:
+    """`x (B, S, dim)`, positions `pos (S,)`, optional cache, `key_padding_mask (B, S_cached + S)` (its last columns
+    where a rolling cache keeps fewer keys) and `segment_ids (B, S)` (packed documents; without a cache)."""
+    B, S, _ = x.shape
+    q, k, v = attn.heads(x, pos)
+    if cache is not None: k, v = cache.update(attn.layer, k, v)
+    if key_padding_mask is not None and key_padding_mask.shape[1] > k.shape[2]:
+        key_padding_mask = key_padding_mask[:, -k.shape[2]:]
+    masks = {n: m for n, m in (("window", attn.window), ("segment_ids", segment_ids)) if m is not None}
+    o = attn.attend(q, k, v, key_padding_mask, **masks)
+    return attn.proj(o.to(x.dtype).transpose(1, 2).reshape(B, S, attn.dim))   # (B, S, dim)
+
+# %% ../nbs/20_blocks.ipynb #1612bfde
+def _attention_scores(attn, x: Tensor, pos: Optional[Tensor] = None) -> Tensor:
+    "Pre-softmax causal scores `(B, H, S, S)` of `x (B, S, dim)` (positions `0..S-1` unless `pos (S,)`), `−inf` where masked."
+    S = x.shape[1]
+    pos = torch.arange(S, device=x.device) if pos is None else pos
+    q, k, _ = attn.heads(x, pos)
+    with torch.autocast(x.device.type, enabled=False):
+        s = attn.scores(q, k)
+    allowed = cast(Tensor, mask_block(S, S, 0, S, 0, S, True, window=attn.window, device=x.device))[0, 0]   # causal: a mask
+    return s.masked_fill(~allowed, float("-inf"))
 
 # %% ../nbs/20_blocks.ipynb #78b92748
 class Fp32Attention(GeoAttention):

@@ -55,43 +55,7 @@ class GeoConfig:
     global_every: int = 0             # with a window: every `global_every`-th layer attends globally (0: none does)
 
     def __post_init__(self):
-        check_fields(self, "model")                 # types, int → float, finite floats; errors name model.<field>
-        for n in ("vocab_size", "dim", "depth", "num_heads", "max_seq_len", "mlp_ratio", "num_classes"):
-            if getattr(self, n) < 1: raise ValueError(f"{n} must be >= 1, got {getattr(self, n)}")
-        if self.window is not None and self.window < 1: raise ValueError(f"window must be >= 1 (or None), got {self.window}")
-        if self.global_every < 0: raise ValueError(f"global_every must be >= 0, got {self.global_every}")
-        if self.geometry not in GEOMETRIES:
-            raise ValueError(f"geometry must be one of {sorted(GEOMETRIES)}, got {self.geometry!r}")
-        if self.dim % self.num_heads:
-            raise ValueError(f"dim must be divisible by num_heads = {self.num_heads}, got {self.dim}")
-        hd = self.dim // self.num_heads
-        if not 1 <= self.rank <= hd:
-            raise ValueError(f"rank must satisfy 1 <= rank <= head dim = dim/num_heads = {hd}, got {self.rank}")
-        if self.positions not in POSITIONS:
-            raise ValueError(f"positions must be one of {POSITIONS}, got {self.positions!r}")
-        if not (math.isfinite(self.rope_base) and self.rope_base > 1):
-            raise ValueError(f"rope_base must be a finite float > 1, got {self.rope_base}")
-        if not 0 <= self.dropout < 1: raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        for n in ("lam_init", "alpha_init"):
-            if not (math.isfinite(getattr(self, n)) and getattr(self, n) > 0):
-                raise ValueError(f"{n} must be a finite float > 0, got {getattr(self, n)}")
-        if not (math.isfinite(self.c_min) and self.c_min > 0):
-            raise ValueError(f"c_min must be a finite float > 0, got {self.c_min}")
-        if not (math.isfinite(self.c_max) and self.c_max >= self.c_min):
-            raise ValueError(f"c_max must be a finite float >= c_min = {self.c_min}, got {self.c_max}")
-        if not self.c_min <= self.curvature <= self.c_max:
-            raise ValueError(f"curvature must be in [c_min, c_max] = [{self.c_min}, {self.c_max}], got {self.curvature}")
-        if self.geometry == "hybrid":
-            if self.dim_e is None: self.dim_e = max(self.num_heads, self.dim // 2 // self.num_heads * self.num_heads)
-            if not (0 < self.dim_e < self.dim and self.dim_e % self.num_heads == 0):
-                raise ValueError(f"dim_e must satisfy 0 < dim_e < dim = {self.dim} and be divisible by "
-                                 f"num_heads = {self.num_heads}, got {self.dim_e}")
-        elif self.dim_e is not None and not 0 < self.dim_e < self.dim:
-            raise ValueError(f"dim_e must satisfy 0 < dim_e < dim = {self.dim}, got {self.dim_e}")
-        if self.positions == "rotary":
-            parts = [hd] if self.geometry != "hybrid" else [self.dim_e // self.num_heads, hd - self.dim_e // self.num_heads]
-            if any(p % 2 for p in parts):
-                raise ValueError(f"positions='rotary' needs even head dims (per part for hybrid), got {parts}")
+        return _check_geo_config(self)
 
     @property
     def head_dim(self) -> int: return self.dim // self.num_heads
@@ -112,6 +76,47 @@ class GeoConfig:
         for k in d:
             if k not in names: raise ValueError(f"unknown GeoConfig key {k!r}; known keys: {sorted(names)}")
         return cls(**d)
+
+# %% ../nbs/21_model.ipynb #457cec04
+def _check_geo_config(cfg):
+    "Validate (and complete) the `GeoConfig` `cfg`: every field's type and range, naming the field."
+    check_fields(cfg, "model")                 # types, int → float, finite floats; errors name model.<field>
+    for n in ("vocab_size", "dim", "depth", "num_heads", "max_seq_len", "mlp_ratio", "num_classes"):
+        if getattr(cfg, n) < 1: raise ValueError(f"{n} must be >= 1, got {getattr(cfg, n)}")
+    if cfg.window is not None and cfg.window < 1: raise ValueError(f"window must be >= 1 (or None), got {cfg.window}")
+    if cfg.global_every < 0: raise ValueError(f"global_every must be >= 0, got {cfg.global_every}")
+    if cfg.geometry not in GEOMETRIES:
+        raise ValueError(f"geometry must be one of {sorted(GEOMETRIES)}, got {cfg.geometry!r}")
+    if cfg.dim % cfg.num_heads:
+        raise ValueError(f"dim must be divisible by num_heads = {cfg.num_heads}, got {cfg.dim}")
+    hd = cfg.dim // cfg.num_heads
+    if not 1 <= cfg.rank <= hd:
+        raise ValueError(f"rank must satisfy 1 <= rank <= head dim = dim/num_heads = {hd}, got {cfg.rank}")
+    if cfg.positions not in POSITIONS:
+        raise ValueError(f"positions must be one of {POSITIONS}, got {cfg.positions!r}")
+    if not (math.isfinite(cfg.rope_base) and cfg.rope_base > 1):
+        raise ValueError(f"rope_base must be a finite float > 1, got {cfg.rope_base}")
+    if not 0 <= cfg.dropout < 1: raise ValueError(f"dropout must be in [0, 1), got {cfg.dropout}")
+    for n in ("lam_init", "alpha_init"):
+        if not (math.isfinite(getattr(cfg, n)) and getattr(cfg, n) > 0):
+            raise ValueError(f"{n} must be a finite float > 0, got {getattr(cfg, n)}")
+    if not (math.isfinite(cfg.c_min) and cfg.c_min > 0):
+        raise ValueError(f"c_min must be a finite float > 0, got {cfg.c_min}")
+    if not (math.isfinite(cfg.c_max) and cfg.c_max >= cfg.c_min):
+        raise ValueError(f"c_max must be a finite float >= c_min = {cfg.c_min}, got {cfg.c_max}")
+    if not cfg.c_min <= cfg.curvature <= cfg.c_max:
+        raise ValueError(f"curvature must be in [c_min, c_max] = [{cfg.c_min}, {cfg.c_max}], got {cfg.curvature}")
+    if cfg.geometry == "hybrid":
+        if cfg.dim_e is None: cfg.dim_e = max(cfg.num_heads, cfg.dim // 2 // cfg.num_heads * cfg.num_heads)
+        if not (0 < cfg.dim_e < cfg.dim and cfg.dim_e % cfg.num_heads == 0):
+            raise ValueError(f"dim_e must satisfy 0 < dim_e < dim = {cfg.dim} and be divisible by "
+                             f"num_heads = {cfg.num_heads}, got {cfg.dim_e}")
+    elif cfg.dim_e is not None and not 0 < cfg.dim_e < cfg.dim:
+        raise ValueError(f"dim_e must satisfy 0 < dim_e < dim = {cfg.dim}, got {cfg.dim_e}")
+    if cfg.positions == "rotary":
+        parts = [hd] if cfg.geometry != "hybrid" else [cfg.dim_e // cfg.num_heads, hd - cfg.dim_e // cfg.num_heads]
+        if any(p % 2 for p in parts):
+            raise ValueError(f"positions='rotary' needs even head dims (per part for hybrid), got {parts}")
 
 # %% ../nbs/21_model.ipynb #5aaec6eb
 class GeoPreTrained(nn.Module):

@@ -444,25 +444,7 @@ class Trainer(_TrainerCheckpoints):
 
     def _start(self, resume: bool) -> list:
         "Restore the newest checkpoint (`resume`) or seed a fresh run; write `config.json`; the callbacks of this fit."
-        if self.ckpt_dir and not resume and list_checkpoints(self.ckpt_dir):
-            raise ValueError(f"out_dir {self.out_dir} already holds checkpoints: pass resume=True (--resume) "
-                             "to continue that run, or choose another directory")
-        if resume and self.out_dir is None: raise ValueError("resume=True needs an out_dir holding the run's checkpoints")
-        self.resumed = resume and self.load()
-        if resume and not self.resumed:
-            if list_checkpoints(self.ckpt_dir):
-                raise ValueError(f"no complete checkpoint in {self.ckpt_dir}: every file there is corrupt (see the warnings)")
-            raise ValueError(f"nothing to resume in {self.out_dir}: it holds no checkpoint")
-        if not self.resumed:
-            random.seed(self.cfg.seed + self.rank); torch.manual_seed(self.cfg.seed + self.rank)
-        if self.is_main and self.out_dir:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            if self.run_config is not None: atomic_write(self.out_dir / "config.json", json.dumps(self.run_config, indent=2))
-        if self.world > 1: dist.barrier()
-        self.stop_reason, self.stop_signal = None, 0
-        self.model.train()
-        self.active_callbacks = self.default_callbacks() + self.callbacks
-        return self.active_callbacks
+        return _start_run(self, resume)
 
     def fit(self, resume: bool = False) -> dict:
         """Train until `max_steps`, or until a callback sets `stop_reason` (target accuracy, a signal). With `resume`,
@@ -503,3 +485,26 @@ class Trainer(_TrainerCheckpoints):
             atomic_write(self.out_dir / "summary.json", json.dumps(summary, indent=2))
         self._emit(cbs, "on_train_end", summary)
         return summary
+
+# %% ../nbs/31_trainer.ipynb #1c8ab6e2
+def _start_run(tr, resume: bool) -> list:
+    "Restore the newest checkpoint (`resume`) or seed a fresh run; write `config.json`; the callbacks of this fit."
+    if tr.ckpt_dir and not resume and list_checkpoints(tr.ckpt_dir):
+        raise ValueError(f"out_dir {tr.out_dir} already holds checkpoints: pass resume=True (--resume) "
+                         "to continue that run, or choose another directory")
+    if resume and tr.out_dir is None: raise ValueError("resume=True needs an out_dir holding the run's checkpoints")
+    tr.resumed = resume and tr.load()
+    if resume and not tr.resumed:
+        if list_checkpoints(tr.ckpt_dir):
+            raise ValueError(f"no complete checkpoint in {tr.ckpt_dir}: every file there is corrupt (see the warnings)")
+        raise ValueError(f"nothing to resume in {tr.out_dir}: it holds no checkpoint")
+    if not tr.resumed:
+        random.seed(tr.cfg.seed + tr.rank); torch.manual_seed(tr.cfg.seed + tr.rank)
+    if tr.is_main and tr.out_dir:
+        tr.out_dir.mkdir(parents=True, exist_ok=True)
+        if tr.run_config is not None: atomic_write(tr.out_dir / "config.json", json.dumps(tr.run_config, indent=2))
+    if tr.world > 1: dist.barrier()
+    tr.stop_reason, tr.stop_signal = None, 0
+    tr.model.train()
+    tr.active_callbacks = tr.default_callbacks() + tr.callbacks
+    return tr.active_callbacks

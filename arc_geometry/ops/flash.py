@@ -151,7 +151,7 @@ def _scores(ql, kl, kx, qh, kh, a, bb, c, coef, LIN: tl.constexpr, POWER: tl.con
         s += _hyp_score(r, c.to(ACC), coef.to(ACC), POWER)
     return s, r, pos
 
-# %% ../../nbs/16_flash.ipynb #78a175d8
+# %% ../../nbs/16_flash.ipynb #68992db8
 @triton.jit
 def _allowed(offs_m, offs_n, Sq, Sk, kp_ok, causal, window, SEG, b, has_seg):
     """The allowed pairs of a tile (ends aligned, `i' = i + Sk − Sq`): keys in range and not padded (`kp_ok`), `j ≤ i'`
@@ -176,6 +176,7 @@ def _key_ok(KPM, b, offs_n, Sk, has_kpm):
         ok = ok & (load_vec(KPM + b * Sk, offs_n, Sk, 0) != 0)
     return ok
 
+# %% ../../nbs/16_flash.ipynb #8d2bc342
 @triton.jit
 def _key_range(m0, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, Sq, Sk, causal, window, SPS, SPE, b, has_seg):
     """Key-block bounds `(lo, ulo, uhi, hi)` for the queries `m0 … m0+BLOCK_M−1`: blocks in `[ulo, uhi)` are whole and
@@ -566,7 +567,7 @@ def _rows(x: Tensor) -> Tensor:
     "`x` itself when its last dimension is unit-stride (the kernels take the other strides), else a contiguous copy."
     return x if x.stride(-1) == 1 else x.contiguous()
 
-# %% ../../nbs/16_flash.ipynb #d1e27e69
+# %% ../../nbs/16_flash.ipynb #d056a25b
 def _segment_args(seg: Optional[Tensor], B: int, Sk: int, device) -> tuple[Tensor, Tensor, Tensor]:
     """`(ids, starts, ends)`, each `(B, Sk)` int32, of the documents `seg (B, Sk)` for the kernels: a key's document is the
     keys `starts…ends−1` (the whole row when a document is split in several runs); three 1-element dummies when None."""
@@ -576,6 +577,7 @@ def _segment_args(seg: Optional[Tensor], B: int, Sk: int, device) -> tuple[Tenso
     if spans is None: spans = (torch.zeros_like(seg), torch.full_like(seg, Sk))
     return seg.to(torch.int32).contiguous(), spans[0].to(torch.int32).contiguous(), spans[1].to(torch.int32).contiguous()
 
+# %% ../../nbs/16_flash.ipynb #8216b614
 class FlashScoreAttention(torch.autograd.Function):
     """Fused attention with scores `s_ij = [ql_i·kl_j + kx_j] + [−coef_h·d_c(qh_i, kh_j)^POWER]` (see `flash_attention`)."""
 
@@ -620,34 +622,39 @@ class FlashScoreAttention(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, do):
-        ql, kl, kx, qh, kh, qn, kn, v, kpm_t, sg, sps, spe, c, coef, o, m, ll = ctx.saved_tensors
-        dims, masks, base, lin, power, blocks = ctx.cfg
-        H, Sq, Sk = dims[:3]
-        B, dt = v.shape[0], v.dtype
-        acc = acc_dtype(dt)
-        ht = torch.float64 if base["HT"] == tl.float64 else torch.float32
-        do = _rows(do.to(dt))
-        delta = (do.to(acc) * o.to(acc)).sum(-1)               # δ = rowsum(dO ∘ O), once, before both kernels
-        dv = torch.empty(v.shape, dtype=acc, device=v.device)
-        dql, dkl = (torch.empty(x.shape, dtype=acc, device=v.device) for x in (ql, kl))
-        dkx = torch.empty_like(kx)
-        dqh, dkh = (torch.empty(x.shape, dtype=ht, device=v.device) for x in (qh, kh))
-        cq = _launch("bwd_q", power, dt, base["BD"], v.device, blocks)
-        ck = _launch("bwd_kv", power, dt, base["BD"], v.device, blocks)
-        nk = triton.cdiv(Sk, ck["BLOCK_N"])
-        dc = torch.zeros(B * H, nk, dtype=ht, device=v.device)
-        dcoef = torch.zeros_like(dc)
-        common = (ql, kl, kx, qh, kh, qn, kn, v, kpm_t, sg, sps, spe, c, coef, do, m, ll, delta)
-        strides = (*v.stride()[:3], *do.stride()[:3])
-        flash_bwd_q_kernel[(triton.cdiv(Sq, cq["BLOCK_M"]), B * H)](*common, dql, dqh, *strides, *dims, *masks, **base, **cq)
-        flash_bwd_kv_kernel[(nk, B * H)](*common, dkl, dkx, dkh, dv, dc, dcoef, *strides, *dims, *masks, **base, **ck)
-        n, t = ctx.needs_input_grad, ctx.in_dtypes
-        g = lambda x, need, i: x.to(t[i]) if need else None
-        dc = dc.view(B, H, nk).sum((0, 2)) if power else None
-        dcoef = dcoef.view(B, H, nk).sum((0, 2)) if power else None
-        return (g(dql, lin and n[0], 0), g(dkl, lin and n[1], 1), g(dkx, lin and n[2], 2),
-                g(dqh, power and n[3], 3), g(dkh, power and n[4], 4), dv.to(dt),
-                g(dc, power and n[6], 5), g(dcoef, power and n[7], 6), None, None, None, None, None, None)
+        return _flash_backward(ctx, do)
+
+# %% ../../nbs/16_flash.ipynb #e5e9eb5b
+def _flash_backward(ctx, do):
+    "`FlashScoreAttention`'s backward: the kernels' `dq` and `dk, dv` passes, then the geometry parameters' gradients."
+    ql, kl, kx, qh, kh, qn, kn, v, kpm_t, sg, sps, spe, c, coef, o, m, ll = ctx.saved_tensors
+    dims, masks, base, lin, power, blocks = ctx.cfg
+    H, Sq, Sk = dims[:3]
+    B, dt = v.shape[0], v.dtype
+    acc = acc_dtype(dt)
+    ht = torch.float64 if base["HT"] == tl.float64 else torch.float32
+    do = _rows(do.to(dt))
+    delta = (do.to(acc) * o.to(acc)).sum(-1)               # δ = rowsum(dO ∘ O), once, before both kernels
+    dv = torch.empty(v.shape, dtype=acc, device=v.device)
+    dql, dkl = (torch.empty(x.shape, dtype=acc, device=v.device) for x in (ql, kl))
+    dkx = torch.empty_like(kx)
+    dqh, dkh = (torch.empty(x.shape, dtype=ht, device=v.device) for x in (qh, kh))
+    cq = _launch("bwd_q", power, dt, base["BD"], v.device, blocks)
+    ck = _launch("bwd_kv", power, dt, base["BD"], v.device, blocks)
+    nk = triton.cdiv(Sk, ck["BLOCK_N"])
+    dc = torch.zeros(B * H, nk, dtype=ht, device=v.device)
+    dcoef = torch.zeros_like(dc)
+    common = (ql, kl, kx, qh, kh, qn, kn, v, kpm_t, sg, sps, spe, c, coef, do, m, ll, delta)
+    strides = (*v.stride()[:3], *do.stride()[:3])
+    flash_bwd_q_kernel[(triton.cdiv(Sq, cq["BLOCK_M"]), B * H)](*common, dql, dqh, *strides, *dims, *masks, **base, **cq)
+    flash_bwd_kv_kernel[(nk, B * H)](*common, dkl, dkx, dkh, dv, dc, dcoef, *strides, *dims, *masks, **base, **ck)
+    n, t = ctx.needs_input_grad, ctx.in_dtypes
+    g = lambda x, need, i: x.to(t[i]) if need else None
+    dc = dc.view(B, H, nk).sum((0, 2)) if power else None
+    dcoef = dcoef.view(B, H, nk).sum((0, 2)) if power else None
+    return (g(dql, lin and n[0], 0), g(dkl, lin and n[1], 1), g(dkx, lin and n[2], 2),
+            g(dqh, power and n[3], 3), g(dkh, power and n[4], 4), dv.to(dt),
+            g(dc, power and n[6], 5), g(dcoef, power and n[7], 6), None, None, None, None, None, None)
 
 # %% ../../nbs/16_flash.ipynb #6fc27b69
 def _poison(x: Tensor, dim: int, keep: Optional[Tensor] = None) -> Tensor:

@@ -197,64 +197,69 @@ class _HyperbolicCPU(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, do):
-        x, y, qe, ke, v, c, alpha, lse = ctx.saved_tensors
-        scale, power, causal, kpm, mk, blocks, exact = ctx.args
-        fe = _Features(x, y, qe, ke, c, alpha, scale, power, bounds=any(exact) and power == 1, v=v,
-                       do=do.contiguous(), lse=lse)
-        BH, Sq, _ = x.shape
-        Sk, dt = y.shape[1], v.dtype
-        ops = lambda exact: fe.ops(exact, dt)
-        acc = {}                                                                  # gradients per tile dtype
-        def grads(d):
-            if d not in acc:
-                o = ops(d == torch.float64)
-                acc[d] = [torch.zeros(t.shape, dtype=d) if t is not None else None for t in (o["q"], o["k"], o["qe"], o["ke"], v)]
-                acc[d].append(torch.zeros(BH, 1, 1, dtype=d))
-            return acc[d]
-        tiles = Tiles(4, max(BH * (i1 - i0) * (k1 - k0) for i0, i1, k0, k1 in blocks) or 1)
-        for (i0, i1, k0, k1), ex in zip(blocks, exact):
-            if k1 == k0: continue
-            ks, nk = slice(k0, k1), k1 - k0
-            X, tdt = ops(ex), (torch.float64 if ex else dt)
-            dQ, dK, dQe, dKe, dv, dkap = grads(tdt)
-            R, u, p, dp = tiles(tdt, BH, i1 - i0, nk)
-            qb, kb = X["q"][:, i0:i1], X["k"][:, ks]
-            torch.bmm(qb, kb.transpose(1, 2), out=R)
-            zero = (R <= fe.nu[:, i0:i1, None]) if ex and power == 1 else None   # R within rounding of 0: d = 0
-            f = _f_(R.clamp_min_(_TINY), u)
-            if power == 1: torch.mul(f, X["kap"], out=p)
-            else: torch.mul(f, f, out=p).mul_(X["kap"]).baddbmm_(X["qe"][:, i0:i1], X["ke"][:, ks].transpose(1, 2))
-            p = mask_block_(p.sub_(X["lse"][:, i0:i1, None]), i0, i1, Sq, Sk, causal, kpm, -math.inf, k0=k0, **mk).exp_()   # P
-            p.div_(p.sum(-1, keepdim=True).clamp_min_(1e-30))   # rows sum to 1 (the forward's s had other roundings)
-            dob = X["do"][:, i0:i1]
-            _add_bmm_(dv[:, ks], p.transpose(1, 2), dob)
-            ds = torch.bmm(dob, X["v"][:, ks].transpose(1, 2), out=dp)
-            # dS = P∘(dP − δ) with δ = Σ_j P∘dP from this very P (each block holds whole rows): then Σ_j dS = 0 to
-            # rounding, where FlashAttention's δ = dO·O would leave an error ∝ |s|·ε that large scores amplify
-            ds.mul_(p).addcmul_(p, ds.sum(-1, keepdim=True), value=-1)
-            if power == 2:                                                         # the Euclidean logit: ∂L/∂E = dS
-                dQe[:, i0:i1] = torch.bmm(ds, X["ke"][:, ks])
-                _add_bmm_(dKe[:, ks], ds.transpose(1, 2), X["qe"][:, i0:i1])
-                ds.mul_(f)                                                         # dS·f: ∂(f²)/∂R = 2f·f'
-            dkap.baddbmm_(ds.view(BH, 1, -1), f.view(BH, -1, 1))                  # Σ dS·f^power
-            g = ds.div_(u)                                                         # ∂L/∂R ÷ (κ·power/√2)
-            if zero is not None: g.masked_fill_(zero, 0)
-            dQ[:, i0:i1] = torch.bmm(g, kb)
-            _add_bmm_(dK[:, ks], g.transpose(1, 2), qb)
-        first = next(iter(acc.values()), None)
-        if first is None: return (torch.zeros_like(x), torch.zeros_like(y), *[None if t is None else torch.zeros_like(t) for t in (qe, ke)],
-                                  torch.zeros_like(v), torch.zeros_like(c), None if alpha is None else torch.zeros_like(alpha), *[None] * 8)
-        tot = lambda i, sl: None if first[i] is None else sum(a[i][sl].double() for a in acc.values())
-        cR = fe.kappa * (power / math.sqrt(2))                                      # ∂s/∂R = κ·power·f^(power−1)/(√2 u)
-        grads = [torch.empty_like(t) if t is not None else None for t in (x, y, qe, ke, c, alpha)]
-        step = max(1, 2 ** 20 // (max(Sq, Sk) * x.shape[-1]))                    # heads per chunk of the chain rule
-        for h0 in range(0, BH, step):
-            sl = slice(h0, h0 + step)
-            got = fe.chain(sl, tot(0, sl) * cR[sl], tot(1, sl) * cR[sl], tot(2, sl), tot(3, sl), tot(5, sl).view(-1))
-            for g, r in zip(grads, got):
-                if g is not None: g[sl] = r
-        dx, dy, dqe, dke, dc, dal = grads
-        return dx, dy, dqe, dke, tot(4, slice(None)).to(v.dtype), dc, dal, *[None] * 8
+        return _hyperbolic_backward(ctx, do)
+
+# %% ../../nbs/13_hyperbolic_fast.ipynb #e79b125a
+def _hyperbolic_backward(ctx, do):
+    "`_HyperbolicCPU`'s backward: the score tiles recomputed block by block from the saved features and log-sum-exp."
+    x, y, qe, ke, v, c, alpha, lse = ctx.saved_tensors
+    scale, power, causal, kpm, mk, blocks, exact = ctx.args
+    fe = _Features(x, y, qe, ke, c, alpha, scale, power, bounds=any(exact) and power == 1, v=v,
+                   do=do.contiguous(), lse=lse)
+    BH, Sq, _ = x.shape
+    Sk, dt = y.shape[1], v.dtype
+    ops = lambda exact: fe.ops(exact, dt)
+    acc = {}                                                                  # gradients per tile dtype
+    def grads(d):
+        if d not in acc:
+            o = ops(d == torch.float64)
+            acc[d] = [torch.zeros(t.shape, dtype=d) if t is not None else None for t in (o["q"], o["k"], o["qe"], o["ke"], v)]
+            acc[d].append(torch.zeros(BH, 1, 1, dtype=d))
+        return acc[d]
+    tiles = Tiles(4, max(BH * (i1 - i0) * (k1 - k0) for i0, i1, k0, k1 in blocks) or 1)
+    for (i0, i1, k0, k1), ex in zip(blocks, exact):
+        if k1 == k0: continue
+        ks, nk = slice(k0, k1), k1 - k0
+        X, tdt = ops(ex), (torch.float64 if ex else dt)
+        dQ, dK, dQe, dKe, dv, dkap = grads(tdt)
+        R, u, p, dp = tiles(tdt, BH, i1 - i0, nk)
+        qb, kb = X["q"][:, i0:i1], X["k"][:, ks]
+        torch.bmm(qb, kb.transpose(1, 2), out=R)
+        zero = (R <= fe.nu[:, i0:i1, None]) if ex and power == 1 else None   # R within rounding of 0: d = 0
+        f = _f_(R.clamp_min_(_TINY), u)
+        if power == 1: torch.mul(f, X["kap"], out=p)
+        else: torch.mul(f, f, out=p).mul_(X["kap"]).baddbmm_(X["qe"][:, i0:i1], X["ke"][:, ks].transpose(1, 2))
+        p = mask_block_(p.sub_(X["lse"][:, i0:i1, None]), i0, i1, Sq, Sk, causal, kpm, -math.inf, k0=k0, **mk).exp_()   # P
+        p.div_(p.sum(-1, keepdim=True).clamp_min_(1e-30))   # rows sum to 1 (the forward's s had other roundings)
+        dob = X["do"][:, i0:i1]
+        _add_bmm_(dv[:, ks], p.transpose(1, 2), dob)
+        ds = torch.bmm(dob, X["v"][:, ks].transpose(1, 2), out=dp)
+        # dS = P∘(dP − δ) with δ = Σ_j P∘dP from this very P (each block holds whole rows): then Σ_j dS = 0 to
+        # rounding, where FlashAttention's δ = dO·O would leave an error ∝ |s|·ε that large scores amplify
+        ds.mul_(p).addcmul_(p, ds.sum(-1, keepdim=True), value=-1)
+        if power == 2:                                                         # the Euclidean logit: ∂L/∂E = dS
+            dQe[:, i0:i1] = torch.bmm(ds, X["ke"][:, ks])
+            _add_bmm_(dKe[:, ks], ds.transpose(1, 2), X["qe"][:, i0:i1])
+            ds.mul_(f)                                                         # dS·f: ∂(f²)/∂R = 2f·f'
+        dkap.baddbmm_(ds.view(BH, 1, -1), f.view(BH, -1, 1))                  # Σ dS·f^power
+        g = ds.div_(u)                                                         # ∂L/∂R ÷ (κ·power/√2)
+        if zero is not None: g.masked_fill_(zero, 0)
+        dQ[:, i0:i1] = torch.bmm(g, kb)
+        _add_bmm_(dK[:, ks], g.transpose(1, 2), qb)
+    first = next(iter(acc.values()), None)
+    if first is None: return (torch.zeros_like(x), torch.zeros_like(y), *[None if t is None else torch.zeros_like(t) for t in (qe, ke)],
+                              torch.zeros_like(v), torch.zeros_like(c), None if alpha is None else torch.zeros_like(alpha), *[None] * 8)
+    tot = lambda i, sl: None if first[i] is None else sum(a[i][sl].double() for a in acc.values())
+    cR = fe.kappa * (power / math.sqrt(2))                                      # ∂s/∂R = κ·power·f^(power−1)/(√2 u)
+    grads = [torch.empty_like(t) if t is not None else None for t in (x, y, qe, ke, c, alpha)]
+    step = max(1, 2 ** 20 // (max(Sq, Sk) * x.shape[-1]))                    # heads per chunk of the chain rule
+    for h0 in range(0, BH, step):
+        sl = slice(h0, h0 + step)
+        got = fe.chain(sl, tot(0, sl) * cR[sl], tot(1, sl) * cR[sl], tot(2, sl), tot(3, sl), tot(5, sl).view(-1))
+        for g, r in zip(grads, got):
+            if g is not None: g[sl] = r
+    dx, dy, dqe, dke, dc, dal = grads
+    return dx, dy, dqe, dke, tot(4, slice(None)).to(v.dtype), dc, dal, *[None] * 8
 
 # %% ../../nbs/13_hyperbolic_fast.ipynb #3b34b367
 def _heads(x: Tensor) -> Tensor:

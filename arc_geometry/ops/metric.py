@@ -34,7 +34,7 @@ def metric_augment(q: Tensor, k: Tensor, A: Tensor, lam: Tensor, scale: float) -
     ka = torch.cat([kw, kGk[..., None]], -1)
     return qa, ka
 
-# %% ../../nbs/11_metric_fast.ipynb #76c4a0a3
+# %% ../../nbs/11_metric_fast.ipynb #097998bb
 def _block_mask(blk: tuple[int, int, int, int], Sq: int, Sk: int, causal: bool, kpm: Optional[Tensor],
                 window: Optional[int], seg: Optional[Tensor], dtype: torch.dtype, device,
                 cache: dict) -> tuple[Optional[Tensor], Optional[Tensor]]:
@@ -61,6 +61,7 @@ def _sdpa_block(q: Tensor, k: Tensor, v: Tensor, mask: tuple[Optional[Tensor], O
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=m, scale=scale)
     return out if has is None else out * has
 
+# %% ../../nbs/11_metric_fast.ipynb #28c94b09
 _CPU_FLASH = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
 _CPU_FLASH_BWD = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
 

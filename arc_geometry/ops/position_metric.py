@@ -104,48 +104,53 @@ class _PosMetricCPU(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, do):
-        q, k, v, u, w, a, ap, lam, out, lse = ctx.saved_tensors
-        causal, kpm, blocks, numel, fused, window, seg = ctx.args
-        B, H, Sq, _ = q.shape
-        Sk = k.shape[2]
-        do = do.to(out.dtype)
-        delta = (do * out).sum(-1)
-        dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
-        du, dw, da, dap = (torch.zeros_like(x) for x in (u, w, a, ap))
-        dlam = torch.zeros_like(lam)
-        l2 = 2 * lam[None, :, None, None]
-        u2, w2 = 2 * u, 2 * w
-        tiles = None if fused else partial(Tiles(4, numel, q.device), q.dtype)
-        for i0, i1, k0, k1 in blocks:
-            ks = slice(k0, k1)
-            qb, kb, ab, apb = q[:, :, i0:i1], k[:, :, ks], a[..., i0:i1], ap[..., ks]
-            ub, wb = u2[..., i0:i1], w2[..., ks]
-            t, e, ge, h = tiles(B, H, i1 - i0, k1 - k0) if tiles else (None,) * 4
-            f, d2 = _block_f(qb, kb, ub, wb, ab, apb, lam, None if fused else (t, e))
-            p = torch.exp_(f.neg_().sub_(lse[:, :, i0:i1, None]))
-            mask_block_(p, i0, i1, Sq, Sk, causal, kpm, 0.0, k0=k0, window=window, segment_ids=seg)
-            dob = do[:, :, i0:i1]
-            dv[:, :, ks] += p.transpose(-1, -2) @ dob
-            g = (dob @ v[:, :, ks].transpose(-1, -2)).sub_(delta[:, :, i0:i1, None]).mul_(p).neg_()   # g = −dS = ∂L/∂f
-            dlam += (g * d2).sum((0, 2, 3))
-            dq[:, :, i0:i1] = l2 * (g.sum(-1, keepdim=True) * qb - g @ kb)
-            dk[:, :, ks] += l2 * (g.sum(-2)[..., None] * kb - g.transpose(-1, -2) @ qb)
-            if fused:
-                gu, gw, ga, gap = _fused()[1](ub, wb, ab, apb, g)
-                du[..., i0:i1], dw[..., ks], da[..., i0:i1], dap[..., ks] = gu, dw[..., ks] + gw, ga, dap[..., ks] + gap
-                continue
-            for r in range(u.shape[2]):
-                # with s = tanh/2 = σ(2(u+w)) − ½: g·e·t² = 4·g·e·s², g·e²·t(1−t²) = 2e·(h − 4h·s²), h = g·e·s
-                torch.sigmoid_(torch.add(ub[:, :, r, :, None], wb[:, :, r, None, :], out=t)).sub_(0.5)   # s
-                torch.sub(ab[:, :, r, :, None], apb[:, :, r, None, :], out=e)    # e = a − a'
-                torch.mul(e, g, out=ge).mul_(t)                                  # h = g·e·s
-                torch.mul(ge, t, out=h)                                          # x = g·e·s²  → da, da'
-                da[:, :, r, i0:i1] = 8 * h.sum(-1)
-                dap[:, :, r, ks] -= 8 * h.sum(-2)
-                torch.addcmul(ge, h, t, value=-4, out=h).mul_(e)                 # e·(h − 4x·s)  → du, dw
-                du[:, :, r, i0:i1] = 4 * h.sum(-1)
-                dw[:, :, r, ks] += 4 * h.sum(-2)
-        return dq, dk, dv, du, dw, da, dap, dlam, None, None, None, None, None, None
+        return _pos_metric_backward(ctx, do)
+
+# %% ../../nbs/14_position_metric.ipynb #bdd3bca1
+def _pos_metric_backward(ctx, do):
+    "`_PosMetricCPU`'s backward: each query block's scores and gates recomputed, the features' gradients accumulated."
+    q, k, v, u, w, a, ap, lam, out, lse = ctx.saved_tensors
+    causal, kpm, blocks, numel, fused, window, seg = ctx.args
+    B, H, Sq, _ = q.shape
+    Sk = k.shape[2]
+    do = do.to(out.dtype)
+    delta = (do * out).sum(-1)
+    dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+    du, dw, da, dap = (torch.zeros_like(x) for x in (u, w, a, ap))
+    dlam = torch.zeros_like(lam)
+    l2 = 2 * lam[None, :, None, None]
+    u2, w2 = 2 * u, 2 * w
+    tiles = None if fused else partial(Tiles(4, numel, q.device), q.dtype)
+    for i0, i1, k0, k1 in blocks:
+        ks = slice(k0, k1)
+        qb, kb, ab, apb = q[:, :, i0:i1], k[:, :, ks], a[..., i0:i1], ap[..., ks]
+        ub, wb = u2[..., i0:i1], w2[..., ks]
+        t, e, ge, h = tiles(B, H, i1 - i0, k1 - k0) if tiles else (None,) * 4
+        f, d2 = _block_f(qb, kb, ub, wb, ab, apb, lam, None if fused else (t, e))
+        p = torch.exp_(f.neg_().sub_(lse[:, :, i0:i1, None]))
+        mask_block_(p, i0, i1, Sq, Sk, causal, kpm, 0.0, k0=k0, window=window, segment_ids=seg)
+        dob = do[:, :, i0:i1]
+        dv[:, :, ks] += p.transpose(-1, -2) @ dob
+        g = (dob @ v[:, :, ks].transpose(-1, -2)).sub_(delta[:, :, i0:i1, None]).mul_(p).neg_()   # g = −dS = ∂L/∂f
+        dlam += (g * d2).sum((0, 2, 3))
+        dq[:, :, i0:i1] = l2 * (g.sum(-1, keepdim=True) * qb - g @ kb)
+        dk[:, :, ks] += l2 * (g.sum(-2)[..., None] * kb - g.transpose(-1, -2) @ qb)
+        if fused:
+            gu, gw, ga, gap = _fused()[1](ub, wb, ab, apb, g)
+            du[..., i0:i1], dw[..., ks], da[..., i0:i1], dap[..., ks] = gu, dw[..., ks] + gw, ga, dap[..., ks] + gap
+            continue
+        for r in range(u.shape[2]):
+            # with s = tanh/2 = σ(2(u+w)) − ½: g·e·t² = 4·g·e·s², g·e²·t(1−t²) = 2e·(h − 4h·s²), h = g·e·s
+            torch.sigmoid_(torch.add(ub[:, :, r, :, None], wb[:, :, r, None, :], out=t)).sub_(0.5)   # s
+            torch.sub(ab[:, :, r, :, None], apb[:, :, r, None, :], out=e)    # e = a − a'
+            torch.mul(e, g, out=ge).mul_(t)                                  # h = g·e·s
+            torch.mul(ge, t, out=h)                                          # x = g·e·s²  → da, da'
+            da[:, :, r, i0:i1] = 8 * h.sum(-1)
+            dap[:, :, r, ks] -= 8 * h.sum(-2)
+            torch.addcmul(ge, h, t, value=-4, out=h).mul_(e)                 # e·(h − 4x·s)  → du, dw
+            du[:, :, r, i0:i1] = 4 * h.sum(-1)
+            dw[:, :, r, ks] += 4 * h.sum(-2)
+    return dq, dk, dv, du, dw, da, dap, dlam, None, None, None, None, None, None
 
 # %% ../../nbs/14_position_metric.ipynb #f57f08e7
 def block_size(B: int, H: int, Sk: int, budget: int = 2 ** 20) -> int:
