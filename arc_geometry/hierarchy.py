@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-from .tasks import answer_loss, split_batch, split_sequences
+from .tasks import AnswerTask, split_sequences
 
 # %% auto #0
 __all__ = ['STDLIB_EXCLUDE', 'Tree', 'random_tree', 'stdlib_tree', 'PairTask', 'Ancestry', 'LcaDepth', 'InContextHops']
@@ -83,7 +83,7 @@ def stdlib_tree(exclude: Sequence[str] = STDLIB_EXCLUDE) -> Tree:
     return Tree(parent, names)
 
 # %% ../nbs/45_hierarchy.ipynb #0128c04c
-class PairTask:
+class PairTask(AnswerTask):
     "Sequences `[x, op, y, =, answer]` over pairs of a tree's nodes; the answers are tokens after the node tokens."
     answers: tuple[str, ...] = ()
     op_name = "?"
@@ -95,14 +95,6 @@ class PairTask:
 
     @property
     def vocab_size(self) -> int: return self.tree.n + 2 + len(self.answers)
-    @property
-    def seq_len(self) -> int: return 4
-    def split_batch(self, seqs: Tensor) -> tuple[Tensor, Tensor]:
-        "`(B, 5)` sequences → model input `(B, 4)` and answers `(B,)`."
-        return split_batch(seqs)
-    def loss(self, logits: Tensor, answers: Tensor) -> tuple[Tensor, Tensor]:
-        "Answer cross-entropy of `logits (B, 4, V)` and the number of correct answers."
-        return answer_loss(logits, answers)
     def decode(self, seq) -> str:
         x, _, y, _, a = (int(t) for t in seq)
         return f"{self.tree.names[x]} {self.op_name} {self.tree.names[y]} = {self.answers[a - self.answer_offset]}"
@@ -151,7 +143,7 @@ class LcaDepth(PairTask):
 
 # %% ../nbs/45_hierarchy.ipynb #13926cf2
 @dataclass
-class InContextHops:
+class InContextHops(AnswerTask):
     "Sequences `[PAD…, c₁, p₁, …, c_m, p_m, ?, x, hop_k, =, a]` over fresh random trees; answer: `x`'s ancestor `k` hops up."
     nodes: int = 8
     max_hops: int = 2
@@ -193,14 +185,6 @@ class InContextHops:
 
     @property
     def vocab_size(self) -> int: return self.labels + 3 + self.max_hops + 2
-    @property
-    def seq_len(self) -> int: return 2 * (self.pad_nodes - 1) + 4
-    def split_batch(self, seqs: Tensor) -> tuple[Tensor, Tensor]:
-        "`(B, S)` sequences → model input `(B, S−1)` and answers `(B,)`."
-        return split_batch(seqs)
-    def loss(self, logits: Tensor, answers: Tensor) -> tuple[Tensor, Tensor]:
-        "Answer cross-entropy of `logits (B, S−1, V)` and the number of correct answers."
-        return answer_loss(logits, answers)
     def decode(self, seq) -> str:
         s = [int(t) for t in seq if int(t) != self.pad_token]
         edges = " ".join(f"{c}→{p}" for c, p in zip(s[:-5:2], s[1:-5:2]))

@@ -27,7 +27,7 @@ from .models import GeoConfig, GeoLM
 from .files import atomic_write
 from .grid import enqueue, export_results, grid_name, masked, open_grid, run_grid
 from .runs import ResultsCSV, check_run_dir, suite_config, suite_parser
-from .tasks import ModularArithmetic, answer_loss, is_prime, split_batch
+from .tasks import AnswerTask, ModularArithmetic, is_prime, split_sequences
 from .train import Callback, NonFiniteLossError, TrainConfig, Trainer
 
 # %% auto #0
@@ -36,39 +36,23 @@ __all__ = ['TASKS', 'KEY', 'COLUMNS', 'DEFAULTS', 'PER_TRIAL', 'SUMMARY_MEANS', 
            'check_study_config', 'study_jobs', 'study_main', 'read_results', 'summarize']
 
 # %% ../nbs/43_study.ipynb #455d3063
-class TableTask:
+class TableTask(AnswerTask):
     "All sequences `[x, op, y, =, table[x, y]]` of an `(n, n)` table of element indices, split into train/validation."
     train_frac: float
     split_seed: int
 
     def _build(self, table: Tensor, keep: Optional[Tensor] = None) -> None:
         "Sequences of the table `(n, n)` (long, values in `[0, n)`) over the pairs where `keep (n, n)` is True."
-        if not 0 < self.train_frac < 1: raise ValueError(f"train_frac must be in (0, 1), got {self.train_frac!r}")
         n = table.shape[0]
         self.n_elements, self.op_token, self.eq_token = n, n, n + 1
         x, y = torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij")
         mask = torch.ones(n, n, dtype=torch.bool) if keep is None else keep
         x, y, r = x[mask], y[mask], table[mask]
         seqs = torch.stack([x, torch.full_like(x, n), y, torch.full_like(x, n + 1), r], 1)      # (N, 5)
-        perm = torch.randperm(len(seqs), generator=torch.Generator().manual_seed(self.split_seed))
-        k = round(self.train_frac * len(seqs))
-        if not 0 < k < len(seqs):
-            raise ValueError(f"train_frac={self.train_frac} leaves the {'training' if k == 0 else 'validation'} split empty: "
-                             f"{k} of the {len(seqs)} pairs for training, {len(seqs) - k} for validation")
-        self.train, self.val = seqs[perm[:k]], seqs[perm[k:]]
+        self.train, self.val = split_sequences(seqs, self.train_frac, self.split_seed, "pairs")
 
     @property
     def vocab_size(self) -> int: return self.n_elements + 2
-    @property
-    def seq_len(self) -> int:
-        "Length of the model's input (the sequence without its answer)."
-        return self.train.shape[1] - 1
-    def split_batch(self, seqs: Tensor) -> tuple[Tensor, Tensor]:
-        "`(B, 5)` sequences → model input `(B, 4)` and answers `(B,)`."
-        return split_batch(seqs)
-    def loss(self, logits: Tensor, answers: Tensor) -> tuple[Tensor, Tensor]:
-        "Answer cross-entropy of `logits (B, 4, V)` and the number of correct answers."
-        return answer_loss(logits, answers)
 
 @dataclass
 class QuadraticForm(TableTask):

@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 # %% auto #0
-__all__ = ['OPS', 'is_prime', 'parse_op', 'apply_op', 'split_sequences', 'ModularArithmetic', 'split_batch', 'answer_loss']
+__all__ = ['OPS', 'is_prime', 'parse_op', 'apply_op', 'split_sequences', 'AnswerTask', 'ModularArithmetic', 'split_batch',
+           'answer_loss']
 
 # %% ../nbs/30_tasks.ipynb #bfb75fd2
 OPS = ("+", "-", "*", "/")
@@ -54,9 +55,25 @@ def split_sequences(seqs: Tensor, train_frac: float, split_seed: int, what: str 
                          f"{k} of the {len(seqs)} {what} for training, {len(seqs) - k} for validation")
     return seqs[perm[:k]], seqs[perm[k:]]
 
+# %% ../nbs/30_tasks.ipynb #f339513e
+class AnswerTask:
+    """The trainer's task protocol for sequences whose last token is the answer (every task of the library):
+    the model reads all but the last token (`seq_len`), `split_batch` and `loss` score that answer."""
+    train: Tensor
+    @property
+    def seq_len(self) -> int:
+        "Length of the model's input (the sequence without its answer)."
+        return self.train.shape[1] - 1
+    def split_batch(self, seqs: Tensor) -> tuple[Tensor, Tensor]:
+        "`(B, S)` sequences → model input `(B, S−1)` and answers `(B,)`."
+        return split_batch(seqs)
+    def loss(self, logits: Tensor, answers: Tensor) -> tuple[Tensor, Tensor]:
+        "Answer cross-entropy (float32 scalar) of `logits (B, S−1, V)` and the number of correct answers."
+        return answer_loss(logits, answers)
+
 # %% ../nbs/30_tasks.ipynb #8c3a4aa3
 @dataclass
-class ModularArithmetic:
+class ModularArithmetic(AnswerTask):
     "All sequences `[a, op, b, (op2, c,) =, r]` for residues mod prime `p`, split into train/validation."
     p: int = 97
     op: str = "+"
@@ -83,23 +100,10 @@ class ModularArithmetic:
 
     @property
     def vocab_size(self) -> int: return self.p + len(OPS) + 1
-    @property
-    def seq_len(self) -> int:
-        "Length of the model's input (the sequence without its answer)."
-        return self.train.shape[1] - 1
-
     def decode(self, seq) -> str:
         "`[3, 97, 5, 101, 8]` → `'3 + 5 = 8'`."
         names = {v: k for k, v in self.op_token.items()} | {self.eq_token: "="}
         return " ".join(names.get(int(t), str(int(t))) for t in seq)
-
-    # the trainer's task protocol (the functions are defined below)
-    def split_batch(self, seqs: Tensor) -> tuple[Tensor, Tensor]:
-        "`(B, S)` sequences → model input `(B, S−1)` and answers `(B,)`."
-        return split_batch(seqs)
-    def loss(self, logits: Tensor, answers: Tensor) -> tuple[Tensor, Tensor]:
-        "Answer cross-entropy (float32 scalar) of `logits (B, S−1, V)` and the number of correct answers."
-        return answer_loss(logits, answers)
 
 # %% ../nbs/30_tasks.ipynb #ff865102
 def split_batch(seqs: Tensor) -> tuple[Tensor, Tensor]:
