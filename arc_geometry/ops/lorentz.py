@@ -88,6 +88,12 @@ def _map_terms(q: Tensor, k: Tensor, c: Tensor, max_radius: float) -> tuple[Tens
     n2 = torch.cat([torch.linalg.vector_norm(x, dim=-1, keepdim=True).square() for x in (q, k)], 2)
     return (n2, *_row_terms(n2, c, max_radius))
 
+def _map_both(q: Tensor, k: Tensor, c: Tensor, scale: float, max_radius: float) -> tuple[Tensor, Tensor, tuple[Tensor, ...]]:
+    "`(q', k', terms)`: both sides of the map (inputs in the accumulation dtype) and the row terms their backward needs."
+    Sq, terms = q.shape[2], _map_terms(q, k, c, max_radius)
+    (sq, sk), (_, m, f, *_) = _sides(scale), terms
+    return _map_side(q, c, m[:, :, :Sq], f[:, :, :Sq], sq), _map_side(k, c, m[:, :, Sq:], f[:, :, Sq:], sk), terms
+
 def _map_side(x: Tensor, c: Tensor, m: Tensor, f: Tensor, side: tuple[float, float, float]) -> Tensor:
     "`(B, H, S, D+1)`: `x (B, H, S, D)` through one side of the map, its row scalars `m, f` given."
     a0, a1, p = side
@@ -124,13 +130,11 @@ class _LorentzMap(torch.autograd.Function):
     "`(q, k, c) ↦ (q', k')` with its backward written out: the row scalars kept, two passes per element and side."
     @staticmethod
     def forward(ctx: Any, q: Tensor, k: Tensor, c: Tensor, scale: float, max_radius: float) -> tuple[Tensor, Tensor]:
-        dt, Sq = acc_dtype(q.dtype), q.shape[2]
-        qd, kd, cd = q.to(dt), k.to(dt), c.to(dt)
-        terms = _map_terms(qd, kd, cd, max_radius)
+        dt = acc_dtype(q.dtype)
+        qa, ka, terms = _map_both(q.to(dt), k.to(dt), c.to(dt), scale, max_radius)
         ctx.save_for_backward(q, k, c, *terms)
         ctx.args = (scale, max_radius)
-        (sq, sk), (_, m, f, *_) = _sides(scale), terms
-        return _map_side(qd, cd, m[:, :, :Sq], f[:, :, :Sq], sq), _map_side(kd, cd, m[:, :, Sq:], f[:, :, Sq:], sk)
+        return qa, ka
 
     @staticmethod
     def backward(ctx: Any, gq: Tensor, gk: Tensor) -> tuple[Optional[Tensor], ...]:
@@ -172,11 +176,8 @@ class _LorentzFlashCPU(torch.autograd.Function):
     def forward(ctx, q, k, v, c, scale, causal, max_radius):
         H, Dv, g = q.shape[1], v.shape[-1], _heads_per_group(q, k)
         if g >= H:                                               # one group: no copies into out, the row terms kept
-            terms = _map_terms(q, k, c, max_radius)
-            (sq, sk), (_, m, f, *_) = _sides(scale), terms
-            Sq = q.shape[2]
-            wide = (_map_side(q, c, m[:, :, :Sq], f[:, :, :Sq], sq), _map_side(k, c, m[:, :, Sq:], f[:, :, Sq:], sk),
-                    _pad_last(v, q.shape[-1] + 1))
+            qa, ka, terms = _map_both(q, k, c, scale, max_radius)
+            wide = (qa, ka, _pad_last(v, q.shape[-1] + 1))
             out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(*wide, 0.0, causal, scale=1.0)
             ctx.save_for_backward(q, k, v, c, out, lse, *wide, *terms)
             ctx.args = (scale, causal, max_radius, g)
