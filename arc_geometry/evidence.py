@@ -19,7 +19,8 @@ from .study import summarize
 
 # %% auto #0
 __all__ = ['PALETTE', 'SIZE_BINS', 'order', 'colours', 'read_rows', 'sign_test', 'arc_table', 'arc_verdicts', 'arc_by_size',
-           'study_table', 'study_verdicts', 'effect', 'curves_figure', 'arc_confidence']
+           'study_table', 'study_verdicts', 'effect', 'curves_figure', 'arc_confidence', 'compare', 'steps_or_budget',
+           'column', 'width_to_target', 'lead_table', 'width_figure']
 
 # %% ../nbs/44_evidence.ipynb #e0690cf4
 def order() -> tuple[str, ...]:
@@ -192,3 +193,91 @@ def arc_confidence(rows: Sequence[dict]) -> dict:
         rs = [r for r in rows if r["geometry"] == g and str(r["pass2"]) != "" and r["status"] == "ok" and str(r.get("n_tests")) == "1"]
         if rs: out[g] = ([float(r["vote_share"]) for r in rs], [int(float(r["pass1"]) == 1.0) for r in rs])
     return out
+
+# %% ../nbs/44_evidence.ipynb #f76dd5ed
+def compare(rows: Sequence[dict], by: Sequence[str], value, higher_is_better: bool = True, study: str = "",
+            baseline: str = "dot", min_seeds: int = 3) -> list[dict]:
+    """Per cell of `rows` grouped by the columns `by` and geometry ≠ `baseline`: `effect` of `value(row)` (a float, or
+    None to leave the row out) over the geometry's seeds against the baseline's. Rows: `study`, `item` (the cell's
+    values joined), `geometry`, `seeds`, `baseline seeds` and `effect`'s `verdict`, `diff`, `lo`, `hi`, `separated`."""
+    cells: dict = {}
+    for r in rows:
+        v = value(r)
+        if v is not None: cells.setdefault(tuple(str(r[c]) for c in by), {}).setdefault(r["geometry"], []).append(float(v))
+    out = []
+    for cell in sorted(cells, key=lambda c: tuple(int(x) if x.isdigit() else x for x in c)):
+        by_g = cells[cell]
+        if baseline not in by_g: continue
+        for g in order():
+            if g == baseline or g not in by_g: continue
+            e = effect(by_g[g], by_g[baseline], higher_is_better=higher_is_better, min_seeds=min_seeds)
+            out.append({"study": study, "item": " ".join(cell), "geometry": g, "seeds": len(by_g[g]),
+                        "baseline seeds": len(by_g[baseline]), **e})
+    return out
+
+def steps_or_budget(r: dict) -> Optional[float]:
+    "Steps to the target, or the steps run (the budget) when it was not reached; None for a diverged trial."
+    if r.get("stopped") == "diverged": return None
+    return float(r["steps_to_target"]) if str(r["steps_to_target"]) != "" else float(r["steps"])
+
+def column(name: str):
+    "`value` for `compare`: the float in column `name`, None when empty or absent."
+    return lambda r: _num(r.get(name))
+
+# %% ../nbs/44_evidence.ipynb #65812979
+def width_to_target(rows: Sequence[dict], min_seeds: int = 3) -> dict:
+    "`{(task, geometry): text}`: the smallest width where all (≥ `min_seeds`) seeds reached the target, `> W` or `—`."
+    cells: dict = {}
+    for r in rows:
+        if str(r.get("width", "")) == "": continue
+        cells.setdefault((r["task"], r["geometry"]), {}).setdefault(int(r["width"]), []).append(str(r["steps_to_target"]) != "")
+    out = {}
+    for key, by_w in cells.items():
+        out[key] = f"> {max(by_w)}"
+        for w in sorted(by_w):
+            if len(by_w[w]) < min_seeds: out[key] = "—"; break
+            if all(by_w[w]): out[key] = str(w); break
+    return out
+
+def lead_table(comparisons: Sequence[dict], widths: Optional[dict] = None, baseline: str = "dot") -> list[dict]:
+    """One row per geometry: where it is `better` than the baseline (helps), `worse` (hurts), how many items show
+    no difference and how many have no verdict yet (too few seeds), then one column per hierarchy task with
+    `width_to_target`'s width (`widths`)."""
+    widths = widths or {}
+    tasks = sorted({t for t, _ in widths})
+    out = []
+    for g in order():
+        cs = [c for c in comparisons if c["geometry"] == g]
+        if g != baseline and not cs and not any(k[1] == g for k in widths): continue
+        name = lambda c: f"{c['study']} {c['item']}".strip()
+        row = {"geometry": g,
+               "helps": "baseline" if g == baseline else "; ".join(name(c) for c in cs if c["verdict"] == "better") or "—",
+               "hurts": "" if g == baseline else "; ".join(name(c) for c in cs if c["verdict"] == "worse") or "—",
+               "no difference": "" if g == baseline else sum(c["verdict"] == "no difference" for c in cs),
+               "no verdict": "" if g == baseline else sum(c["verdict"].startswith("too few") for c in cs)}
+        for t in tasks: row[f"width to target: {t}"] = widths.get((t, g), "")
+        out.append(row)
+    return out
+
+# %% ../nbs/44_evidence.ipynb #ac1aeed8
+def width_figure(rows: Sequence[dict], task: str, value: str = "final_val_acc", target: Optional[float] = None):
+    "Plotly figure: `value` against model width for `task`, one colour per geometry, each seed a point, the mean a line."
+    go = require("plotly.graph_objects", "widgets", "arc_geometry.evidence.width_figure")
+    col, fig = colours(), go.Figure()
+    gs = [g for g in order() if any(r["task"] == task and r["geometry"] == g for r in rows)]
+    for i, g in enumerate(gs):
+        rs = [r for r in rows if r["task"] == task and r["geometry"] == g and _num(r.get(value)) is not None]
+        ws = sorted({int(r["width"]) for r in rs})
+        off = 1 + 0.04 * (i - (len(gs) - 1) / 2)              # a small horizontal offset per geometry (log axis)
+        fig.add_scatter(x=[int(r["width"]) * off for r in rs], y=[float(r[value]) for r in rs], mode="markers",
+                        marker=dict(color=col[g], size=8, opacity=0.8), name=g, legendgroup=g,
+                        customdata=[[r["seed"], r["width"]] for r in rs],
+                        hovertemplate=f"{g} width %{{customdata[1]}} seed %{{customdata[0]}}<br>{value} %{{y:.3f}}<extra></extra>")
+        means = [statistics.fmean(float(r[value]) for r in rs if int(r["width"]) == w) for w in ws]
+        fig.add_scatter(x=[w * off for w in ws], y=means, mode="lines", line=dict(color=col[g], width=1.5),
+                        legendgroup=g, showlegend=False, hoverinfo="skip")
+    if target is not None: fig.add_hline(y=target, line=dict(color="gray", dash="dot"))
+    fig.update_layout(title=f"{task}: {value} against width (each point a seed)", height=380, width=720,
+                      xaxis=dict(type="log", title="model width (4 heads)"), yaxis_title=value,
+                      margin=dict(t=50, l=60, r=20, b=50))
+    return fig

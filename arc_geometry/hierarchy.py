@@ -38,15 +38,18 @@ class Tree:
         for i in range(1, self.n):
             self.depth[i] = self.depth[p[i]] + 1
             self.ancestor[i] = self.ancestor[p[i]]; self.ancestor[i, p[i]] = True
+        self.at_depth = torch.full((self.n, self.height + 1), -1, dtype=torch.long)   # [x, d]: x's ancestor at depth d, or x
+        for i in range(self.n):
+            if i: self.at_depth[i] = self.at_depth[p[i]]
+            self.at_depth[i, self.depth[i]] = i
 
     @property
     def height(self) -> int: return int(self.depth.max())
 
     def lca_depth(self, x: Tensor, y: Tensor) -> Tensor:
         "Depth `(P,)` of the lowest common ancestor of each pair of nodes `x, y (P,)`."
-        up = self.ancestor | torch.eye(self.n, dtype=torch.bool)                       # x or above x
-        common = up[x] & up[y]                                                          # (P, n)
-        return torch.where(common, self.depth, -1).max(-1).values
+        a, b = self.at_depth[x], self.at_depth[y]                                       # (P, height + 1)
+        return ((a == b) & (a >= 0)).sum(-1) - 1           # the paths from the root agree down to the LCA, then part
 
     def __repr__(self) -> str: return f"Tree(n={self.n}, height={self.height})"
 

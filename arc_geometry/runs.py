@@ -32,7 +32,33 @@ from .files import atomic_write, read_json_object
 from .files import TrainingInterrupted
 
 # %% auto #0
-__all__ = ['ResultsCSV', 'die_with_parent', 'stop_on_signals', 'run_jobs', 'suite_config', 'check_run_dir', 'suite_parser']
+__all__ = ['read_keyed', 'ResultsCSV', 'die_with_parent', 'stop_on_signals', 'run_jobs', 'suite_config', 'check_run_dir',
+           'suite_parser']
+
+# %% ../nbs/36_runs.ipynb #a905c8c7
+def read_keyed(path, key: Sequence[str]) -> list[dict]:
+    """The rows of the CSV table `path` keyed by the columns `key`, as dicts of strings (an absent file has none), checked
+    as read: a header with the key columns, then rows of as many fields, no second header, no key twice, no empty key;
+    `ValueError` naming the file and line otherwise."""
+    path, key = Path(path), tuple(key)
+    if not path.exists(): return []
+    out: list[dict] = []; seen: dict[tuple, int] = {}
+    with open(path, newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header is None: return []
+        missing = [k for k in key if k not in header]
+        if missing or len(set(header)) < len(header):
+            raise ValueError(f"{path} line 1: not a results table keyed by {list(key)}: its header is {header}")
+        for rec in reader:
+            at = f"{path} line {reader.line_num}"
+            if rec == header: raise ValueError(f"{at}: a second header line (two tables pasted together?)")
+            if len(rec) != len(header): raise ValueError(f"{at}: {len(rec)} fields, the header has {len(header)}")
+            row = dict(zip(header, rec)); k = tuple(row[c] for c in key)
+            if "" in k: raise ValueError(f"{at}: an empty key column ({', '.join(key)} = {', '.join(k)})")
+            if k in seen: raise ValueError(f"{at}: the key {', '.join(k)} again (first on line {seen[k]}): duplicated rows")
+            seen[k] = reader.line_num; out.append(row)
+    return out
 
 # %% ../nbs/36_runs.ipynb #54cfb1bc
 class ResultsCSV:
@@ -52,26 +78,9 @@ class ResultsCSV:
             if data and not data.endswith(b"\n"): f.truncate(data.rfind(b"\n") + 1)
 
     def rows(self) -> list[dict]:
-        """Every row, as dicts of strings (an absent file has none), checked as read: a header with the key columns,
-        then rows of as many fields, no second header, no key twice; `ValueError` naming the file and line otherwise."""
-        if not self.path.exists(): return []
-        out: list[dict] = []; seen: dict[tuple, int] = {}
-        with open(self.path, newline="") as f:
-            reader = csv.reader(f)
-            header = next(reader, None)
-            if header is None: return []
-            missing = [k for k in self.key if k not in header]
-            if missing or len(set(header)) < len(header):
-                raise ValueError(f"{self.path} line 1: not a results table keyed by {list(self.key)}: its header is {header}")
-            for rec in reader:
-                at = f"{self.path} line {reader.line_num}"
-                if rec == header: raise ValueError(f"{at}: a second header line (two tables pasted together?)")
-                if len(rec) != len(header): raise ValueError(f"{at}: {len(rec)} fields, the header has {len(header)}")
-                row = dict(zip(header, rec)); key = self.key_of(row)
-                if "" in key: raise ValueError(f"{at}: an empty key column ({', '.join(self.key)} = {', '.join(key)})")
-                if key in seen: raise ValueError(f"{at}: the key {', '.join(key)} again (first on line {seen[key]}): duplicated rows")
-                seen[key] = reader.line_num; out.append(row)
-        return out
+        """Every row, as dicts of strings (an absent file has none), checked as read (`read_keyed`): a header with the
+        key columns, then rows of as many fields, no second header, no key twice; `ValueError` naming the file and line."""
+        return read_keyed(self.path, self.key)
 
     def key_of(self, row: dict) -> tuple[str, ...]:
         "The key of `row` (a result or a job), as strings, as it reads back from the file."

@@ -6,9 +6,12 @@
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import itertools
 import math
+import shutil
+import tempfile
 import statistics
 import time
 from dataclasses import dataclass
@@ -25,14 +28,17 @@ from .job import check_memory
 from .geometries import GEOMETRIES
 from .models import GeoConfig, GeoLM
 from .files import atomic_write
+from .hierarchy import Ancestry, InContextHops, LcaDepth, Tree, random_tree, stdlib_tree
 from .grid import enqueue, export_results, grid_name, masked, open_grid, run_grid
 from .runs import ResultsCSV, check_run_dir, suite_config, suite_parser
 from .tasks import AnswerTask, ModularArithmetic, is_prime, split_sequences
 from .train import Callback, NonFiniteLossError, TrainConfig, Trainer
 
 # %% auto #0
-__all__ = ['TASKS', 'KEY', 'COLUMNS', 'DEFAULTS', 'PER_TRIAL', 'SUMMARY_MEANS', 'TableTask', 'QuadraticForm',
-           'PermutationComposition', 'make_task', 'answer_outputs', 'CurveRecorder', 'trial_name', 'run_trial',
+__all__ = ['HIERARCHY', 'HOPS_POOL', 'ARITHMETIC', 'TEXT', 'TASKS', 'KEY', 'COLUMNS', 'WIDTH_KEY', 'WIDTH_COLUMNS',
+           'TEXT_CONTEXT', 'DEFAULTS', 'PER_TRIAL', 'SUMMARY_MEANS', 'TableTask', 'QuadraticForm',
+           'PermutationComposition', 'study_tree', 'hierarchy_task', 'make_task', 'answer_outputs', 'CurveRecorder',
+           'schema', 'trial_name', 'measure', 'run_trial', 'text_trial', 'has_width_axis', 'trial_section',
            'check_study_config', 'study_jobs', 'study_main', 'read_results', 'summarize']
 
 # %% ../nbs/43_study.ipynb #455d3063
@@ -89,13 +95,41 @@ class PermutationComposition(TableTask):
         x, _, y, _, r = (int(t) for t in seq)
         return f"{self.elements[x]} ∘ {self.elements[y]} = {self.elements[r]}"
 
+# %% ../nbs/43_study.ipynb #d6a65a4e
+HIERARCHY = {"ancestry-random": "anc-rand", "ancestry-stdlib": "anc-std", "lca-random": "lca-rand",
+             "lca-stdlib": "lca-std", "hops": "hops"}
+"Hierarchy task name in a config → its short name in file names."
+HOPS_POOL = 40000
+"`hops` trains on `train_fraction × HOPS_POOL` sequences."
+
+@functools.lru_cache(maxsize=8)
+def study_tree(name: str, nodes: int = 1000) -> Tree:
+    "The fixed tree of a hierarchy task: `random` (seed 0, `nodes` nodes, branching 4, depth ≤ 10) or `stdlib`."
+    if name == "stdlib": return stdlib_tree()
+    if name == "random": return random_tree(nodes, branching=4, max_depth=10, seed=0)
+    raise ValueError(f"tree must be 'random' or 'stdlib', got {name!r}")
+
+def hierarchy_task(name: str, train_frac: float, split_seed: int = 0, tree_nodes: int = 1000):
+    "The hierarchy task `name` (one of `HIERARCHY`): `train_frac` of its pairs (of `HOPS_POOL` sequences for `hops`)."
+    if name not in HIERARCHY: raise ValueError(f"task must be one of {list(HIERARCHY)}, got {name!r}")
+    if name == "hops":
+        n = round(train_frac * HOPS_POOL)
+        if not 0 < train_frac < 1 or n < 1: raise ValueError(f"train_frac must be in (0, 1) and leave a training sequence, got {train_frac}")
+        return InContextHops(n_train=n, seed=split_seed)
+    kind, tree = name.split("-")
+    return (Ancestry if kind == "ancestry" else LcaDepth)(study_tree(tree, tree_nodes), train_frac, split_seed)
+
 # %% ../nbs/43_study.ipynb #43755008
-TASKS = {"a+b": "add", "a-b": "sub", "a*b": "mul", "a/b": "div", "a^2+ab+b^2": "quad", "s5": "s5"}
+ARITHMETIC = {"a+b": "add", "a-b": "sub", "a*b": "mul", "a/b": "div", "a^2+ab+b^2": "quad", "s5": "s5"}
+TEXT = {"text": "text"}
+TASKS = {**ARITHMETIC, **HIERARCHY, **TEXT}
 "Task name in a config → its short name in file names."
 
-def make_task(name: str, train_frac: float, split_seed: int = 0, p: int = 97):
+def make_task(name: str, train_frac: float, split_seed: int = 0, p: int = 97, tree_nodes: int = 1000):
     "The task `name` (one of `TASKS`) with `train_frac` of its pairs for training, split by `split_seed`."
     if name not in TASKS: raise ValueError(f"task must be one of {list(TASKS)}, got {name!r}")
+    if name in HIERARCHY: return hierarchy_task(name, train_frac, split_seed, tree_nodes)
+    if name in TEXT: raise ValueError("the text task is trained by `text_trial`, from a corpus, not built here")
     if name == "s5": return PermutationComposition(5, train_frac, split_seed)
     if name == "a^2+ab+b^2": return QuadraticForm(p, train_frac, split_seed)
     return ModularArithmetic(p=p, op=name[1], train_frac=train_frac, split_seed=split_seed)
@@ -127,16 +161,26 @@ class CurveRecorder(Callback):
     def on_eval_end(self, tr, m):
         self.rows.append({k: m.get(k) for k in ("step", "train_acc", "val_acc", "val_loss")})
 
-# %% ../nbs/43_study.ipynb #5f05dfa3
+# %% ../nbs/43_study.ipynb #9396cf50
 KEY = ("task", "train_fraction", "geometry", "seed")
 COLUMNS = KEY + ("stopped", "steps", "steps_to_target", "final_train_acc", "final_val_acc", "final_val_loss",
                  "val_ece", "val_brier", "temperature", "val_ece_holdout", "val_ece_ts", "radius_spearman",
                  "seconds", "curve")
 "The columns of `results.csv`, one row per trial; `steps_to_target` is empty when the target was not reached."
+WIDTH_KEY = ("task", "train_fraction", "geometry", "width", "seed")
+WIDTH_COLUMNS = WIDTH_KEY + COLUMNS[len(KEY):] + ("params", "val_acc_larger", "val_acc_deeper", "val_bpb")
+"""The columns of a study with a width axis or hierarchy tasks: `width` (the model's `dim`) in the key, the
+parameter count, the accuracy on the extra validation sets of `hops` and the bits per byte of `text` (empty for
+the other tasks)."""
+
+def schema(job: dict) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    "`(key, columns)` of the table a job's row goes to: `WIDTH_*` when the job has a `width`, else the first study's."
+    return (WIDTH_KEY, WIDTH_COLUMNS) if "width" in job else (KEY, COLUMNS)
 
 def trial_name(job: dict) -> str:
-    "File-name-safe name of a trial: `add-f0.5-poincare-s0`."
-    return f"{TASKS[job['task']]}-f{job['train_fraction']}-{job['geometry']}-s{job['seed']}"
+    "File-name-safe name of a trial: `add-f0.5-poincare-s0` (`anc-rand-f0.5-lorentz-w16-s0` with a width)."
+    w = f"-w{job['width']}" if "width" in job else ""
+    return f"{TASKS[job['task']]}-f{job['train_fraction']}-{job['geometry']}{w}-s{job['seed']}"
 
 def _atomic_csv(path: Path, rows: list[dict], cols: Sequence[str]) -> None:
     buf = io.StringIO()
@@ -146,19 +190,48 @@ def _atomic_csv(path: Path, rows: list[dict], cols: Sequence[str]) -> None:
 def _r(x: Optional[float], nd: int = 6):
     return "" if x is None else round(float(x), nd)
 
+# %% ../nbs/43_study.ipynb #589f35ef
+def measure(row: dict, model: GeoLM, task, tr: Trainer, seed: int) -> None:
+    """Fill `row` with the final model's measurements: accuracies, loss, ECE, Brier, temperature scaling on a seeded
+    half of the validation set, the radius–confidence correlation, and the accuracy on each of `task.extra_val`."""
+    row["final_train_acc"] = _r(tr.evaluate(task.train, "train")["train_acc"])
+    logits, y, radii = answer_outputs(model, task, task.val, tr.cfg.eval_batch_size)
+    z = logits.double()
+    probs = torch.softmax(z, -1)
+    row["final_val_acc"] = _r((z.argmax(-1) == y).double().mean().item())
+    row["final_val_loss"] = _r(F.cross_entropy(z, y).item())
+    row["val_ece"], row["val_brier"] = _r(ece(probs, y, 15)), _r(brier(probs, y))
+    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
+    fit, held = perm[: len(y) // 2], perm[len(y) // 2:]
+    if len(fit) and len(held):
+        ts = TemperatureScaler().fit(z[fit], y[fit])
+        row["temperature"] = _r(ts.temperature)
+        row["val_ece_holdout"] = _r(ece(probs[held], y[held], 15))
+        row["val_ece_ts"] = _r(ece(torch.softmax(ts.transform(z[held]), -1), y[held], 15))
+    if radii is not None:
+        try: row["radius_spearman"] = _r(radius_confidence(radii, probs.max(-1).values)["spearman"])
+        except ValueError: row["radius_spearman"] = ""       # constant radii or confidences: undefined
+    for name, data in getattr(task, "extra_val", {}).items():
+        lg, ans, _ = answer_outputs(model, task, data, tr.cfg.eval_batch_size)
+        row[f"val_acc_{name}"] = _r((lg.argmax(-1) == ans).double().mean().item())
+
+# %% ../nbs/43_study.ipynb #a1f8d985
 def run_trial(job: dict) -> dict:
-    """One trial of the study: `job` holds the key (`task`, `train_fraction`, `geometry`, `seed`), the `model`,
-    `train` and `trial` sections and `out`; trains, writes `out/curves/<trial>.csv`, returns the row (`COLUMNS`)."""
+    """One trial of the study: `job` holds the key (`task`, `train_fraction`, `geometry`, `seed`, and `width` on a
+    width axis), the `model`, `train` and `trial` sections and `out`; trains, writes `out/curves/<trial>.csv`,
+    returns the row (`COLUMNS`, or `WIDTH_COLUMNS` for a job with a width)."""
+    if job["task"] in TEXT: return text_trial(job)
     t0 = time.perf_counter()
-    tc = job["trial"]
-    task = make_task(job["task"], float(job["train_fraction"]), int(job["seed"]), tc["p"])
+    tc, (key, columns) = job["trial"], schema(job)
+    task = make_task(job["task"], float(job["train_fraction"]), int(job["seed"]), tc["p"], tc.get("tree_nodes", 1000))
     torch.manual_seed(int(job["seed"]))
-    model = GeoLM(GeoConfig(vocab_size=task.vocab_size, max_seq_len=task.seq_len, geometry=job["geometry"], **job["model"]))
+    mc = {**job["model"], **({"dim": int(job["width"])} if "width" in job else {})}
+    model = GeoLM(GeoConfig(vocab_size=task.vocab_size, max_seq_len=task.seq_len, geometry=job["geometry"], **mc))
     cfg = TrainConfig.from_dict({**job["train"], "max_steps": tc["max_steps"], "seed": int(job["seed"]),
                                  "target_accuracy": tc["target_accuracy"]})
     curve = CurveRecorder()
     tr = Trainer(model, task, cfg, callbacks=[curve])
-    row: dict = {k: job[k] for k in KEY} | {c: "" for c in COLUMNS if c not in KEY}
+    row: dict = {k: job[k] for k in key} | {c: "" for c in columns if c not in key}
     try:
         summary = tr.fit()
         row["stopped"] = summary["stopped"]
@@ -171,34 +244,49 @@ def run_trial(job: dict) -> dict:
     cdir = Path(job["out"]) / "curves"; cdir.mkdir(parents=True, exist_ok=True)
     _atomic_csv(cdir / f"{name}.csv", curve.rows, ("step", "train_acc", "val_acc", "val_loss"))
     row["curve"] = f"curves/{name}.csv"
-    if row["stopped"] != "diverged":
-        row["final_train_acc"] = _r(tr.evaluate(task.train, "train")["train_acc"])
-        logits, y, radii = answer_outputs(model, task, task.val, cfg.eval_batch_size)
-        z = logits.double()
-        probs = torch.softmax(z, -1)
-        row["final_val_acc"] = _r((z.argmax(-1) == y).double().mean().item())
-        row["final_val_loss"] = _r(F.cross_entropy(z, y).item())
-        row["val_ece"], row["val_brier"] = _r(ece(probs, y, 15)), _r(brier(probs, y))
-        perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(int(job["seed"])))
-        fit, held = perm[: len(y) // 2], perm[len(y) // 2:]
-        if len(fit) and len(held):
-            ts = TemperatureScaler().fit(z[fit], y[fit])
-            row["temperature"] = _r(ts.temperature)
-            row["val_ece_holdout"] = _r(ece(probs[held], y[held], 15))
-            row["val_ece_ts"] = _r(ece(torch.softmax(ts.transform(z[held]), -1), y[held], 15))
-        if radii is not None:
-            try: row["radius_spearman"] = _r(radius_confidence(radii, probs.max(-1).values)["spearman"])
-            except ValueError: row["radius_spearman"] = ""       # constant radii or confidences: undefined
+    if "params" in row: row["params"] = sum(p.numel() for p in model.parameters())
+    if row["stopped"] != "diverged": measure(row, model, task, tr, int(job["seed"]))
     row["seconds"] = round(time.perf_counter() - t0, 2)
     return row
 
-# %% ../nbs/43_study.ipynb #56b23e57
+# %% ../nbs/43_study.ipynb #4dc45d5e
+TEXT_CONTEXT = 128
+"Bytes per training window of the text task."
+
+def text_trial(job: dict) -> dict:
+    "One `text` trial (a `job` of a width study): trains on the corpus, returns the row (`WIDTH_COLUMNS`, `val_bpb` set)."
+    from arc_geometry.cli import run_training                    # the training command's own path (config → run)
+    t0 = time.perf_counter()
+    tc, (key, columns) = job["trial"], schema(job)
+    cfg = {"model": {**job["model"], "dim": int(job["width"]), "geometry": job["geometry"], "max_seq_len": TEXT_CONTEXT},
+           "data": {"task": "text", "files": tc["text_files"], "tokenizer": {"kind": "bytes"}, "val_fraction": 0.05,
+                    "split_seed": 0, "eval_tokens": 32768},
+           "train": {**job["train"], "max_steps": tc["max_steps"], "seed": int(job["seed"]), "checkpoint_every_s": 1e9}}
+    row: dict = {k: job[k] for k in key} | {c: "" for c in columns if c not in key}
+    name, run = trial_name(job), Path(tempfile.mkdtemp(prefix="text-trial-"))
+    try:
+        try:
+            s = run_training(cfg, run)
+            row.update(stopped=s["stopped"], steps=s["step"], final_val_loss=_r(s.get("val_loss")), val_bpb=_r(s.get("val_bpb")))
+        except NonFiniteLossError:
+            row["stopped"] = "diverged"
+        cdir = Path(job["out"]) / "curves"; cdir.mkdir(parents=True, exist_ok=True)
+        if (run / "metrics.jsonl").exists():
+            atomic_write(cdir / f"{name}.jsonl", (run / "metrics.jsonl").read_text()); row["curve"] = f"curves/{name}.jsonl"
+        if (run / "model").exists(): row["params"] = sum(p.numel() for p in GeoLM.from_pretrained(run / "model").parameters())
+    finally:
+        shutil.rmtree(run, ignore_errors=True)
+    row["seconds"] = round(time.perf_counter() - t0, 2)
+    return row
+
+# %% ../nbs/43_study.ipynb #b51bf398
 DEFAULTS: dict[str, dict[str, Any]] = {
     "model": {"dim": 16, "depth": 1, "num_heads": 2, "rank": 2},
     "train": {"batch_size": 512, "lr": 1e-3, "weight_decay": 1.0, "beta1": 0.9, "beta2": 0.98, "warmup_steps": 10,
               "schedule": "constant", "eval_every": 10, "num_threads": 1, "progress": False, "tensorboard": False},
     "study": {"tasks": ["a+b"], "train_fractions": [0.5], "geometries": sorted(GEOMETRIES), "seeds": [0],
-              "max_steps": 10, "target_accuracy": 0.99, "p": 97},
+              "max_steps": 10, "target_accuracy": 0.99, "p": 97, "widths": None, "tree_nodes": 1000,
+              "text_files": "python-stdlib"},
 }
 PER_TRIAL = {"model": {"vocab_size": "the task", "max_seq_len": "the task", "geometry": "study.geometries"},
              "train": {"max_steps": "study.max_steps", "seed": "study.seeds", "target_accuracy": "study.target_accuracy"}}
@@ -209,14 +297,10 @@ def _list(v, key: str) -> list:
     if len(set(map(str, v))) != len(v): raise ValueError(f"study.{key} has repeated values: {v}")
     return v
 
-def check_study_config(cfg: dict) -> dict:
-    "Validate a study config (the three sections; every error names `section.key`); returns it with normalised lists."
-    for sec, keys in PER_TRIAL.items():
-        for k, by in keys.items():
-            if k in cfg[sec]: raise ValueError(f"{sec}.{k} is set per trial (by {by}); remove it from the {sec} section")
-    s = dict(cfg["study"])
-    unknown = [k for k in s if k not in DEFAULTS["study"]]
-    if unknown: raise ValueError(f"unknown key study.{unknown[0]}; known keys: {', '.join(DEFAULTS['study'])}")
+def _int(v, lo: int) -> bool: return isinstance(v, int) and not isinstance(v, bool) and v >= lo
+
+def _check_axes(s: dict) -> dict:
+    "The grid's lists (`tasks`, `train_fractions`, `geometries`, `seeds`, `widths`) checked and normalised."
     s["tasks"] = _list(s["tasks"], "tasks")
     for t in s["tasks"]:
         if t not in TASKS: raise ValueError(f"study.tasks: unknown task {t!r}; tasks: {', '.join(TASKS)}")
@@ -230,29 +314,64 @@ def check_study_config(cfg: dict) -> dict:
         if g not in GEOMETRIES: raise ValueError(f"study.geometries: unknown geometry {g!r}; geometries: {', '.join(sorted(GEOMETRIES))}")
     s["seeds"] = _list(s["seeds"], "seeds")
     for x in s["seeds"]:
-        if isinstance(x, bool) or not isinstance(x, int) or x < 0: raise ValueError(f"study.seeds must be ints >= 0, got {x!r}")
-    for k, ok, want in (("max_steps", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "an int >= 1"),
+        if not _int(x, 0): raise ValueError(f"study.seeds must be ints >= 0, got {x!r}")
+    if s["widths"] is not None:
+        s["widths"] = _list(s["widths"], "widths")
+        for w in s["widths"]:
+            if not _int(w, 1): raise ValueError(f"study.widths must be ints >= 1 (model widths), got {w!r}")
+    return s
+
+def has_width_axis(s: dict) -> bool:
+    "Whether a study section's trials carry a `width` (a `widths` list or a hierarchy task): `WIDTH_COLUMNS`."
+    return s.get("widths") is not None or any(t in HIERARCHY or t in TEXT for t in s["tasks"])
+
+def trial_section(s: dict) -> dict:
+    "What a trial's row depends on besides `model` and `train`: the budget, target, modulus (and tree size)."
+    return {k: s[k] for k in ("max_steps", "target_accuracy", "p") + (("tree_nodes",) if has_width_axis(s) else ())
+            + (("text_files",) if any(t in TEXT for t in s["tasks"]) else ())}
+
+# %% ../nbs/43_study.ipynb #b9b33548
+def check_study_config(cfg: dict) -> dict:
+    """Validate a study config (the three sections; every error names `section.key`); returns it with normalised lists.
+    With `study.widths` the widths replace `model.dim`, which is dropped from the returned `model` section."""
+    for sec, keys in PER_TRIAL.items():
+        for k, by in keys.items():
+            if k in cfg[sec]: raise ValueError(f"{sec}.{k} is set per trial (by {by}); remove it from the {sec} section")
+    s = dict(cfg["study"])
+    unknown = [k for k in s if k not in DEFAULTS["study"]]
+    if unknown: raise ValueError(f"unknown key study.{unknown[0]}; known keys: {', '.join(DEFAULTS['study'])}")
+    s = _check_axes(s)
+    for k, ok, want in (("max_steps", lambda v: _int(v, 1), "an int >= 1"),
                         ("target_accuracy", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 1, "a number in (0, 1]"),
-                        ("p", lambda v: isinstance(v, int) and not isinstance(v, bool) and is_prime(v), "a prime int")):
+                        ("p", lambda v: _int(v, 2) and is_prime(v), "a prime int"), ("tree_nodes", lambda v: _int(v, 2), "an int >= 2")):
         if not ok(s[k]): raise ValueError(f"study.{k} must be {want}, got {s[k]!r}")
     s["target_accuracy"] = float(s["target_accuracy"])
-    vocab = 0
+    model = {k: v for k, v in cfg["model"].items() if not (k == "dim" and s["widths"] is not None)}
+    vocab = seq = 0
     for t in s["tasks"]:                                 # every split of the grid is built now, not trials later
         for f in s["train_fractions"]:
-            try: vocab = max(vocab, make_task(t, f, 0, s["p"]).vocab_size)
+            if t in TEXT:
+                if len(s["train_fractions"]) > 1: raise ValueError("study.train_fractions: text has its own document split; give one fraction")
+                vocab, seq = max(vocab, 257), max(seq, TEXT_CONTEXT); continue
+            try: task = make_task(t, f, 0, s["p"], s["tree_nodes"])
             except ValueError as e: raise ValueError(f"study.train_fractions: {f} for task {t}: {e}") from None
+            vocab, seq = max(vocab, task.vocab_size), max(seq, task.seq_len)
     for g in s["geometries"]:                            # the model and train sections, as a trial will build them
-        check_memory(GeoConfig.from_dict({**cfg["model"], "vocab_size": vocab, "max_seq_len": 4, "geometry": g}))
+        for w in s["widths"] or [None]:
+            try: check_memory(GeoConfig.from_dict({**model, **({"dim": w} if w else {}), "vocab_size": vocab, "max_seq_len": seq, "geometry": g}))
+            except ValueError as e: raise ValueError(f"{e} (geometry {g}" + (f", study.widths {w})" if w else ")")) from None
     TrainConfig.from_dict({**cfg["train"], "max_steps": s["max_steps"], "seed": 0, "target_accuracy": s["target_accuracy"]})
-    return {**cfg, "study": s}
+    return {**cfg, "model": model, "study": s}
 
 def study_jobs(cfg: dict, out) -> list[dict]:
-    "The trials of a (checked) config, in the order task, fraction, seed, geometry (each job carries what `run_trial` needs)."
+    """The trials of a (checked) config, in the order task, fraction, seed, width, geometry (each job carries what
+    `run_trial` needs; a `width` only in a study with a width axis: `model.dim` or each of `study.widths`)."""
     s = cfg["study"]
-    trial = {k: s[k] for k in ("max_steps", "target_accuracy", "p")}
-    return [{"task": t, "train_fraction": f, "geometry": g, "seed": seed, "model": cfg["model"], "train": cfg["train"],
-             "trial": trial, "out": str(out)}
-            for t in s["tasks"] for f in s["train_fractions"] for seed in s["seeds"] for g in s["geometries"]]
+    trial = trial_section(s)
+    widths = (s["widths"] or [cfg["model"]["dim"]]) if has_width_axis(s) else [None]
+    return [{"task": t, "train_fraction": f, "geometry": g, "seed": seed, **({"width": w} if w else {}), "model": cfg["model"],
+             "train": cfg["train"], "trial": trial, "out": str(out)}
+            for t in s["tasks"] for f in s["train_fractions"] for seed in s["seeds"] for w in widths for g in s["geometries"]]
 
 # %% ../nbs/43_study.ipynb #13ee0e88
 def study_main(argv: Optional[Sequence[str]] = None) -> int:
@@ -261,12 +380,12 @@ def study_main(argv: Optional[Sequence[str]] = None) -> int:
                      "one row per trial in DIR/results.csv (a re-run skips the rows already there).")
     a = p.parse_args(list(argv) if argv is not None else None)
     cfg = check_study_config(suite_config(a.config, a.set, DEFAULTS))
-    trial = {k: cfg["study"][k] for k in ("max_steps", "target_accuracy", "p")}
-    fixed = {**cfg, "trial": trial}
+    fixed = {**cfg, "trial": trial_section(cfg["study"])}
     out = check_run_dir(a.out, fixed, fixed=("model", "train", "trial"))
     jobs = study_jobs(cfg, out)
-    table = ResultsCSV(out / "results.csv", KEY)
-    grid = open_grid(out, a.storage, grid_name("study", fixed, ("model", "train", "trial")), KEY, a.heartbeat)
+    key = schema(jobs[0])[0]
+    table = ResultsCSV(out / "results.csv", key)
+    grid = open_grid(out, a.storage, grid_name("study", fixed, ("model", "train", "trial")), key, a.heartbeat)
     if a.export:
         print(f"arc-geometry study: {export_results(grid, table.path)} rows of {masked(grid.url)} in {table.path}"); return 0
     enqueue(grid, [table.key_of(j) for j in jobs], table.rows())     # results.csv checked before any work
@@ -280,11 +399,13 @@ SUMMARY_MEANS = ("final_val_acc", "val_ece", "val_brier", "val_ece_holdout", "va
 
 def read_results(out) -> list[dict]:
     """The rows of `out/results.csv` (strings, as written), checked: the file's structure (`ResultsCSV.rows`), every
-    column of `COLUMNS`, numbers where `summarize` reads numbers; `ValueError` naming the file and line otherwise."""
+    column of `COLUMNS` (`WIDTH_COLUMNS` for a table with a `width`), numbers where `summarize` reads numbers; `ValueError` naming the file and line otherwise."""
     p = Path(out) / "results.csv"
     if not p.exists(): raise ValueError(f"no results in {out}: {p} does not exist")
-    rows = ResultsCSV(p, KEY).rows()
-    missing = [c for c in COLUMNS if rows and c not in rows[0]]
+    with open(p, newline="") as f: header = next(csv.reader(f), [])
+    key, cols = (WIDTH_KEY, WIDTH_COLUMNS) if "width" in header else (KEY, COLUMNS)
+    rows = ResultsCSV(p, key).rows()
+    missing = [c for c in cols if rows and c not in rows[0]]
     if missing: raise ValueError(f"{p}: not a study results table, it lacks the column(s) {', '.join(missing)}")
     for line, r in enumerate(rows, start=2):
         for k in ("train_fraction", "steps_to_target") + SUMMARY_MEANS:
@@ -293,13 +414,14 @@ def read_results(out) -> list[dict]:
     return rows
 
 def summarize(rows: Sequence[dict]) -> list[dict]:
-    "Per (task, train_fraction, geometry): `trials`, `reached`, `median_steps` (of those that reached), and the means of `SUMMARY_MEANS`."
+    """Per (task, train_fraction, geometry) — and width, in a table with one — `trials`, `reached`, `median_steps`
+    (of those that reached), and the means of `SUMMARY_MEANS`."""
     groups: dict = {}
-    for r in rows: groups.setdefault((r["task"], str(r["train_fraction"]), r["geometry"]), []).append(r)
+    for r in rows: groups.setdefault((r["task"], str(r["train_fraction"]), r["geometry"], str(r.get("width", ""))), []).append(r)
     out = []
-    for (t, f, g), rs in groups.items():
+    for (t, f, g, w), rs in groups.items():
         steps = [float(r["steps_to_target"]) for r in rs if str(r["steps_to_target"]) != ""]
-        s = {"task": t, "train_fraction": f, "geometry": g, "trials": len(rs), "reached": len(steps),
+        s = {"task": t, "train_fraction": f, "geometry": g, **({"width": w} if w else {}), "trials": len(rs), "reached": len(steps),
              "median_steps": statistics.median(steps) if steps else None}
         for k in SUMMARY_MEANS:
             v = [float(r[k]) for r in rs if str(r.get(k, "")) != ""]
