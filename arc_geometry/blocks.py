@@ -256,10 +256,10 @@ class PoincareAttention(Fp32Attention):
     "Scores `−d_{c_h}(q, k)/√D_h` with `q, k = expmap0` of projected tangent vectors on per-head balls."
     geometry = "poincare"
     @staticmethod
-    def space(cfg: GeoConfig) -> Euclidean: return Ball(cfg.curvature)
+    def space(cfg: GeoConfig) -> Euclidean: return Ball(cfg.c_init)
     def __init__(self, cfg: GeoConfig, layer: int = 0):
         super().__init__(cfg, layer)
-        self.head_curvature = HeadCurvature(cfg.num_heads, cfg.curvature)
+        self.head_curvature = HeadCurvature(cfg.num_heads, cfg.c_init)
     def curvature(self) -> Tensor: return self.head_curvature()
     def _points(self, q, k):
         ball = PoincareBall(self.curvature().to(q.dtype).view(-1, 1, 1))
@@ -268,14 +268,14 @@ class PoincareAttention(Fp32Attention):
     def params(self): return (self.curvature(),)
 
 class HybridAttention(Fp32Attention):
-    "Scores `−(‖q_e−k_e‖² + α_h d_{c_h}(q_h, k_h)²)/√D_h`; per head `dim_e/H` Euclidean coordinates."
+    "Scores `−(‖q_e−k_e‖² + α_h d_{c_h}(q_h, k_h)²)/√D_h`; per head `head_dim_e` Euclidean coordinates."
     geometry = "hybrid"
     @staticmethod
-    def space(cfg: GeoConfig) -> Euclidean: return Product(cfg.dim_e, cfg.curvature)
+    def space(cfg: GeoConfig) -> Euclidean: return Product(cast(int, cfg.head_dim_e) * cfg.num_heads, cfg.c_init)
     def __init__(self, cfg: GeoConfig, layer: int = 0):
         super().__init__(cfg, layer)
-        self.hd_e = cfg.dim_e // cfg.num_heads
-        self.head_curvature = HeadCurvature(cfg.num_heads, cfg.curvature)
+        self.hd_e = cast(int, cfg.head_dim_e)
+        self.head_curvature = HeadCurvature(cfg.num_heads, cfg.c_init)
         self.alpha_raw = nn.Parameter(torch.full((cfg.num_heads,), inv_softplus(cfg.alpha_init)))
     def curvature(self) -> Tensor: return self.head_curvature()
     def alpha(self) -> Tensor: return F.softplus(self.alpha_raw)
