@@ -129,7 +129,7 @@ def _takes(fn: Callable[..., Tensor], names: Iterable[str]) -> bool:
     except (TypeError, ValueError): return True
     return any(p.kind is p.VAR_KEYWORD for p in ps.values()) or all(n in ps for n in names)
 
-def _attend(row: Geometry, q: Tensor, k: Tensor, v: Tensor, params: tuple, *, causal: bool,
+def _attend(row: Geometry, q: Tensor, k: Tensor, v: Tensor, params: tuple[Any, ...], *, causal: bool,
             key_padding_mask: Optional[Tensor], scale: Optional[float], backend: str,
             window: Optional[int], segment_ids: Optional[Tensor]) -> Tensor:
     "What calling `row` does: check the shared arguments and the parameters once, then run the resolved backend."
