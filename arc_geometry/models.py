@@ -141,12 +141,17 @@ class GeoModel(GeoPreTrained):
 
     def attention_scores(self, input_ids: Tensor, layer: int) -> Tensor:
         "Pre-softmax causal scores `(B, H, S, S)` of block `layer`'s attention for `input_ids (B, S)` (materialised; for inspection)."
-        if not 0 <= layer < self.config.depth:
-            raise ValueError(f"layer must be in [0, depth = {self.config.depth}), got {layer}")
-        x, pos = self.embed(input_ids)
-        for b in self.blocks[:layer]: x = b(x, pos)
-        blk = cast(GeoBlock, self.blocks[layer])
-        return blk.attn.attention_scores(blk.ln1(self.space.tangent(x)), pos)
+        return _model_scores(self, input_ids, layer)
+
+# %% ../nbs/21_model.ipynb #e35b81e4
+def _model_scores(m: GeoModel, input_ids: Tensor, layer: int) -> Tensor:
+    "Block `layer`'s scores: the hidden states up to it, then its attention's `attention_scores` of their LayerNorm."
+    if not 0 <= layer < m.config.depth:
+        raise ValueError(f"layer must be in [0, depth = {m.config.depth}), got {layer}")
+    x, pos = m.embed(input_ids)
+    for b in m.blocks[:layer]: x = b(x, pos)
+    blk = cast(GeoBlock, m.blocks[layer])
+    return blk.attn.attention_scores(blk.ln1(m.space.tangent(x)), pos)
 
 # %% ../nbs/21_model.ipynb #03aa956d
 class GeoLM(GeoPreTrained):
