@@ -5,6 +5,7 @@
 # %% ../nbs/41_arc_solve.ipynb #74311403
 from __future__ import annotations
 
+import dataclasses
 import functools
 import io
 import json
@@ -12,9 +13,9 @@ import math
 import os
 import random
 import time
-from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, ClassVar, Optional, Sequence, cast
 
 import numpy as np
 import torch
@@ -22,19 +23,20 @@ import torch.nn.functional as F
 
 from .arc import (END, NL, PAD, VOCAB_SIZE, ArcTask, Transform, decode_grid, encode_pair, encode_task,
                               load_tasks, score_task, select_tasks, task_length, encode_grid, IN, OUT, SPLITS, VERSIONS)
-from .config import config_from_dict
+from .config import check_fields, config_from_dict
 from .geometries import GEOMETRIES
+from .geoconfig import fields_for
 from .models import GeoConfig, GeoLM
 from .files import TrainingInterrupted, atomic_write
 from .job import check_memory
 from .grid import enqueue, export_results, grid_name, masked, open_grid, run_grid
 from .runs import ResultsCSV, check_run_dir, stop_on_signals, suite_config, suite_parser
-from .train import TrainConfig, lr_factor, param_groups, resolve_device
+from .train import Callback, TrainConfig, Trainer, resolve_device
 
 # %% auto #0
-__all__ = ['ARC_DEFAULTS', 'SOLVER_KEYS', 'KEY', 'loo_example', 'collate', 'answer_loss', 'fit', 'greedy_answer', 'vote',
-           'predict', 'model_config', 'train_config', 'context_len', 'task_rng', 'solve_task', 'pretrain', 'solve_job',
-           'arc_main']
+__all__ = ['ARC_DEFAULTS', 'SOLVER_KEYS', 'ARC_TRAIN_REFUSED', 'KEY', 'loo_example', 'collate', 'answer_loss', 'AnswerBatches',
+           'fit', 'greedy_answer', 'vote', 'predict', 'model_config', 'train_config', 'context_len', 'task_rng',
+           'solve_task', 'pretrain', 'ArcConfig', 'solve_job', 'arc_main']
 
 # %% ../nbs/41_arc_solve.ipynb #a95db07f
 def loo_example(task: ArcTask, rng: random.Random, max_len: int, dihedral: bool = True, colors: bool = True,
@@ -70,28 +72,57 @@ def collate(examples: Sequence[tuple[list[int], int]]) -> tuple[torch.Tensor, to
 # %% ../nbs/41_arc_solve.ipynb #91c13058
 def answer_loss(model: GeoLM, ids: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
     "Mean cross-entropy of the answer tokens: `ids, tgt (B, S)` → scalar."
-    logits = model(ids)
+    return _answer_loss(model(ids), tgt)
+
+def _answer_loss(logits: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), tgt.reshape(-1), ignore_index=-100)
 
+class _Drawn:
+    "The `train` of an `AnswerBatches`: item `i` is the next sequence of the batch `sample()` last drew (a new one when used up)."
+    def __init__(self, sample: Callable[[], list]): self.sample, self.buf = sample, cast(list, [])
+    def __getitem__(self, i: int):
+        if not self.buf: self.buf = list(self.sample())[::-1]
+        return self.buf.pop()
+
+class _InOrder:
+    "The sampler of an `AnswerBatches`: positions in order (the sequences are drawn at random already)."
+    def __init__(self, seed: int): pass
+    def indices(self, start: int, count: int) -> torch.Tensor: return torch.arange(start, start + count)
+
+class AnswerBatches:
+    """A `Trainer` task of drawn sequences: `sample()` gives a batch of `(tokens, n_prompt)`; `split_batch` pads them
+    (`collate`) onto `device`; `loss` is the answer tokens' cross-entropy and the number of sequences answered right."""
+    sampler = _InOrder
+    def __init__(self, sample: Callable[[], list], device=None):
+        self.train, self.device = _Drawn(sample), torch.device(device or "cpu")
+    def split_batch(self, examples) -> tuple[torch.Tensor, torch.Tensor]:
+        ids, tgt = collate(examples); return ids.to(self.device), tgt.to(self.device)
+    def loss(self, logits: torch.Tensor, tgt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        right = ((logits.argmax(-1) == tgt) | (tgt == -100)).all(1)
+        return _answer_loss(logits, tgt), right.sum()
+    def evaluate(self, trainer, data=None, prefix: str = "val") -> dict: return {}    # no held-out split
+
+# %% ../nbs/41_arc_solve.ipynb #f84e3fc9
+class _Losses(Callback):
+    "The training loss of every step (None where `nan_policy: skip` skipped the step)."
+    def __init__(self): self.losses: list = []
+    def on_step_end(self, tr, m): self.losses.append(m["loss"])
+
 def fit(model: GeoLM, sample: Callable[[], list], steps: int, train: TrainConfig, device=None) -> dict:
-    "Train `model` for `steps` AdamW steps on batches `sample()` (lists of `(tokens, n_prompt)`); returns `{'loss': mean of the last 10, 'losses': [...]}`."
-    if steps < 0: raise ValueError(f"steps must be >= 0, got {steps}")
-    device = device or next(model.parameters()).device
-    opt = torch.optim.AdamW(param_groups(model, train.weight_decay), lr=train.lr, betas=(train.beta1, train.beta2))
-    cfg = TrainConfig(**{**train.__dict__, "max_steps": max(1, steps)})
-    losses: list[float] = []
-    model.train()
-    for step in range(steps):
-        for g in opt.param_groups: g["lr"] = train.lr * lr_factor(step, cfg)
-        ids, tgt = collate(sample())
-        with torch.autocast(device.type, dtype=torch.bfloat16) if train.precision == "bf16" else nullcontext():
-            loss = answer_loss(model, ids.to(device), tgt.to(device))
-            if train.reg_weight: loss = loss + train.reg_weight * model.regularization_loss()
-        if not torch.isfinite(loss): raise ValueError(f"the loss became {loss.item()} at step {step}; lower train.lr")
-        opt.zero_grad(set_to_none=True); loss.backward()
-        if train.grad_clip > 0: torch.nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip)
-        opt.step(); losses.append(loss.item())
-    return {"loss": float(np.mean(losses[-10:])) if losses else float("nan"), "losses": losses}
+    """Train `model` for `steps` steps on batches `sample()` (lists of `(tokens, n_prompt)`) through `Trainer`, as `train`
+    says (its `max_steps` becomes `steps`; nothing is evaluated, shown, logged or checkpointed) on `device` (default: the
+    model's) → `{'loss': mean of the last 10 losses, 'losses': [...]}`."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0: raise ValueError(f"steps must be an int >= 0, got {steps!r}")
+    if steps == 0: return {"loss": float("nan"), "losses": []}
+    dev = torch.device(device) if device is not None else next(model.parameters()).device
+    cfg = dataclasses.replace(train, max_steps=steps, eval_every=0, target_accuracy=None, progress=False, tensorboard=False,
+                              device=str(dev))
+    task, rec = AnswerBatches(sample), _Losses()
+    tr = Trainer(model, task, cfg, callbacks=[rec])
+    task.device = tr.device
+    tr.fit()
+    good = [x for x in rec.losses if x is not None]
+    return {"loss": float(np.mean(good[-10:])) if good else float("nan"), "losses": rec.losses}
 
 # %% ../nbs/41_arc_solve.ipynb #f1e0ccc6
 @torch.no_grad()
@@ -172,13 +203,26 @@ SOLVER_KEYS = ("version", "ttt_steps", "views", "dihedral", "colors", "pretrain_
 "The `arc` keys that change what a result row means: fixed for a run directory (tasks, geometries, seeds may grow)."
 
 def model_config(model: dict, geometry: str) -> GeoConfig:
-    "The `GeoConfig` of section `model` for `geometry` (vocabulary fixed to the ARC tokens)."
-    d = {**model, "geometry": geometry, "vocab_size": VOCAB_SIZE}
+    "The `GeoConfig` of section `model` for `geometry` (its share of the section; vocabulary fixed to the ARC tokens)."
+    d = {**fields_for(model, geometry), "geometry": geometry, "vocab_size": VOCAB_SIZE}
     return config_from_dict(GeoConfig, d, "model")
 
-def train_config(train: dict, steps: int = 1) -> TrainConfig:
-    "The `TrainConfig` of section `train` (its `max_steps` set to `steps`)."
-    return config_from_dict(TrainConfig, {**train, "max_steps": max(1, steps)}, "train")
+_NO_CHECKPOINT = "a task's training writes no checkpoint (a stopped run solves its unfinished tasks again)"
+_NO_VAL = "test-time training has no validation split (the test outputs are scored after it)"
+_NO_LOG = "nothing is logged per step (results.csv gets a row per task)"
+ARC_TRAIN_REFUSED = {"max_steps": "arc.ttt_steps and arc.pretrain_steps set it", "seed": "arc.seeds set it",
+                     "eval_every": _NO_VAL, "eval_batch_size": _NO_VAL, "target_accuracy": _NO_VAL,
+                     "checkpoint_every_s": _NO_CHECKPOINT, "checkpoint_every_steps": _NO_CHECKPOINT,
+                     "keep_checkpoints": _NO_CHECKPOINT, "log_every": _NO_LOG, "tensorboard": _NO_LOG,
+                     "progress": "one bar counts the task-runs, none is shown per task"}
+"The `train` keys `arc-geometry arc` cannot honour, and why: refused by name, never ignored."
+
+def train_config(train: dict, steps: int = 1, seed: int = 0) -> TrainConfig:
+    "The `TrainConfig` of section `train` for `steps` steps with seed `seed`; a key of `ARC_TRAIN_REFUSED` is an error."
+    for k in train:
+        if k in ARC_TRAIN_REFUSED: raise ValueError(f"train.{k} means nothing for arc-geometry arc: {ARC_TRAIN_REFUSED[k]}")
+    return config_from_dict(TrainConfig, {**train, "max_steps": max(1, steps), "seed": seed, "eval_every": 0,
+                                          "progress": False, "tensorboard": False}, "train")
 
 def context_len(mc: GeoConfig, arc: dict) -> int:
     "The longest sequence used: `arc['max_len']` if set (at most `model.max_seq_len`), else `model.max_seq_len`."
@@ -194,7 +238,7 @@ def solve_task(task: ArcTask, geometry: str, seed: int, model: dict, train: dict
                init_state: Optional[dict] = None) -> tuple[dict, dict]:
     "TTT + prediction for one task → (result row without the key columns, answers for `answers/*.json`)."
     t0, c0 = time.time(), time.process_time()
-    mc, tc = model_config(model, geometry), train_config(train, arc["ttt_steps"])
+    mc, tc = model_config(model, geometry), train_config(train, arc["ttt_steps"], seed)
     L, n_len = context_len(mc, arc), task_length(task)
     y0 = task.test[0][1]
     row = {"status": "ok", "n_demos": len(task.train), "n_tests": len(task.test), "task_len": n_len,
@@ -242,7 +286,7 @@ def solve_task(task: ArcTask, geometry: str, seed: int, model: dict, train: dict
 # %% ../nbs/41_arc_solve.ipynb #12cc89ee
 def pretrain(tasks: Sequence[ArcTask], geometry: str, seed: int, model: dict, train: dict, arc: dict) -> dict:
     "A model trained `arc['pretrain_steps']` steps on augmented sequences of `tasks` → its `state_dict` (on CPU)."
-    mc, tc = model_config(model, geometry), train_config(train, arc["pretrain_steps"])
+    mc, tc = model_config(model, geometry), train_config(train, arc["pretrain_steps"], seed)
     if not tasks: raise ValueError("pretrain needs at least one task")
     dev = resolve_device(tc.device)
     torch.manual_seed(seed)
@@ -261,35 +305,48 @@ def pretrain(tasks: Sequence[ArcTask], geometry: str, seed: int, model: dict, tr
 # %% ../nbs/41_arc_solve.ipynb #5ee85c2f
 KEY = ("version", "split", "task", "geometry", "seed")
 
-def _check_arc(a: dict) -> dict:
-    unknown = sorted(set(a) - set(ARC_DEFAULTS["arc"]))
-    if unknown: raise ValueError(f"unknown key(s) arc.{', arc.'.join(unknown)}; known keys: {', '.join(ARC_DEFAULTS['arc'])}")
-    a = dict(a); a["version"] = str(a["version"])
-    if a["version"] not in VERSIONS: raise ValueError(f"arc.version must be one of {sorted(VERSIONS)}, got {a['version']!r}")
+@dataclass
+class ArcConfig:
+    "The `arc` section of `arc-geometry arc` (the table above); checked on construction, errors naming `arc.<key>`."
+    version: Any = "1"                  # "1" or "2" (a number is read as its string)
+    split: str = "training"
+    tasks: Any = 2                      # null, an int or a list of task ids
+    geometries: list = field(default_factory=lambda: ["dot"])
+    seeds: list = field(default_factory=lambda: [0])
+    ttt_steps: int = 10
+    views: int = 2
+    dihedral: bool = True
+    colors: bool = True
+    pretrain_steps: int = 0
+    pretrain_split: str = "training"
+    max_len: Optional[int] = None
+    section: ClassVar[str] = "arc"
+    def __post_init__(self) -> None: _check_arc(self)
+
+def _check_arc(a: ArcConfig) -> None:
+    check_fields(a, a.section)
+    a.version = str(a.version)
+    if a.version not in VERSIONS: raise ValueError(f"arc.version must be one of {sorted(VERSIONS)}, got {a.version!r}")
     for k in ("split", "pretrain_split"):
-        if a[k] not in SPLITS: raise ValueError(f"arc.{k} must be one of {list(SPLITS)}, got {a[k]!r}")
+        if getattr(a, k) not in SPLITS: raise ValueError(f"arc.{k} must be one of {list(SPLITS)}, got {getattr(a, k)!r}")
     for k in ("geometries", "seeds"):
-        if not isinstance(a[k], (list, tuple)) or not a[k]: raise ValueError(f"arc.{k} must be a non-empty list, got {a[k]!r}")
-        if len(set(map(str, a[k]))) != len(a[k]): raise ValueError(f"arc.{k} has repeated values: {a[k]}")
-    bad = [g for g in a["geometries"] if g not in GEOMETRIES]
+        v = getattr(a, k)
+        if not v: raise ValueError(f"arc.{k} must be a non-empty list, got {v!r}")
+        if len(set(map(str, v))) != len(v): raise ValueError(f"arc.{k} has repeated values: {v}")
+    bad = [g for g in a.geometries if g not in GEOMETRIES]
     if bad: raise ValueError(f"arc.geometries must be among {sorted(GEOMETRIES)}, got {bad}")
-    bad = [s for s in a["seeds"] if isinstance(s, bool) or not isinstance(s, int) or s < 0]
+    bad = [s for s in a.seeds if isinstance(s, bool) or not isinstance(s, int) or s < 0]
     if bad: raise ValueError(f"arc.seeds must be ints >= 0, got {bad[0]!r}")
-    t = a["tasks"]
+    t = a.tasks
     if not (t is None or (isinstance(t, int) and not isinstance(t, bool)) or
             (isinstance(t, (list, tuple)) and t and all(isinstance(i, str) for i in t))):
         raise ValueError(f"arc.tasks must be null, an int or a non-empty list of task ids as strings (quote them in YAML), got {t!r}")
     for k in ("ttt_steps", "pretrain_steps"):
-        if isinstance(a[k], bool) or not isinstance(a[k], int) or a[k] < 0: raise ValueError(f"arc.{k} must be an int >= 0, got {a[k]!r}")
-    if isinstance(a["views"], bool) or not isinstance(a["views"], int) or a["views"] < 1:
-        raise ValueError(f"arc.views must be an int >= 1, got {a['views']!r}")
-    m = a["max_len"]
-    if m is not None and (isinstance(m, bool) or not isinstance(m, int) or m < 2):
-        raise ValueError(f"arc.max_len must be null or an int >= 2, got {m!r}")
-    for k in ("dihedral", "colors"):
-        if not isinstance(a[k], bool): raise ValueError(f"arc.{k} must be true or false, got {a[k]!r}")
-    return a
+        if getattr(a, k) < 0: raise ValueError(f"arc.{k} must be an int >= 0, got {getattr(a, k)!r}")
+    if a.views < 1: raise ValueError(f"arc.views must be an int >= 1, got {a.views!r}")
+    if a.max_len is not None and a.max_len < 2: raise ValueError(f"arc.max_len must be null or an int >= 2, got {a.max_len!r}")
 
+# %% ../nbs/41_arc_solve.ipynb #8de2ed8d
 @functools.lru_cache(maxsize=4)
 def _tasks(version: str, split: str) -> dict:
     return {t.id: t for t in load_tasks(version, split)}
@@ -334,7 +391,7 @@ def arc_main(argv: Optional[Sequence[str]] = None) -> int:
                      "optional pre-training); one row per (task, geometry, seed) in DIR/results.csv.")
     a = p.parse_args(argv)
     cfg = suite_config(a.config, a.set, ARC_DEFAULTS)
-    arc = cfg["arc"] = _check_arc(cfg["arc"])
+    arc = cfg["arc"] = dataclasses.asdict(config_from_dict(ArcConfig, cfg["arc"]))
     mcs = [model_config(cfg["model"], g) for g in arc["geometries"]]     # validate before any work
     for mc in mcs: check_memory(mc)
     if train_config(cfg["train"]).num_threads: torch.set_num_threads(cfg["train"]["num_threads"])

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from .bench import fresh_dir
 from .export import OnnxLM, export_onnx, load_model, quantize_int8
 from .geometries import GEOMETRIES
+from .geoconfig import fields_for
 from .models import GeoConfig, GeoLM
 from .files import atomic_write
 
@@ -78,8 +79,8 @@ def bench_speed(geometries: Optional[Sequence[str]] = None, workdir=None, seed: 
     rows = []
     for g in tqdm(geometries, desc="geometries"):
         torch.manual_seed(seed)
-        cfg = GeoConfig(vocab_size=vocab_size, dim=dim, depth=depth, num_heads=num_heads, geometry=g, rank=rank,
-                        max_seq_len=max(prompts) + decode_steps + 1)
+        cfg = GeoConfig(**fields_for(dict(vocab_size=vocab_size, dim=dim, depth=depth, num_heads=num_heads, geometry=g, rank=rank,
+                                          max_seq_len=max(prompts) + decode_steps + 1), g))
         model = GeoLM(cfg).eval()
         f32 = export_onnx(model, wd / f"{g}.onnx")
         i8 = quantize_int8(f32, wd / f"{g}_int8.onnx")

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .geometries import GEOMETRIES
+from .geoconfig import fields_for
 from .models import GeoConfig, GeoLM
 from .files import atomic_write
 
@@ -41,8 +42,8 @@ def bench_one(geometry: str, dim: int, depth: int, num_heads: int, seq_len: int,
     torch.manual_seed(seed)
     ids = torch.randint(0, vocab_size, (batch, seq_len + 1))
     before = _rss_kib()
-    config = GeoConfig(vocab_size=vocab_size, dim=dim, depth=depth, num_heads=num_heads, geometry=geometry,
-                       max_seq_len=seq_len, rank=min(8, dim // num_heads), **cfg)
+    config = GeoConfig(**fields_for(dict(vocab_size=vocab_size, dim=dim, depth=depth, num_heads=num_heads, geometry=geometry,
+                                         max_seq_len=seq_len, rank=min(8, dim // num_heads), **cfg), geometry))
     model = GeoLM(config)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     def step():
@@ -114,8 +115,9 @@ def check_sizes(sizes: dict, geometries: Sequence[str]) -> None:
             raise ValueError(f"--sizes: {k} must be an int >= {low}{' or null' if k == 'threads' else ''}, got {v!r}")
     for g in geometries:
         if g not in GEOMETRIES: raise ValueError(f"--geometries must be among {', '.join(GEOMETRIES)}, got {g!r}")
-        try: GeoConfig(vocab_size=sizes["vocab_size"], dim=sizes["dim"], depth=sizes["depth"], num_heads=sizes["num_heads"],
-                       geometry=g, max_seq_len=sizes["seq_len"], rank=max(1, min(8, sizes["dim"] // sizes["num_heads"])))
+        try: GeoConfig(**fields_for(dict(vocab_size=sizes["vocab_size"], dim=sizes["dim"], depth=sizes["depth"],
+                                         num_heads=sizes["num_heads"], geometry=g, max_seq_len=sizes["seq_len"],
+                                         rank=max(1, min(8, sizes["dim"] // sizes["num_heads"]))), g))
         except ValueError as e: raise ValueError(f"--sizes: no {g} model of these sizes: {e}") from None
 
 # %% ../nbs/91_bench_model.ipynb #0a12b7b0

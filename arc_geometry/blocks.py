@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from .core import causal_mask, mask_block
+from .geoconfig import GeoConfig
 from .geometries import BLOCKS, GEOMETRIES, block_for, register_block
 from .manifolds import LowRankMetric, PoincareBall, PositionMetric, inv_softplus
 from .ops.common import acc_dtype
@@ -123,10 +124,10 @@ class GeoAttention(nn.Module):
         super().__init_subclass__(**kw)
         if cls.__dict__.get("geometry"): register_block(cls)
     @staticmethod
-    def space(cfg) -> "Euclidean":
+    def space(cfg: GeoConfig) -> "Euclidean":
         "The residual space of a model of this geometry, from its config."
         return Euclidean()
-    def __init__(self, cfg, layer: int = 0):
+    def __init__(self, cfg: GeoConfig, layer: int = 0):
         super().__init__()
         self.layer, self.H, self.dim = layer, cfg.num_heads, cfg.dim
         self.hd = cfg.dim // cfg.num_heads
@@ -227,7 +228,7 @@ class DotAttention(GeoAttention):
 class MetricAttention(Fp32Attention):
     "Scores `−(q−k)ᵀ G_h (q−k)/√D_h` with a learned `G_h = A_hᵀA_h + λ_h I` per head."
     geometry = "metric"
-    def __init__(self, cfg, layer: int = 0):
+    def __init__(self, cfg: GeoConfig, layer: int = 0):
         super().__init__(cfg, layer)
         self.metric = LowRankMetric(self.hd, cfg.rank, cfg.num_heads, lam_init=cfg.lam_init)
     def params(self): return (self.metric.A, self.metric.lam)
@@ -236,8 +237,8 @@ class PositionMetricAttention(Fp32Attention):
     "Scores with the metric `G_h(m) = A_hᵀ diag(tanh(W_h m + b_h)²) A_h + λ_h I` at the pair midpoint `m`."
     geometry = "position_metric"
     @staticmethod
-    def space(cfg): return Transported() if cfg.transport_residual else Euclidean()
-    def __init__(self, cfg, layer: int = 0):
+    def space(cfg: GeoConfig) -> Euclidean: return Transported() if cfg.transport_residual else Euclidean()
+    def __init__(self, cfg: GeoConfig, layer: int = 0):
         super().__init__(cfg, layer)
         self.metric = PositionMetric(self.hd, cfg.rank, cfg.num_heads, lam_init=cfg.lam_init)
     def params(self): return (self.metric.A, self.metric.lam, self.metric.W, self.metric.b)
@@ -255,10 +256,10 @@ class PoincareAttention(Fp32Attention):
     "Scores `−d_{c_h}(q, k)/√D_h` with `q, k = expmap0` of projected tangent vectors on per-head balls."
     geometry = "poincare"
     @staticmethod
-    def space(cfg): return Ball(cfg.curvature)
-    def __init__(self, cfg, layer: int = 0):
+    def space(cfg: GeoConfig) -> Euclidean: return Ball(cfg.c_init)
+    def __init__(self, cfg: GeoConfig, layer: int = 0):
         super().__init__(cfg, layer)
-        self.head_curvature = HeadCurvature(cfg.num_heads, cfg.curvature)
+        self.head_curvature = HeadCurvature(cfg.num_heads, cfg.c_init)
     def curvature(self) -> Tensor: return self.head_curvature()
     def _points(self, q, k):
         ball = PoincareBall(self.curvature().to(q.dtype).view(-1, 1, 1))
@@ -267,14 +268,14 @@ class PoincareAttention(Fp32Attention):
     def params(self): return (self.curvature(),)
 
 class HybridAttention(Fp32Attention):
-    "Scores `−(‖q_e−k_e‖² + α_h d_{c_h}(q_h, k_h)²)/√D_h`; per head `dim_e/H` Euclidean coordinates."
+    "Scores `−(‖q_e−k_e‖² + α_h d_{c_h}(q_h, k_h)²)/√D_h`; per head `head_dim_e` Euclidean coordinates."
     geometry = "hybrid"
     @staticmethod
-    def space(cfg): return Product(cfg.dim_e, cfg.curvature)
-    def __init__(self, cfg, layer: int = 0):
+    def space(cfg: GeoConfig) -> Euclidean: return Product(cast(int, cfg.head_dim_e) * cfg.num_heads, cfg.c_init)
+    def __init__(self, cfg: GeoConfig, layer: int = 0):
         super().__init__(cfg, layer)
-        self.hd_e = cfg.dim_e // cfg.num_heads
-        self.head_curvature = HeadCurvature(cfg.num_heads, cfg.curvature)
+        self.hd_e = cast(int, cfg.head_dim_e)
+        self.head_curvature = HeadCurvature(cfg.num_heads, cfg.c_init)
         self.alpha_raw = nn.Parameter(torch.full((cfg.num_heads,), inv_softplus(cfg.alpha_init)))
     def curvature(self) -> Tensor: return self.head_curvature()
     def alpha(self) -> Tensor: return F.softplus(self.alpha_raw)
@@ -290,14 +291,14 @@ class HybridAttention(Fp32Attention):
 # %% ../nbs/20_blocks.ipynb #a654f0cc
 class MLP(nn.Sequential):
     "`dim → mlp_ratio·dim → dim` with GELU."
-    def __init__(self, cfg):
+    def __init__(self, cfg: GeoConfig):
         super().__init__(nn.Linear(cfg.dim, cfg.mlp_ratio * cfg.dim, bias=cfg.bias), nn.GELU(),
                          nn.Linear(cfg.mlp_ratio * cfg.dim, cfg.dim, bias=cfg.bias))
         setattr(self[2], "is_residual_out", True)
 
 class GeoBlock(nn.Module):
     "Pre-norm block `x → update(x, Attn(LN(tangent x))) → update(x, MLP(LN(tangent x)))` on `x (B, S, dim)`."
-    def __init__(self, cfg, layer: int = 0):
+    def __init__(self, cfg: GeoConfig, layer: int = 0):
         super().__init__()
         block = block_for(cfg.geometry)
         self.space = block.space(cfg)

@@ -24,8 +24,8 @@ import yaml
 from . import __version__
 from .config import SECTIONS, ArgumentParser, apply_overrides, check_fields, config_from_dict, load_config
 from .job import (DEFAULT_CONFIG, DataConfig, RunConfig, build_config, check_memory, import_optuna,
-                              model_bytes, read_run_config, resume_config, saved_run_config, suggest, validate_space,
-                              validate_tune)
+                              model_bytes, read_run_config, resume_config, saved_run_config, suggest, trial_config,
+                              validate_space, validate_tune)
 from .models import GeoConfig, GeoLM
 from .files import read_json_object
 from .tasks import ModularArithmetic
@@ -158,7 +158,7 @@ def cmd_tune(a) -> int:
                                 sampler=optuna.samplers.TPESampler(seed=a.seed))
     def objective(trial):
         sets = suggest(trial, t["space"]) + ["train.progress=false"]
-        try: s = run_training(apply_overrides(base, sets), out / f"trial-{trial.number:04d}")
+        try: s = run_training(trial_config(base, sets), out / f"trial-{trial.number:04d}")
         except (NonFiniteLossError, ValueError, RuntimeError) as e:       # a bad trial fails; the sweep goes on
             msg = " ".join(str(e).split())
             trial.set_user_attr("error", msg)

@@ -21,20 +21,21 @@ __all__ = ['SECTIONS', 'check_value', 'check_fields', 'config_from_dict', 'Argum
            'check_sampling']
 
 # %% ../nbs/07_config.ipynb #76c0f6f8
-_SCALARS = {"int": int, "float": float, "str": str, "bool": bool}
+_SCALARS = {"int": int, "float": float, "str": str, "bool": bool, "list": list, "dict": dict}
 
 def _field_type(t) -> tuple[str, bool]:
     "`(base type name, optional)` of a field annotation: a type, `Optional[X]`, `X | None`, or their strings."
     s = t.__name__ if isinstance(t, type) else str(t).replace("typing.", "")
     m = re.fullmatch(r"Optional\[(\w+)\]|(\w+) \| None|None \| (\w+)", s)
     base, opt = (next(g for g in m.groups() if g), True) if m else (s, False)
-    if base not in _SCALARS: raise TypeError(f"config fields must be int, float, str or bool (or Optional), got {s}")
+    if base not in _SCALARS and base != "Any":
+        raise TypeError(f"config fields must be int, float, str, bool, list, dict (or Optional) or Any, got {s}")
     return base, opt
 
 def check_value(where: str, v, annotation):
     "`v` checked against `annotation` (int→float and numeric str→float coerced); `ValueError` naming `where` otherwise."
     base, opt = _field_type(annotation)
-    if v is None and opt: return None
+    if base == "Any" or (v is None and opt): return v             # Any: the section's own check looks at it
     want = _SCALARS[base]
     if want is float and isinstance(v, str):
         try: v = float(v)
@@ -43,6 +44,7 @@ def check_value(where: str, v, annotation):
     if want is float and isinstance(v, float) and not math.isfinite(v):
         raise ValueError(f"{where} must be a finite float, got {v!r}")
     if isinstance(v, want) and (want is bool or not isinstance(v, bool)): return v
+    if want is list and isinstance(v, tuple): return list(v)
     raise ValueError(f"{where} must be {base}{' or null' if opt else ''}, got {v!r} ({type(v).__name__})")
 
 def check_fields(obj, section: str) -> None:
@@ -50,14 +52,16 @@ def check_fields(obj, section: str) -> None:
     for f in dataclasses.fields(obj):
         setattr(obj, f.name, check_value(f"{section}.{f.name}", getattr(obj, f.name), f.type))
 
-def config_from_dict(cls, d: Optional[dict], section: str):
-    "Dataclass `cls` built from mapping `d` (None: all defaults); unknown or missing keys raise `ValueError` naming `section.key`."
+def config_from_dict(cls, d: Optional[dict], section: Optional[str] = None):
+    """Dataclass `cls` built from mapping `d` (None: all defaults); unknown or missing keys raise `ValueError` naming
+    `section.key` (`section` defaults to `cls.section`). Old names listed in `cls.deprecated` are passed on to `cls`."""
+    section = section or getattr(cls, "section", cls.__name__)
     if d is None: d = {}
     if not isinstance(d, dict): raise ValueError(f"section {section} must be a mapping, got {d!r} ({type(d).__name__})")
     fields = dataclasses.fields(cls)
     names = [f.name for f in fields]
     for k in d:
-        if k not in names: raise ValueError(f"unknown key {section}.{k}; known keys: {', '.join(names)}")
+        if k not in names and k not in getattr(cls, "deprecated", {}): raise ValueError(f"unknown key {section}.{k}; known keys: {', '.join(names)}")
     for f in fields:
         if f.name not in d and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise ValueError(f"{section}.{f.name} is required")

@@ -60,18 +60,14 @@ def _check_row(row: Any) -> None:
         raise TypeError(f"geometry {row.name!r} lists the 'ball' figure and must provide ball_points")
     if row.triton is not None and not callable(row.aot):
         raise TypeError(f"geometry {row.name!r} has a Triton path and must provide aot (its kernel configurations)")
+    if not (isinstance(row.config_fields, tuple) and all(isinstance(f, str) and f.isidentifier() for f in row.config_fields)):
+        raise TypeError(f"geometry {row.name!r}: config_fields must be a tuple of field names (of GeoConfig), got {row.config_fields!r}")
     ref = list(inspect.signature(row.reference).parameters)[3:3 + len(row.params)]
     if ref != list(row.params):
         raise TypeError(f"geometry {row.name!r}: reference takes parameters {tuple(ref)} after q, k, v, "
                         f"but the row says params = {row.params}")
 
 # %% ../nbs/03_geometries.ipynb #d0a25e16
-def _takes(fn: Callable[..., Tensor], names: Iterable[str]) -> bool:
-    "Whether `fn` accepts every keyword of `names` (or `**kwargs`)."
-    try: ps = inspect.signature(fn).parameters
-    except (TypeError, ValueError): return True
-    return any(p.kind is p.VAR_KEYWORD for p in ps.values()) or all(n in ps for n in names)
-
 @dataclass(frozen=True, kw_only=True)
 class Geometry:
     "One geometry and every part the library needs of it; calling it runs the attention."
@@ -89,6 +85,7 @@ class Geometry:
     inputs: Callable[..., dict[str, Any]]   # (generator, B, H, Sq, Sk, D, Dv, **kw) -> dict(q, k, v, *params) in float64
     export: Callable[..., Tensor]    # `scores` in plain operators, up to a row constant, for exported graphs
     block: str = "arc_geometry.blocks"   # the module whose GeoAttention subclass has `geometry = name`
+    config_fields: tuple[str, ...] = ()  # the `GeoConfig` fields it owns: checked for it, refused for the others
     figures: tuple[str, ...] = ()    # explorers that apply: "metric" (a learned G), "ball" (points on the disk)
     ball_points: Optional[Callable[[Tensor, Any], Tensor]] = None   # "ball": (hidden (..., dim), config) -> ball points
     def __post_init__(self) -> None: _check_row(self)
@@ -115,24 +112,8 @@ class Geometry:
                  window: Optional[int] = None, segment_ids: Optional[Tensor] = None) -> Tensor:
         """Attention `(B, H, Sq, Dv)` of `q, k (B, H, Sq|Sk, D)`, `v (B, H, Sk, Dv)` with this geometry's `params`;
         `window` and `segment_ids (B, Sk)` reach the implementation only when given (`core.mask_block`)."""
-        *_, scale = check_attention(q, k, v, key_padding_mask, scale, window=window, segment_ids=segment_ids)
-        if not isinstance(causal, bool): raise ValueError(f"causal must be a bool, got {causal!r}")
-        if len(params) != len(self.params):
-            raise TypeError(f"{self.name} attention takes parameters {self.params}, got {len(params)} values")
-        if self.validate is not None: self.validate(q, *params)
-        resolved = self.resolve(q, backend)
-        fn = self.implementation(resolved, q)
-        masks = {n: m for n, m in (("window", window), ("segment_ids", segment_ids)) if m is not None}
-        if masks and not _takes(fn, masks):
-            raise ValueError(f"{self.name} attention's {resolved} path takes no {' or '.join(masks)}")
-        kw = dict(causal=causal, key_padding_mask=key_padding_mask, scale=scale, **masks)
-        if not q.is_cuda:                     # on CPU a check costs no synchronisation: one pass over each input
-            with torch.no_grad(): finite = bool(torch.isfinite(q.sum() + k.sum() + v.sum()))
-            if finite: return fn(q, k, v, *params, **kw)
-        vf = v.nan_to_num(0.0, 0.0, 0.0)      # a zero weight times NaN would spread it to rows that never see it
-        kf = k.nan_to_num(0.0, 0.0, 0.0) if masks else k   # block-masked SDPA adds −∞ to a NaN score: NaN in every row
-        out = fn(q, kf, vf, *params, **kw)                  # of the block; the rule below sets the rows that see it
-        return propagate_nonfinite(out, q, k, v, causal, key_padding_mask, window=window, segment_ids=segment_ids)  # `core`'s rule
+        return _attend(self, q, k, v, params, causal=causal, key_padding_mask=key_padding_mask, scale=scale,
+                       backend=backend, window=window, segment_ids=segment_ids)
 
     def example(self, B: int = 2, H: int = 2, Sq: int = 8, Sk: Optional[int] = None, D: int = 8, Dv: Optional[int] = None,
                 seed: int = 0, dtype: torch.dtype = torch.float64, **kw: Any) -> tuple[Tensor, Tensor, Tensor, tuple[Any, ...]]:
@@ -140,6 +121,36 @@ class Geometry:
         a = self.inputs(torch.Generator().manual_seed(seed), B, H, Sq, Sq if Sk is None else Sk, D, Dv or D, **kw)
         a = {n: (t.to(dtype) if isinstance(t, Tensor) else t) for n, t in a.items()}
         return a["q"], a["k"], a["v"], tuple(a[n] for n in self.params)
+
+# %% ../nbs/03_geometries.ipynb #2f46343d
+def _takes(fn: Callable[..., Tensor], names: Iterable[str]) -> bool:
+    "Whether `fn` accepts every keyword of `names` (or `**kwargs`)."
+    try: ps = inspect.signature(fn).parameters
+    except (TypeError, ValueError): return True
+    return any(p.kind is p.VAR_KEYWORD for p in ps.values()) or all(n in ps for n in names)
+
+def _attend(row: Geometry, q: Tensor, k: Tensor, v: Tensor, params: tuple[Any, ...], *, causal: bool,
+            key_padding_mask: Optional[Tensor], scale: Optional[float], backend: str,
+            window: Optional[int], segment_ids: Optional[Tensor]) -> Tensor:
+    "What calling `row` does: check the shared arguments and the parameters once, then run the resolved backend."
+    *_, scale = check_attention(q, k, v, key_padding_mask, scale, window=window, segment_ids=segment_ids)
+    if not isinstance(causal, bool): raise ValueError(f"causal must be a bool, got {causal!r}")
+    if len(params) != len(row.params):
+        raise TypeError(f"{row.name} attention takes parameters {row.params}, got {len(params)} values")
+    if row.validate is not None: row.validate(q, *params)
+    resolved = row.resolve(q, backend)
+    fn = row.implementation(resolved, q)
+    masks = {n: m for n, m in (("window", window), ("segment_ids", segment_ids)) if m is not None}
+    if masks and not _takes(fn, masks):
+        raise ValueError(f"{row.name} attention's {resolved} path takes no {' or '.join(masks)}")
+    kw = dict(causal=causal, key_padding_mask=key_padding_mask, scale=scale, **masks)
+    if not q.is_cuda:                     # on CPU a check costs no synchronisation: one pass over each input
+        with torch.no_grad(): finite = bool(torch.isfinite(q.sum() + k.sum() + v.sum()))
+        if finite: return fn(q, k, v, *params, **kw)
+    vf = v.nan_to_num(0.0, 0.0, 0.0)      # a zero weight times NaN would spread it to rows that never see it
+    kf = k.nan_to_num(0.0, 0.0, 0.0) if masks else k   # block-masked SDPA adds −∞ to a NaN score: NaN in every row
+    out = fn(q, kf, vf, *params, **kw)                  # of the block; the rule below sets the rows that see it
+    return propagate_nonfinite(out, q, k, v, causal, key_padding_mask, window=window, segment_ids=segment_ids)  # `core`'s rule
 
 # %% ../nbs/03_geometries.ipynb #7039f224
 GEOMETRIES: dict[str, Geometry] = {}
@@ -161,8 +172,9 @@ def unregister(name: str) -> Geometry:
 # %% ../nbs/03_geometries.ipynb #fd3efb21
 _SDPA = "SDPA is the fused kernel on every device (FlashAttention on CUDA): nothing of ours would be faster"
 _T = flash is not None
+_CURVATURE = ("c_init", "c_min", "c_max")      # the config fields of a learned curvature
 def _ball_state(x: Tensor, cfg: Any) -> Tensor: return x                  # hidden states live on the ball
-def _ball_part(x: Tensor, cfg: Any) -> Tensor: return x[..., cfg.dim_e:]  # ... or its last dim − dim_e coordinates do
+def _ball_part(x: Tensor, cfg: Any) -> Tensor: return x[..., cfg.head_dim_e * cfg.num_heads:]  # ... or the part past the flat one
 register(Geometry(name="dot", summary="the baseline: scaled dot product", distance="−q·k (dot product: not a distance)",
                   reference=dot_attention_ref, scores=dot_scores_ref, cpu=dot_cpu, no_triton=_SDPA,
                   inputs=dot_case, export=dot_scores_plain))
@@ -170,28 +182,29 @@ register(Geometry(name="metric", summary="a learned, per-head notion of close", 
                   params=("A", "lam"), validate=check_metric_params, reference=metric_attention_ref,
                   scores=metric_scores_ref, cpu=metric_cpu, triton=flash.metric_triton if _T else None,
                   no_triton=_NO_TRITON, aot=(lambda: flash.aot_configs(geometries=("metric",))) if _T else None,
-                  inputs=metric_case, export=metric_scores_plain, figures=("metric",)))
+                  inputs=metric_case, export=metric_scores_plain, figures=("metric",), config_fields=("rank", "lam_init")))
 register(Geometry(name="position_metric", summary="a metric that changes across the space", distance="(q−k)ᵀ G(m) (q−k)",
                   params=("A", "lam", "W", "b"), validate=check_position_params, reference=position_metric_attention_ref,
                   scores=position_metric_scores_ref, cpu=position_metric_cpu,
                   triton=_pmt.position_metric_triton if _T else None, no_triton=_NO_TRITON,
-                  aot=_pmt.aot_configs if _T else None, inputs=position_metric_case, export=position_metric_scores_plain, figures=("metric",)))
+                  aot=_pmt.aot_configs if _T else None, inputs=position_metric_case, export=position_metric_scores_plain, figures=("metric",),
+                  config_fields=("rank", "lam_init", "transport_residual")))
 register(Geometry(name="poincare", summary="hierarchies and trees", distance="d_c(q, k)", params=("c",),
                   validate=check_poincare_params, reference=poincare_attention_ref, scores=poincare_scores_ref,
                   cpu=poincare_cpu, triton=flash.poincare_triton if _T else None, no_triton=_NO_TRITON,
                   aot=(lambda: flash.aot_configs(geometries=("poincare",))) if _T else None, inputs=poincare_case,
-                  export=poincare_scores_plain, figures=("ball",),
-                  ball_points=_ball_state))
+                  export=poincare_scores_plain, figures=("ball",), ball_points=_ball_state, config_fields=_CURVATURE))
 register(Geometry(name="hybrid", summary="flat and hierarchical structure at once", distance="‖qₑ−kₑ‖² + α d_c(qₕ, kₕ)²",
                   params=("c", "alpha", "dim_e"), validate=check_hybrid_params, reference=hybrid_attention_ref,
                   scores=hybrid_scores_ref, cpu=hybrid_cpu, triton=flash.hybrid_triton if _T else None,
                   no_triton=_NO_TRITON, aot=(lambda: flash.aot_configs(geometries=("hybrid",))) if _T else None,
-                  inputs=hybrid_case, export=hybrid_scores_plain, figures=("ball",),
-                  ball_points=_ball_part))
+                  inputs=hybrid_case, export=hybrid_scores_plain, figures=("ball",), ball_points=_ball_part,
+                  config_fields=_CURVATURE + ("alpha_init", "head_dim_e")))
 register(Geometry(name="lorentz", summary="hyperbolic at dot-product cost: the hyperboloid", distance="‖x−y‖²_L on the hyperboloid",
                   params=("c",), validate=check_lorentz_params, reference=lorentz_attention_ref, scores=lorentz_scores_ref,
                   cpu=lorentz_cpu, no_triton="its attention is SDPA on transformed vectors (FlashAttention on CUDA): no kernel of ours is needed",
-                  inputs=lorentz_case, export=lorentz_scores_plain, block="arc_geometry.lorentz_block", figures=("ball",), ball_points=lorentz_ball_points))
+                  inputs=lorentz_case, export=lorentz_scores_plain, block="arc_geometry.lorentz_block", figures=("ball",), ball_points=lorentz_ball_points,
+                  config_fields=_CURVATURE))
 
 # %% ../nbs/03_geometries.ipynb #be022923
 BLOCKS: dict[str, type] = {}             # geometry name → its model block, filled as the classes are defined

@@ -107,7 +107,7 @@ def attention_modules(model: nn.Module) -> list[nn.Module]:
 # %% ../nbs/51_hf.ipynb #25657233
 def geometrize(model: nn.Module, geometry: str, **params: Any) -> nn.Module:
     """Give every self-attention module of the `transformers` causal LM `model` the geometry `geometry` (a name of
-    `GEOMETRIES`; `params` are `GeoConfig` fields such as `rank`, `curvature`, `dim_e`); returns `model`, changed in place."""
+    `GEOMETRIES`; `params` are `GeoConfig` fields such as `rank`, `c_init`, `head_dim_e`; the deprecated `curvature`, `dim_e` are accepted); returns `model`, changed in place."""
     tf = _transformers()
     if not isinstance(model, tf.PreTrainedModel):
         raise ValueError(f"model must be a transformers PreTrainedModel, got {type(model).__name__}")
@@ -115,7 +115,7 @@ def geometrize(model: nn.Module, geometry: str, **params: Any) -> nn.Module:
         raise ValueError(f"geometry must be one of {sorted(GEOMETRIES)}, got {geometry!r}")
     if getattr(model.config, CONFIG_KEY, None):
         raise ValueError(f"model is already geometrized ({getattr(model.config, CONFIG_KEY)})")
-    bad = sorted(set(params) - set(GEOMETRY_PARAMS))
+    bad = sorted(set(params) - set(GEOMETRY_PARAMS) - set(GeoConfig.deprecated))
     if bad: raise ValueError(f"unknown geometry parameter(s) {bad}; known: {sorted(GEOMETRY_PARAMS)}")
     mods = attention_modules(model)
     if not mods or not model._can_set_attn_implementation():

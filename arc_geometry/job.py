@@ -8,19 +8,20 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, ClassVar, Optional, Sequence
 
 from .config import SECTIONS, apply_overrides, check_fields, config_from_dict
 from .files import read_json_object
-from .models import GeoConfig
+from .geoconfig import GeoConfig, fields_for
 from .tasks import ModularArithmetic
 from .train import MID_RUN_KEYS, TrainConfig
 
 # %% auto #0
-__all__ = ['DEFAULT_CONFIG', 'DataConfig', 'RunConfig', 'model_bytes', 'check_memory', 'build_config', 'validate_tune',
-           'validate_space', 'suggest', 'import_optuna', 'read_run_config', 'saved_run_config', 'resume_config']
+__all__ = ['DEFAULT_CONFIG', 'DataConfig', 'RunConfig', 'model_bytes', 'check_memory', 'build_config', 'TuneConfig',
+           'validate_tune', 'trial_config', 'validate_space', 'suggest', 'import_optuna', 'read_run_config',
+           'saved_run_config', 'resume_config']
 
 # %% ../nbs/32b_job.ipynb #67432cef
 @dataclass
@@ -92,9 +93,7 @@ def build_config(cfg: dict) -> RunConfig:
         data = config_from_dict(DataConfig, d, "data"); task = data.build()
     m = dict(cfg.get("model") or {})
     m.setdefault("vocab_size", task.vocab_size); m.setdefault("max_seq_len", task.seq_len)
-    try: model = config_from_dict(GeoConfig, m, "model")
-    except (ValueError, TypeError) as e:
-        msg = str(e); raise ValueError(msg if msg.startswith(("model.", "unknown key model.")) else f"model.{msg}") from None
+    model = config_from_dict(GeoConfig, m)             # its errors name model.<key> themselves
     if model.vocab_size < task.vocab_size:
         raise ValueError(f"model.vocab_size must be >= the task's vocabulary {task.vocab_size}, got {model.vocab_size}")
     if model.max_seq_len < task.seq_len:
@@ -107,19 +106,22 @@ def build_config(cfg: dict) -> RunConfig:
 # %% ../nbs/32b_job.ipynb #762e98cb
 _FIELDS = {"model": GeoConfig, "data": DataConfig, "train": TrainConfig}
 
-def validate_tune(t: dict) -> dict:
-    "Check the `tune` section's shape; returns it with defaults filled in."
-    known = ("space", "metric", "direction")
-    for k in t:
-        if k not in known: raise ValueError(f"unknown key tune.{k}; known keys: {', '.join(known)}")
-    if not t: return {}
-    t = {"metric": "val_acc", "direction": "maximize", "space": {}, **t}
-    if t["direction"] not in ("maximize", "minimize"):
-        raise ValueError(f"tune.direction must be 'maximize' or 'minimize', got {t['direction']!r}")
-    if t["metric"] not in ("val_acc", "val_loss", "loss", "step", "val_bpb", "val_ppl"):
-        raise ValueError(f"tune.metric must be one of val_acc, val_loss, loss, step, val_bpb, val_ppl, got {t['metric']!r}")
-    if not isinstance(t["space"], dict): raise ValueError(f"tune.space must be a mapping, got {t['space']!r}")
-    for key, spec in t["space"].items():
+@dataclass
+class TuneConfig:
+    "The `tune` section: the search space (`section.key` → `{low, high[, log, step]}` or `{choices}`) and the goal."
+    space: dict = field(default_factory=dict)
+    metric: str = "val_acc"
+    direction: str = "maximize"
+    section: ClassVar[str] = "tune"
+    def __post_init__(self) -> None: _check_tune(self)
+
+def _check_tune(t: TuneConfig) -> None:
+    check_fields(t, t.section)
+    if t.direction not in ("maximize", "minimize"):
+        raise ValueError(f"tune.direction must be 'maximize' or 'minimize', got {t.direction!r}")
+    if t.metric not in ("val_acc", "val_loss", "loss", "step", "val_bpb", "val_ppl"):
+        raise ValueError(f"tune.metric must be one of val_acc, val_loss, loss, step, val_bpb, val_ppl, got {t.metric!r}")
+    for key, spec in t.space.items():
         sec, _, k = key.partition(".")
         if sec not in _FIELDS or k not in [f.name for f in dataclasses.fields(_FIELDS[sec])]:
             raise ValueError(f"tune.space key {key!r} is not a config key (section.key)")
@@ -132,15 +134,24 @@ def validate_tune(t: dict) -> dict:
             if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (lo, hi)) or not lo <= hi:
                 raise ValueError(f"tune.space.{key} needs numbers low <= high, got low={lo!r}, high={hi!r}")
             if spec.get("log") and not lo > 0: raise ValueError(f"tune.space.{key}: a log range needs low > 0, got {lo!r}")
-    return t
 
+def validate_tune(t: dict) -> dict:
+    "The `tune` section checked as a `TuneConfig`, as a dict with the defaults filled in; `{}` when there is none."
+    return dataclasses.asdict(config_from_dict(TuneConfig, t)) if t else {}
+
+# %% ../nbs/32b_job.ipynb #3ecd8044
 def _set(key: str, v) -> str: return f"{key}={json.dumps(v)}"
+
+def trial_config(base: dict, sets: Sequence[str]) -> dict:
+    "`base` with a trial's `--set` overrides; its geometry (a swept one too) takes its share of the model section (`fields_for`)."
+    c = apply_overrides(base, list(sets)); m = c.get("model") or {}
+    return {**c, "model": fields_for(m, m.get("geometry", "dot"))}
 
 def validate_space(base: dict, space: dict) -> None:
     "Build the config with every choice and both ends of every range of `space`; `ValueError` naming the first bad value."
     for key, s in space.items():
         for v in (s["choices"] if "choices" in s else [s["low"], s["high"]]):
-            try: build_config(apply_overrides(base, [_set(key, v)]))
+            try: build_config(trial_config(base, [_set(key, v)]))
             except ValueError as e: raise ValueError(f"tune.space.{key}: the value {v!r} is invalid: {e}") from None
 
 def suggest(trial, space: dict) -> list[str]:

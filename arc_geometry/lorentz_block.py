@@ -18,6 +18,6 @@ class LorentzAttention(Fp32Attention):
     geometry = "lorentz"
     def __init__(self, cfg, layer: int = 0):
         super().__init__(cfg, layer)
-        self.head_curvature = HeadCurvature(cfg.num_heads, cfg.curvature)
+        self.head_curvature = HeadCurvature(cfg.num_heads, cfg.c_init)
     def curvature(self) -> Tensor: return self.head_curvature()
     def params(self): return (self.curvature(),)

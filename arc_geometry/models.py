@@ -19,104 +19,11 @@ from .geometries import GEOMETRIES
 from .pretrained import from_pretrained, register_architecture, save_pretrained
 
 # %% auto #0
-__all__ = ['POSITIONS', 'GeoConfig', 'GeoPreTrained', 'GeoModel', 'GeoLM', 'GeoForSequenceClassification']
+__all__ = ['GeoPreTrained', 'GeoModel', 'GeoLM', 'GeoForSequenceClassification', 'GeoConfig', 'POSITIONS']
 
 # %% ../nbs/21_model.ipynb #9e065663
-from .config import check_fields
-
-POSITIONS = ("learned", "rotary")
-
-# %% ../nbs/21_model.ipynb #b4dd757f
-@dataclass
-class GeoConfig:
-    "Configuration of a `GeoLM`; validated on construction (bad values raise `ValueError` naming the field)."
-    vocab_size: int
-    dim: int = 256
-    depth: int = 4
-    num_heads: int = 8
-    geometry: str = "dot"
-    rank: int = 8
-    max_seq_len: int = 512
-    positions: str = "learned"
-    rope_base: float = 10000.0
-    tie_embeddings: bool = True
-    dropout: float = 0.0
-    mlp_ratio: int = 4
-    bias: bool = True
-    lam_init: float = 1.0
-    curvature: float = 1.0
-    c_min: float = 1e-2
-    c_max: float = 10.0
-    alpha_init: float = 1.0
-    dim_e: Optional[int] = None
-    transport_residual: bool = False
-    num_classes: int = 2
-    window: Optional[int] = None      # sliding-window attention: each token sees its last `window` tokens
-    global_every: int = 0             # with a window: every `global_every`-th layer attends globally (0: none does)
-
-    def __post_init__(self):
-        return _check_geo_config(self)
-
-    @property
-    def head_dim(self) -> int: return self.dim // self.num_heads
-
-    def layer_window(self, layer: int) -> Optional[int]:
-        "The window of layer `layer`: `window`, except every `global_every`-th layer (the last of each group), which is global."
-        if self.window is None or (self.global_every and layer % self.global_every == self.global_every - 1): return None
-        return self.window
-
-    def to_dict(self) -> dict:
-        "A JSON/YAML-ready dict of every field."
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "GeoConfig":
-        "Build from a dict; unknown keys are rejected by name."
-        names = {f.name for f in dataclasses.fields(cls)}
-        for k in d:
-            if k not in names: raise ValueError(f"unknown GeoConfig key {k!r}; known keys: {sorted(names)}")
-        return cls(**d)
-
-# %% ../nbs/21_model.ipynb #457cec04
-def _check_geo_config(cfg):
-    "Validate (and complete) the `GeoConfig` `cfg`: every field's type and range, naming the field."
-    check_fields(cfg, "model")                 # types, int → float, finite floats; errors name model.<field>
-    for n in ("vocab_size", "dim", "depth", "num_heads", "max_seq_len", "mlp_ratio", "num_classes"):
-        if getattr(cfg, n) < 1: raise ValueError(f"{n} must be >= 1, got {getattr(cfg, n)}")
-    if cfg.window is not None and cfg.window < 1: raise ValueError(f"window must be >= 1 (or None), got {cfg.window}")
-    if cfg.global_every < 0: raise ValueError(f"global_every must be >= 0, got {cfg.global_every}")
-    if cfg.geometry not in GEOMETRIES:
-        raise ValueError(f"geometry must be one of {sorted(GEOMETRIES)}, got {cfg.geometry!r}")
-    if cfg.dim % cfg.num_heads:
-        raise ValueError(f"dim must be divisible by num_heads = {cfg.num_heads}, got {cfg.dim}")
-    hd = cfg.dim // cfg.num_heads
-    if not 1 <= cfg.rank <= hd:
-        raise ValueError(f"rank must satisfy 1 <= rank <= head dim = dim/num_heads = {hd}, got {cfg.rank}")
-    if cfg.positions not in POSITIONS:
-        raise ValueError(f"positions must be one of {POSITIONS}, got {cfg.positions!r}")
-    if not (math.isfinite(cfg.rope_base) and cfg.rope_base > 1):
-        raise ValueError(f"rope_base must be a finite float > 1, got {cfg.rope_base}")
-    if not 0 <= cfg.dropout < 1: raise ValueError(f"dropout must be in [0, 1), got {cfg.dropout}")
-    for n in ("lam_init", "alpha_init"):
-        if not (math.isfinite(getattr(cfg, n)) and getattr(cfg, n) > 0):
-            raise ValueError(f"{n} must be a finite float > 0, got {getattr(cfg, n)}")
-    if not (math.isfinite(cfg.c_min) and cfg.c_min > 0):
-        raise ValueError(f"c_min must be a finite float > 0, got {cfg.c_min}")
-    if not (math.isfinite(cfg.c_max) and cfg.c_max >= cfg.c_min):
-        raise ValueError(f"c_max must be a finite float >= c_min = {cfg.c_min}, got {cfg.c_max}")
-    if not cfg.c_min <= cfg.curvature <= cfg.c_max:
-        raise ValueError(f"curvature must be in [c_min, c_max] = [{cfg.c_min}, {cfg.c_max}], got {cfg.curvature}")
-    if cfg.geometry == "hybrid":
-        if cfg.dim_e is None: cfg.dim_e = max(cfg.num_heads, cfg.dim // 2 // cfg.num_heads * cfg.num_heads)
-        if not (0 < cfg.dim_e < cfg.dim and cfg.dim_e % cfg.num_heads == 0):
-            raise ValueError(f"dim_e must satisfy 0 < dim_e < dim = {cfg.dim} and be divisible by "
-                             f"num_heads = {cfg.num_heads}, got {cfg.dim_e}")
-    elif cfg.dim_e is not None and not 0 < cfg.dim_e < cfg.dim:
-        raise ValueError(f"dim_e must satisfy 0 < dim_e < dim = {cfg.dim}, got {cfg.dim_e}")
-    if cfg.positions == "rotary":
-        parts = [hd] if cfg.geometry != "hybrid" else [cfg.dim_e // cfg.num_heads, hd - cfg.dim_e // cfg.num_heads]
-        if any(p % 2 for p in parts):
-            raise ValueError(f"positions='rotary' needs even head dims (per part for hybrid), got {parts}")
+from .geoconfig import POSITIONS, GeoConfig
+_all_ = ["GeoConfig", "POSITIONS"]
 
 # %% ../nbs/21_model.ipynb #5aaec6eb
 class GeoPreTrained(nn.Module):
@@ -234,12 +141,17 @@ class GeoModel(GeoPreTrained):
 
     def attention_scores(self, input_ids: Tensor, layer: int) -> Tensor:
         "Pre-softmax causal scores `(B, H, S, S)` of block `layer`'s attention for `input_ids (B, S)` (materialised; for inspection)."
-        if not 0 <= layer < self.config.depth:
-            raise ValueError(f"layer must be in [0, depth = {self.config.depth}), got {layer}")
-        x, pos = self.embed(input_ids)
-        for b in self.blocks[:layer]: x = b(x, pos)
-        blk = cast(GeoBlock, self.blocks[layer])
-        return blk.attn.attention_scores(blk.ln1(self.space.tangent(x)), pos)
+        return _model_scores(self, input_ids, layer)
+
+# %% ../nbs/21_model.ipynb #e35b81e4
+def _model_scores(m: GeoModel, input_ids: Tensor, layer: int) -> Tensor:
+    "Block `layer`'s scores: the hidden states up to it, then its attention's `attention_scores` of their LayerNorm."
+    if not 0 <= layer < m.config.depth:
+        raise ValueError(f"layer must be in [0, depth = {m.config.depth}), got {layer}")
+    x, pos = m.embed(input_ids)
+    for b in m.blocks[:layer]: x = b(x, pos)
+    blk = cast(GeoBlock, m.blocks[layer])
+    return blk.attn.attention_scores(blk.ln1(m.space.tangent(x)), pos)
 
 # %% ../nbs/21_model.ipynb #03aa956d
 class GeoLM(GeoPreTrained):

@@ -14,9 +14,10 @@ import shutil
 import tempfile
 import statistics
 import time
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, ClassVar, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -26,10 +27,12 @@ from .blocks import Ball, Product
 from .calibration import TemperatureScaler, brier, ece, radius_confidence
 from .job import check_memory
 from .geometries import GEOMETRIES
+from .geoconfig import fields_for
 from .models import GeoConfig, GeoLM
 from .files import atomic_write
 from .hierarchy import Ancestry, InContextHops, LcaDepth, Tree, random_tree, stdlib_tree
 from .grid import enqueue, export_results, grid_name, masked, open_grid, run_grid
+from .config import check_fields, config_from_dict
 from .runs import ResultsCSV, check_run_dir, suite_config, suite_parser
 from .tasks import AnswerTask, ModularArithmetic, is_prime, split_sequences
 from .train import Callback, NonFiniteLossError, TrainConfig, Trainer
@@ -38,8 +41,8 @@ from .train import Callback, NonFiniteLossError, TrainConfig, Trainer
 __all__ = ['HIERARCHY', 'HOPS_POOL', 'ARITHMETIC', 'TEXT', 'TASKS', 'KEY', 'COLUMNS', 'WIDTH_KEY', 'WIDTH_COLUMNS',
            'TEXT_CONTEXT', 'DEFAULTS', 'PER_TRIAL', 'SUMMARY_MEANS', 'TableTask', 'QuadraticForm',
            'PermutationComposition', 'study_tree', 'hierarchy_task', 'make_task', 'answer_outputs', 'CurveRecorder',
-           'schema', 'trial_name', 'measure', 'run_trial', 'text_trial', 'has_width_axis', 'trial_section',
-           'check_study_config', 'study_jobs', 'study_main', 'read_results', 'summarize']
+           'schema', 'trial_name', 'measure', 'run_trial', 'text_trial', 'StudyConfig', 'has_width_axis',
+           'trial_section', 'check_study_config', 'study_jobs', 'study_main', 'read_results', 'summarize']
 
 # %% ../nbs/43_study.ipynb #455d3063
 class TableTask(AnswerTask):
@@ -225,7 +228,7 @@ def run_trial(job: dict) -> dict:
     tc, (key, columns) = job["trial"], schema(job)
     task = make_task(job["task"], float(job["train_fraction"]), int(job["seed"]), tc["p"], tc.get("tree_nodes", 1000))
     torch.manual_seed(int(job["seed"]))
-    mc = {**job["model"], **({"dim": int(job["width"])} if "width" in job else {})}
+    mc = {**fields_for(job["model"], job["geometry"]), **({"dim": int(job["width"])} if "width" in job else {})}
     model = GeoLM(GeoConfig(vocab_size=task.vocab_size, max_seq_len=task.seq_len, geometry=job["geometry"], **mc))
     cfg = TrainConfig.from_dict({**job["train"], "max_steps": tc["max_steps"], "seed": int(job["seed"]),
                                  "target_accuracy": tc["target_accuracy"]})
@@ -258,7 +261,7 @@ def text_trial(job: dict) -> dict:
     from arc_geometry.cli import run_training                    # the training command's own path (config → run)
     t0 = time.perf_counter()
     tc, (key, columns) = job["trial"], schema(job)
-    cfg = {"model": {**job["model"], "dim": int(job["width"]), "geometry": job["geometry"], "max_seq_len": TEXT_CONTEXT},
+    cfg = {"model": {**fields_for(job["model"], job["geometry"]), "dim": int(job["width"]), "geometry": job["geometry"], "max_seq_len": TEXT_CONTEXT},
            "data": {"task": "text", "files": tc["text_files"], "tokenizer": {"kind": "bytes"}, "val_fraction": 0.05,
                     "split_seed": 0, "eval_tokens": 32768},
            "train": {**job["train"], "max_steps": tc["max_steps"], "seed": int(job["seed"]), "checkpoint_every_s": 1e9}}
@@ -280,46 +283,64 @@ def text_trial(job: dict) -> dict:
     return row
 
 # %% ../nbs/43_study.ipynb #b51bf398
-DEFAULTS: dict[str, dict[str, Any]] = {
-    "model": {"dim": 16, "depth": 1, "num_heads": 2, "rank": 2},
-    "train": {"batch_size": 512, "lr": 1e-3, "weight_decay": 1.0, "beta1": 0.9, "beta2": 0.98, "warmup_steps": 10,
-              "schedule": "constant", "eval_every": 10, "num_threads": 1, "progress": False, "tensorboard": False},
-    "study": {"tasks": ["a+b"], "train_fractions": [0.5], "geometries": sorted(GEOMETRIES), "seeds": [0],
-              "max_steps": 10, "target_accuracy": 0.99, "p": 97, "widths": None, "tree_nodes": 1000,
-              "text_files": "python-stdlib"},
-}
-PER_TRIAL = {"model": {"vocab_size": "the task", "max_seq_len": "the task", "geometry": "study.geometries"},
-             "train": {"max_steps": "study.max_steps", "seed": "study.seeds", "target_accuracy": "study.target_accuracy"}}
+@dataclass
+class StudyConfig:
+    "The `study` section: the grid (tasks × train fractions × geometries × seeds) and each trial's budget."
+    tasks: Any = field(default_factory=lambda: ["a+b"])                 # a list (or one name)
+    train_fractions: Any = field(default_factory=lambda: [0.5])
+    geometries: Any = field(default_factory=lambda: sorted(GEOMETRIES))
+    seeds: Any = field(default_factory=lambda: [0])
+    max_steps: int = 10
+    target_accuracy: float = 0.99
+    p: int = 97
+    widths: Any = None                                               # model widths: an axis of the grid
+    tree_nodes: int = 1000                                           # the random tree of the hierarchy tasks
+    text_files: str = "python-stdlib"                                # the text task's corpus
+    section: ClassVar[str] = "study"
+    def __post_init__(self) -> None: _check_study(self)
 
 def _list(v, key: str) -> list:
-    v = v if isinstance(v, list) else [v]
+    v = list(v) if isinstance(v, (list, tuple)) else [v]
     if not v: raise ValueError(f"study.{key} must not be empty")
     if len(set(map(str, v))) != len(v): raise ValueError(f"study.{key} has repeated values: {v}")
     return v
 
 def _int(v, lo: int) -> bool: return isinstance(v, int) and not isinstance(v, bool) and v >= lo
 
-def _check_axes(s: dict) -> dict:
-    "The grid's lists (`tasks`, `train_fractions`, `geometries`, `seeds`, `widths`) checked and normalised."
-    s["tasks"] = _list(s["tasks"], "tasks")
-    for t in s["tasks"]:
+def _check_study(s: StudyConfig) -> None:
+    check_fields(s, s.section)
+    s.tasks = _list(s.tasks, "tasks")
+    for t in s.tasks:
         if t not in TASKS: raise ValueError(f"study.tasks: unknown task {t!r}; tasks: {', '.join(TASKS)}")
-    s["train_fractions"] = _list(s["train_fractions"], "train_fractions")
-    for f in s["train_fractions"]:
+    s.train_fractions = _list(s.train_fractions, "train_fractions")
+    for f in s.train_fractions:
         if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f < 1:
             raise ValueError(f"study.train_fractions must be numbers in (0, 1), got {f!r}")
-    s["train_fractions"] = [float(f) for f in s["train_fractions"]]
-    s["geometries"] = _list(s["geometries"], "geometries")
-    for g in s["geometries"]:
+    s.train_fractions = [float(f) for f in s.train_fractions]
+    s.geometries = _list(s.geometries, "geometries")
+    for g in s.geometries:
         if g not in GEOMETRIES: raise ValueError(f"study.geometries: unknown geometry {g!r}; geometries: {', '.join(sorted(GEOMETRIES))}")
-    s["seeds"] = _list(s["seeds"], "seeds")
-    for x in s["seeds"]:
-        if not _int(x, 0): raise ValueError(f"study.seeds must be ints >= 0, got {x!r}")
-    if s["widths"] is not None:
-        s["widths"] = _list(s["widths"], "widths")
-        for w in s["widths"]:
+    s.seeds = _list(s.seeds, "seeds")
+    for x in s.seeds:
+        if isinstance(x, bool) or not isinstance(x, int) or x < 0: raise ValueError(f"study.seeds must be ints >= 0, got {x!r}")
+    if s.max_steps < 1: raise ValueError(f"study.max_steps must be an int >= 1, got {s.max_steps!r}")
+    if not 0 < s.target_accuracy <= 1: raise ValueError(f"study.target_accuracy must be a number in (0, 1], got {s.target_accuracy!r}")
+    if not is_prime(s.p): raise ValueError(f"study.p must be a prime int, got {s.p!r}")
+    if s.tree_nodes < 2: raise ValueError(f"study.tree_nodes must be an int >= 2, got {s.tree_nodes!r}")
+    if s.widths is not None:
+        s.widths = _list(s.widths, "widths")
+        for w in s.widths:
             if not _int(w, 1): raise ValueError(f"study.widths must be ints >= 1 (model widths), got {w!r}")
-    return s
+
+# %% ../nbs/43_study.ipynb #fb5563d2
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "model": {"dim": 16, "depth": 1, "num_heads": 2, "rank": 2},
+    "train": {"batch_size": 512, "lr": 1e-3, "weight_decay": 1.0, "beta1": 0.9, "beta2": 0.98, "warmup_steps": 10,
+              "schedule": "constant", "eval_every": 10, "num_threads": 1, "progress": False, "tensorboard": False},
+    "study": dataclasses.asdict(StudyConfig()),
+}
+PER_TRIAL = {"model": {"vocab_size": "the task", "max_seq_len": "the task", "geometry": "study.geometries"},
+             "train": {"max_steps": "study.max_steps", "seed": "study.seeds", "target_accuracy": "study.target_accuracy"}}
 
 def has_width_axis(s: dict) -> bool:
     "Whether a study section's trials carry a `width` (a `widths` list or a hierarchy task): `WIDTH_COLUMNS`."
@@ -337,15 +358,7 @@ def check_study_config(cfg: dict) -> dict:
     for sec, keys in PER_TRIAL.items():
         for k, by in keys.items():
             if k in cfg[sec]: raise ValueError(f"{sec}.{k} is set per trial (by {by}); remove it from the {sec} section")
-    s = dict(cfg["study"])
-    unknown = [k for k in s if k not in DEFAULTS["study"]]
-    if unknown: raise ValueError(f"unknown key study.{unknown[0]}; known keys: {', '.join(DEFAULTS['study'])}")
-    s = _check_axes(s)
-    for k, ok, want in (("max_steps", lambda v: _int(v, 1), "an int >= 1"),
-                        ("target_accuracy", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 1, "a number in (0, 1]"),
-                        ("p", lambda v: _int(v, 2) and is_prime(v), "a prime int"), ("tree_nodes", lambda v: _int(v, 2), "an int >= 2")):
-        if not ok(s[k]): raise ValueError(f"study.{k} must be {want}, got {s[k]!r}")
-    s["target_accuracy"] = float(s["target_accuracy"])
+    s = dataclasses.asdict(config_from_dict(StudyConfig, cfg["study"]))    # the study section: normalised lists
     model = {k: v for k, v in cfg["model"].items() if not (k == "dim" and s["widths"] is not None)}
     vocab = seq = 0
     for t in s["tasks"]:                                 # every split of the grid is built now, not trials later
@@ -358,7 +371,7 @@ def check_study_config(cfg: dict) -> dict:
             vocab, seq = max(vocab, task.vocab_size), max(seq, task.seq_len)
     for g in s["geometries"]:                            # the model and train sections, as a trial will build them
         for w in s["widths"] or [None]:
-            try: check_memory(GeoConfig.from_dict({**model, **({"dim": w} if w else {}), "vocab_size": vocab, "max_seq_len": seq, "geometry": g}))
+            try: check_memory(GeoConfig.from_dict({**fields_for(model, g), **({"dim": w} if w else {}), "vocab_size": vocab, "max_seq_len": seq, "geometry": g}))
             except ValueError as e: raise ValueError(f"{e} (geometry {g}" + (f", study.widths {w})" if w else ")")) from None
     TrainConfig.from_dict({**cfg["train"], "max_steps": s["max_steps"], "seed": 0, "target_accuracy": s["target_accuracy"]})
     return {**cfg, "model": model, "study": s}

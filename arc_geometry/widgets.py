@@ -325,7 +325,7 @@ class PoincareExplorer(Explorer):
         assert to_ball is not None                                            # checked in __init__
         x = to_ball(x, self.model.config)                                     # the hyperbolic part
         x, idx = _flat_points(x, self.position)
-        return disk_points(x, self.model.config.curvature), x, idx
+        return disk_points(x, self.model.config.c_init), x, idx
 
     def _build(self) -> go.Figure:
         p, x, idx = self.points()
@@ -333,7 +333,7 @@ class PoincareExplorer(Explorer):
         colour = {"token": ids, "position": idx[:, 1],
                   "label": self.labels[idx[:, 0], idx[:, 1]] if self.labels is not None else ids}[self.color.value]
         name = (lambda t: str(self.tokens[t])) if self.tokens is not None else str
-        d0 = PoincareBall(self.model.config.curvature).dist(torch.zeros_like(x[:1]), x.double()).squeeze(-1)
+        d0 = PoincareBall(self.model.config.c_init).dist(torch.zeros_like(x[:1]), x.double()).squeeze(-1)
         text = [f"token {name(int(t))} (seq {int(b)}, pos {int(s)})<br>d(0, x) = {float(d):.3f}"
                 for t, (b, s), d in zip(ids, idx, d0)]
         fig = make_subplots(rows=1, cols=2, column_widths=[0.62, 0.38],

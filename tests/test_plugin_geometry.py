@@ -85,7 +85,7 @@ def test_model_training_generation(toy, tmp_path):
     from arc_geometry.cli import DEFAULT_CONFIG, run_training
     from arc_geometry.models import GeoConfig, GeoLM
     cfg = {s: dict(v) for s, v in DEFAULT_CONFIG.items()}
-    cfg["model"].update(geometry="toy", dim=16, num_heads=2, rank=2)
+    cfg["model"].update(geometry="toy", dim=16, num_heads=2)          # a rank would be refused: the toy owns none
     cfg["data"].update(p=11)
     cfg["train"].update(max_steps=4, batch_size=16, eval_every=2, target_accuracy=None)
     summary = run_training(cfg, tmp_path / "run")

@@ -276,6 +276,6 @@ def lorentz_error_table(radii=(0.5, 1, 2, 3, 4, 5, 6, 8), dtypes=(torch.float32,
 
 # %% ../../nbs/19_lorentz.ipynb #3ecc3a4a
 def lorentz_ball_points(x: Tensor, cfg: Any) -> Tensor:
-    "Hidden states `x (..., dim)` as points of `PoincareBall(cfg.curvature)`: `to_poincare(expmap0(x))`, in float64."
-    L = Lorentz(float(cfg.curvature))
+    "Hidden states `x (..., dim)` as points of `PoincareBall(cfg.c_init)`: `to_poincare(expmap0(x))`, in float64."
+    L = Lorentz(float(cfg.c_init))
     return L.to_poincare(L.expmap0(x.double()))
