@@ -17,9 +17,10 @@ import warnings
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Callable, Optional, Sequence, Union
 
 import numpy as np
+from fastcore.basics import patch
 
 from .extras import require
 from .config import check_sampling
@@ -281,6 +282,7 @@ def sample_next_np(logits: np.ndarray, temperature: float, top_k: Optional[int],
 # %% ../nbs/50_export.ipynb #9ac6d86f
 class OnnxLM:
     "A `GeoLM` exported by `export_onnx`, run by ONNX Runtime on the CPU (numpy in and out; no PyTorch)."
+    generate: Callable[..., np.ndarray]           # added below with @patch; declared here for type checkers
     def __init__(self, path: Union[str, Path], *, threads: Optional[int] = None):
         ort = require("onnxruntime", "export", "OnnxLM")
         p = Path(path)
@@ -327,25 +329,27 @@ class OnnxLM:
         "Logits `(B, S, vocab)` of `input_ids (B, S)`."
         return self.forward(input_ids)[0]
 
-    def generate(self, input_ids, max_new_tokens: int, temperature: float = 1.0, top_k: Optional[int] = None,
-                 top_p: Optional[float] = None, seed: Optional[int] = None) -> np.ndarray:
-        "Continue `input_ids (B, S)` by `max_new_tokens` tokens with the KV cache → `(B, S + max_new_tokens)` int64."
-        ids = self._ids(input_ids)
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
-        total = ids.shape[1] + max_new_tokens
-        if total > self.max_seq_len:
-            raise ValueError(f"max_new_tokens: prompt length {ids.shape[1]} + max_new_tokens {max_new_tokens} "
-                             f"= {total} exceeds max_seq_len = {self.max_seq_len}")
-        check_sampling(temperature, top_k, top_p)
-        rng = np.random.default_rng(seed)
-        logits, cache = self.forward(ids)
-        out = [ids]
-        for i in range(max_new_tokens):
-            nxt = sample_next_np(logits[:, -1], temperature, top_k, top_p, rng)[:, None]
-            out.append(nxt)
-            if i + 1 < max_new_tokens: logits, cache = self.forward(nxt, cache)
-        return np.concatenate(out, 1)
+# %% ../nbs/50_export.ipynb #3915bd0e
+@patch
+def generate(self: OnnxLM, input_ids, max_new_tokens: int, temperature: float = 1.0, top_k: Optional[int] = None,
+             top_p: Optional[float] = None, seed: Optional[int] = None) -> np.ndarray:
+    "Continue `input_ids (B, S)` by `max_new_tokens` tokens with the KV cache → `(B, S + max_new_tokens)` int64."
+    ids = self._ids(input_ids)
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
+    total = ids.shape[1] + max_new_tokens
+    if total > self.max_seq_len:
+        raise ValueError(f"max_new_tokens: prompt length {ids.shape[1]} + max_new_tokens {max_new_tokens} "
+                         f"= {total} exceeds max_seq_len = {self.max_seq_len}")
+    check_sampling(temperature, top_k, top_p)
+    rng = np.random.default_rng(seed)
+    logits, cache = self.forward(ids)
+    out = [ids]
+    for i in range(max_new_tokens):
+        nxt = sample_next_np(logits[:, -1], temperature, top_k, top_p, rng)[:, None]
+        out.append(nxt)
+        if i + 1 < max_new_tokens: logits, cache = self.forward(nxt, cache)
+    return np.concatenate(out, 1)
 
 # %% ../nbs/50_export.ipynb #2d42e5a8
 def quantize_int8(src: Union[str, Path], dst: Union[str, Path]) -> Path:

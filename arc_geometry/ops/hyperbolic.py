@@ -208,7 +208,8 @@ def _input_grads(fe: _Features, acc: dict, x, y, qe, ke, v, c, alpha, power: int
     first = next(iter(acc.values()), None)
     if first is None: return (torch.zeros_like(x), torch.zeros_like(y), *[None if t is None else torch.zeros_like(t) for t in (qe, ke)],
                               torch.zeros_like(v), torch.zeros_like(c), None if alpha is None else torch.zeros_like(alpha), *[None] * 8)
-    tot = lambda i, sl: None if first[i] is None else sum(a[i][sl].double() for a in acc.values())
+    def tot(i: int, sl: slice) -> Any:
+        return None if first[i] is None else sum(a[i][sl].double() for a in acc.values())
     cR = fe.kappa * (power / math.sqrt(2))                                      # ∂s/∂R = κ·power·f^(power−1)/(√2 u)
     grads = [torch.empty_like(t) if t is not None else None for t in (x, y, qe, ke, c, alpha)]
     step = max(1, 2 ** 20 // (max(Sq, Sk) * x.shape[-1]))                    # heads per chunk of the chain rule
