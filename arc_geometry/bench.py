@@ -171,6 +171,7 @@ def bench_attention(geometries: Optional[Sequence[str]] = None, seqlens: Sequenc
     if "extra_peak_mib" in df: df["extra_peak_minus_sdpa_mib"] = df.extra_peak_mib - df.S.map(floor.extra_peak_mib)
     return df
 
+# %% ../nbs/90_bench_attention.ipynb #a561648b
 def fresh_dir(prefix: str) -> Path:
     "A new directory `prefix-YYYYmmdd-HHMMSS[-n]` under the current directory (never an existing one)."
     stamp = time.strftime("%Y%m%d-%H%M%S")

@@ -17,9 +17,10 @@ import warnings
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Callable, Optional, Sequence, Union
 
 import numpy as np
+from fastcore.basics import patch
 
 from .extras import require
 from .config import check_sampling
@@ -130,6 +131,60 @@ def export_onnx(model: GeoLM, path: Union[str, Path], *, opset: Optional[int] = 
         onnx.checker.check_model(m, full_check=True)
         return save_onnx(m, path)
 
+# %% ../nbs/50_export.ipynb #e13bc479
+def _compact(m):
+    """Short names `n0, t0, …` for the nodes and intermediate values of the ONNX model `m` (the exporter's are module
+    paths, a tenth of a small model's file), in place; inputs, outputs and weights keep theirs. Returns `m`."""
+    g = m.graph
+    if any(a.type in (5, 10) for n in g.node for a in n.attribute): return m      # subgraphs: names cross scopes
+    keep = {v.name for v in (*g.input, *g.output, *g.initializer)} | {""}
+    ren: dict = {}
+    fresh = (f"t{i}" for i in __import__("itertools").count() if f"t{i}" not in keep)   # never a kept name
+    short = lambda x: x if x in keep else ren[x] if x in ren else ren.setdefault(x, next(fresh))
+    for i, n in enumerate(g.node):
+        n.name, n.doc_string = f"n{i}", ""
+        n.input[:] = [short(x) for x in n.input]
+        n.output[:] = [short(x) for x in n.output]
+    del g.value_info[:]
+    used = {n.domain for n in g.node} | {"", "ai.onnx"}
+    ops = [o for o in m.opset_import if o.domain in used]                    # ONNX Runtime declares all of its own
+    del m.opset_import[:]
+    m.opset_import.extend(ops)
+    return m
+
+def _optimize(path: Path, opset: int) -> None:
+    """Rewrite `path` with ONNX Runtime's basic graph optimisations (constant folding, common subexpressions, no-op
+    removal: standard ONNX operators only), half the exporter's nodes. Opening the file also proves that ONNX Runtime
+    has a kernel for every operator at this opset (and dtype): a missing one fails here, not at inference."""
+    ort = require("onnxruntime", "export", "ONNX Runtime")
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    tmp = path.with_name(path.name + ".opt")
+    so.optimized_model_filepath = str(tmp)
+    try: ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    except Exception as e:
+        tmp.unlink(missing_ok=True)                    # `path` is the export's own temporary file
+        raise ValueError(f"opset {opset}: ONNX Runtime cannot run the exported graph: {_one_line(e)}") from None
+    tmp.replace(path)
+
+@contextmanager
+def _quiet_output():
+    "Silence file descriptors 1 and 2: the TorchScript exporter prints its whole IR there, from C++, when it fails."
+    import os
+    sys.stdout.flush(); sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 1); os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        for fd, s in zip((1, 2), saved): os.dup2(s, fd); os.close(s)
+
+def _one_line(e: BaseException) -> str:
+    "The first non-empty line of an exception's message."
+    lines = [l.strip() for l in str(e).splitlines() if l.strip()]
+    return lines[0] if lines else type(e).__name__
+
 # %% ../nbs/50_export.ipynb #e2ce78bc
 def _export_graph(model, raw: Path, opset: int, ids, P: int, past_names, present_names) -> None:
     "`torch.onnx.export` of `model` (eval mode, the export path) to `raw`; its errors as `ValueError`s naming the opset."
@@ -190,60 +245,6 @@ def save_onnx(m, path: Union[str, Path], max_inline: int = 2**31 - 2**20) -> Pat
         if old.name != data: old.unlink(missing_ok=True)
     return path
 
-# %% ../nbs/50_export.ipynb #e13bc479
-def _compact(m):
-    """Short names `n0, t0, …` for the nodes and intermediate values of the ONNX model `m` (the exporter's are module
-    paths, a tenth of a small model's file), in place; inputs, outputs and weights keep theirs. Returns `m`."""
-    g = m.graph
-    if any(a.type in (5, 10) for n in g.node for a in n.attribute): return m      # subgraphs: names cross scopes
-    keep = {v.name for v in (*g.input, *g.output, *g.initializer)} | {""}
-    ren: dict = {}
-    fresh = (f"t{i}" for i in __import__("itertools").count() if f"t{i}" not in keep)   # never a kept name
-    short = lambda x: x if x in keep else ren[x] if x in ren else ren.setdefault(x, next(fresh))
-    for i, n in enumerate(g.node):
-        n.name, n.doc_string = f"n{i}", ""
-        n.input[:] = [short(x) for x in n.input]
-        n.output[:] = [short(x) for x in n.output]
-    del g.value_info[:]
-    used = {n.domain for n in g.node} | {"", "ai.onnx"}
-    ops = [o for o in m.opset_import if o.domain in used]                    # ONNX Runtime declares all of its own
-    del m.opset_import[:]
-    m.opset_import.extend(ops)
-    return m
-
-def _optimize(path: Path, opset: int) -> None:
-    """Rewrite `path` with ONNX Runtime's basic graph optimisations (constant folding, common subexpressions, no-op
-    removal: standard ONNX operators only), half the exporter's nodes. Opening the file also proves that ONNX Runtime
-    has a kernel for every operator at this opset (and dtype): a missing one fails here, not at inference."""
-    ort = require("onnxruntime", "export", "ONNX Runtime")
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    tmp = path.with_name(path.name + ".opt")
-    so.optimized_model_filepath = str(tmp)
-    try: ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    except Exception as e:
-        tmp.unlink(missing_ok=True)                    # `path` is the export's own temporary file
-        raise ValueError(f"opset {opset}: ONNX Runtime cannot run the exported graph: {_one_line(e)}") from None
-    tmp.replace(path)
-
-@contextmanager
-def _quiet_output():
-    "Silence file descriptors 1 and 2: the TorchScript exporter prints its whole IR there, from C++, when it fails."
-    import os
-    sys.stdout.flush(); sys.stderr.flush()
-    saved = [os.dup(1), os.dup(2)]
-    try:
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 1); os.dup2(null.fileno(), 2)
-            yield
-    finally:
-        for fd, s in zip((1, 2), saved): os.dup2(s, fd); os.close(s)
-
-def _one_line(e: BaseException) -> str:
-    "The first non-empty line of an exception's message."
-    lines = [l.strip() for l in str(e).splitlines() if l.strip()]
-    return lines[0] if lines else type(e).__name__
-
 # %% ../nbs/50_export.ipynb #a2152fda
 def filter_logits_np(logits: np.ndarray, top_k: Optional[int] = None, top_p: Optional[float] = None) -> np.ndarray:
     "`-inf` for the logits `(B, V)` outside the `top_k` largest and outside the top-`p` nucleus (numpy)."
@@ -281,6 +282,7 @@ def sample_next_np(logits: np.ndarray, temperature: float, top_k: Optional[int],
 # %% ../nbs/50_export.ipynb #9ac6d86f
 class OnnxLM:
     "A `GeoLM` exported by `export_onnx`, run by ONNX Runtime on the CPU (numpy in and out; no PyTorch)."
+    generate: Callable[..., np.ndarray]           # added below with @patch; declared here for type checkers
     def __init__(self, path: Union[str, Path], *, threads: Optional[int] = None):
         ort = require("onnxruntime", "export", "OnnxLM")
         p = Path(path)
@@ -327,25 +329,27 @@ class OnnxLM:
         "Logits `(B, S, vocab)` of `input_ids (B, S)`."
         return self.forward(input_ids)[0]
 
-    def generate(self, input_ids, max_new_tokens: int, temperature: float = 1.0, top_k: Optional[int] = None,
-                 top_p: Optional[float] = None, seed: Optional[int] = None) -> np.ndarray:
-        "Continue `input_ids (B, S)` by `max_new_tokens` tokens with the KV cache → `(B, S + max_new_tokens)` int64."
-        ids = self._ids(input_ids)
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
-        total = ids.shape[1] + max_new_tokens
-        if total > self.max_seq_len:
-            raise ValueError(f"max_new_tokens: prompt length {ids.shape[1]} + max_new_tokens {max_new_tokens} "
-                             f"= {total} exceeds max_seq_len = {self.max_seq_len}")
-        check_sampling(temperature, top_k, top_p)
-        rng = np.random.default_rng(seed)
-        logits, cache = self.forward(ids)
-        out = [ids]
-        for i in range(max_new_tokens):
-            nxt = sample_next_np(logits[:, -1], temperature, top_k, top_p, rng)[:, None]
-            out.append(nxt)
-            if i + 1 < max_new_tokens: logits, cache = self.forward(nxt, cache)
-        return np.concatenate(out, 1)
+# %% ../nbs/50_export.ipynb #3915bd0e
+@patch
+def generate(self: OnnxLM, input_ids, max_new_tokens: int, temperature: float = 1.0, top_k: Optional[int] = None,
+             top_p: Optional[float] = None, seed: Optional[int] = None) -> np.ndarray:
+    "Continue `input_ids (B, S)` by `max_new_tokens` tokens with the KV cache → `(B, S + max_new_tokens)` int64."
+    ids = self._ids(input_ids)
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
+    total = ids.shape[1] + max_new_tokens
+    if total > self.max_seq_len:
+        raise ValueError(f"max_new_tokens: prompt length {ids.shape[1]} + max_new_tokens {max_new_tokens} "
+                         f"= {total} exceeds max_seq_len = {self.max_seq_len}")
+    check_sampling(temperature, top_k, top_p)
+    rng = np.random.default_rng(seed)
+    logits, cache = self.forward(ids)
+    out = [ids]
+    for i in range(max_new_tokens):
+        nxt = sample_next_np(logits[:, -1], temperature, top_k, top_p, rng)[:, None]
+        out.append(nxt)
+        if i + 1 < max_new_tokens: logits, cache = self.forward(nxt, cache)
+    return np.concatenate(out, 1)
 
 # %% ../nbs/50_export.ipynb #2d42e5a8
 def quantize_int8(src: Union[str, Path], dst: Union[str, Path]) -> Path:

@@ -19,8 +19,8 @@ from .tasks import ModularArithmetic
 from .train import MID_RUN_KEYS, TrainConfig
 
 # %% auto #0
-__all__ = ['DEFAULT_CONFIG', 'DataConfig', 'RunConfig', 'model_bytes', 'check_memory', 'build_config', 'TuneConfig',
-           'validate_tune', 'trial_config', 'validate_space', 'suggest', 'import_optuna', 'read_run_config',
+__all__ = ['DEFAULT_CONFIG', 'DataConfig', 'RunConfig', 'model_bytes', 'TuneConfig', 'validate_tune', 'trial_config',
+           'validate_space', 'suggest', 'import_optuna', 'check_memory', 'build_config', 'read_run_config',
            'saved_run_config', 'resume_config']
 
 # %% ../nbs/32b_job.ipynb #67432cef
@@ -68,40 +68,6 @@ def model_bytes(c: GeoConfig) -> int:
     d = c.dim
     n = c.vocab_size * d * (1 if c.tie_embeddings else 2) + (c.max_seq_len * d if c.positions == "learned" else 0)
     return 16 * (n + c.depth * (4 + 2 * c.mlp_ratio) * d * d)
-
-# %% ../nbs/32b_job.ipynb #f679cb35
-def check_memory(c: GeoConfig, section: str = "model") -> None:
-    "`ValueError` (naming the sizes and the bytes) if training config `c` cannot fit in this machine's memory."
-    try: have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError): return        # unknown on this system
-    need = model_bytes(c)
-    if need > have:
-        raise ValueError(f"{section}: this model needs at least {need:,} bytes ({need / 2**30:,.1f} GiB) for its float32 "
-                         f"weights, gradients and AdamW state, more than this machine's {have / 2**30:,.1f} GiB "
-                         f"(dim = {c.dim}, depth = {c.depth}, vocab_size = {c.vocab_size}, max_seq_len = {c.max_seq_len})")
-
-def build_config(cfg: dict) -> RunConfig:
-    "Validate every section of `cfg` (errors name the key); `model.vocab_size`/`max_seq_len` default to the task's."
-    for sec in cfg:
-        if sec not in SECTIONS: raise ValueError(f"unknown section {sec!r}; a config has sections {', '.join(SECTIONS)}")
-        if not isinstance(cfg[sec] or {}, dict): raise ValueError(f"section {sec} must be a mapping, got {cfg[sec]!r}")
-    d: Any = cfg.get("data")
-    if isinstance(d, dict) and d.get("task") == "text":                 # a text corpus: arc_geometry.text
-        from arc_geometry.text import text_task
-        data, task = text_task(d, cfg.get("model"))
-    else:
-        data = config_from_dict(DataConfig, d, "data"); task = data.build()
-    m = dict(cfg.get("model") or {})
-    m.setdefault("vocab_size", task.vocab_size); m.setdefault("max_seq_len", task.seq_len)
-    model = config_from_dict(GeoConfig, m)             # its errors name model.<key> themselves
-    if model.vocab_size < task.vocab_size:
-        raise ValueError(f"model.vocab_size must be >= the task's vocabulary {task.vocab_size}, got {model.vocab_size}")
-    if model.max_seq_len < task.seq_len:
-        raise ValueError(f"model.max_seq_len must be >= the task's input length {task.seq_len}, got {model.max_seq_len}")
-    check_memory(model)
-    train = config_from_dict(TrainConfig, cfg.get("train"), "train")
-    tune = validate_tune(cfg.get("tune") or {})
-    return RunConfig(model, data, train, task, tune)
 
 # %% ../nbs/32b_job.ipynb #762e98cb
 _FIELDS = {"model": GeoConfig, "data": DataConfig, "train": TrainConfig}
@@ -171,6 +137,40 @@ def import_optuna():
     except ImportError:
         raise ImportError("arc-geometry tune needs Optuna, which is not installed: pip install 'optuna>=4'") from None
     return optuna
+
+# %% ../nbs/32b_job.ipynb #f679cb35
+def check_memory(c: GeoConfig, section: str = "model") -> None:
+    "`ValueError` (naming the sizes and the bytes) if training config `c` cannot fit in this machine's memory."
+    try: have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError): return        # unknown on this system
+    need = model_bytes(c)
+    if need > have:
+        raise ValueError(f"{section}: this model needs at least {need:,} bytes ({need / 2**30:,.1f} GiB) for its float32 "
+                         f"weights, gradients and AdamW state, more than this machine's {have / 2**30:,.1f} GiB "
+                         f"(dim = {c.dim}, depth = {c.depth}, vocab_size = {c.vocab_size}, max_seq_len = {c.max_seq_len})")
+
+def build_config(cfg: dict) -> RunConfig:
+    "Validate every section of `cfg` (errors name the key); `model.vocab_size`/`max_seq_len` default to the task's."
+    for sec in cfg:
+        if sec not in SECTIONS: raise ValueError(f"unknown section {sec!r}; a config has sections {', '.join(SECTIONS)}")
+        if not isinstance(cfg[sec] or {}, dict): raise ValueError(f"section {sec} must be a mapping, got {cfg[sec]!r}")
+    d: Any = cfg.get("data")
+    if isinstance(d, dict) and d.get("task") == "text":                 # a text corpus: arc_geometry.text
+        from arc_geometry.text import text_task
+        data, task = text_task(d, cfg.get("model"))
+    else:
+        data = config_from_dict(DataConfig, d, "data"); task = data.build()
+    m = dict(cfg.get("model") or {})
+    m.setdefault("vocab_size", task.vocab_size); m.setdefault("max_seq_len", task.seq_len)
+    model = config_from_dict(GeoConfig, m)             # its errors name model.<key> themselves
+    if model.vocab_size < task.vocab_size:
+        raise ValueError(f"model.vocab_size must be >= the task's vocabulary {task.vocab_size}, got {model.vocab_size}")
+    if model.max_seq_len < task.seq_len:
+        raise ValueError(f"model.max_seq_len must be >= the task's input length {task.seq_len}, got {model.max_seq_len}")
+    check_memory(model)
+    train = config_from_dict(TrainConfig, cfg.get("train"), "train")
+    tune = validate_tune(cfg.get("tune") or {})
+    return RunConfig(model, data, train, task, tune)
 
 # %% ../nbs/32b_job.ipynb #f15fcb19
 def read_run_config(run) -> dict:

@@ -19,10 +19,11 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 import torch.distributed as dist
+from fastcore.basics import patch
 from torch import Tensor, nn
 
 from .config import check_fields, config_from_dict
@@ -38,6 +39,11 @@ __all__ = ['PRECISIONS', 'MID_RUN_KEYS', 'NO_DECAY_KEYS', 'TrainConfig', 'decays
 
 # %% ../nbs/31_trainer.ipynb #6861b0cb
 PRECISIONS = ("fp32", "bf16", "fp16")
+
+def _is_device(name: str) -> bool:
+    "Whether `name` is `auto` or a device string torch parses (`cpu`, `cuda`, `cuda:1`, …), present or not."
+    try: return name == "auto" or torch.device(name) is not None
+    except (RuntimeError, ValueError): return False
 
 # %% ../nbs/31_trainer.ipynb #5804bb83
 @dataclass
@@ -69,7 +75,6 @@ class TrainConfig:
     progress: bool = True          # tqdm bar with the live loss (rank 0)
     tensorboard: bool = True       # also log to out_dir/tensorboard if the tensorboard package is importable
     num_threads: Optional[int] = None  # torch CPU threads; 1 is fastest for small models on a busy machine
-
     def __post_init__(self):
         check_fields(self, "train")
         for n in ("max_steps", "batch_size", "grad_accum", "eval_batch_size", "log_every", "keep_checkpoints"):
@@ -94,10 +99,8 @@ class TrainConfig:
         if self.nan_policy not in ("stop", "skip"): raise ValueError(f"train.nan_policy must be 'stop' or 'skip', got {self.nan_policy!r}")
         if self.target_accuracy is not None and not 0 < self.target_accuracy <= 1:
             raise ValueError(f"train.target_accuracy must be in (0, 1], got {self.target_accuracy}")
-        if self.device != "auto":
-            try: torch.device(self.device)
-            except (RuntimeError, ValueError):
-                raise ValueError(f"train.device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}") from None
+        if not _is_device(self.device):
+            raise ValueError(f"train.device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig": return config_from_dict(cls, d, "train")
@@ -274,8 +277,24 @@ def _run(model, inp):
     return model(**inp) if isinstance(inp, dict) else model(inp)
 
 # %% ../nbs/31_trainer.ipynb #99673f36
-class _TrainerBase:
-    "The objects of a run: `model` on its device (DDP-wrapped as `net` under torchrun), AdamW, the schedule, the sampler."
+class Trainer:
+    """Train `model` on `task` (`train`, `val`, `split_batch`, `loss`) as `config` says, logging to `out_dir`. This cell
+    builds the objects of a run: `model` on its device (DDP-wrapped as `net` under torchrun), AdamW, the schedule, the
+    sampler; the cells below add the step and the evaluation, the checkpoint and the loop (`fastcore.basics.patch`)."""
+    # added below with @patch; declared here for type checkers
+    _autocast: Callable[[], Any]
+    _allreduce: Callable[[Tensor], Tensor]
+    train_step: Callable[[], dict]
+    _divergence: Callable[[int, float, float], str]
+    evaluate: Callable[..., dict]
+    save: Callable[[], Optional[Path]]
+    load: Callable[[], bool]
+    default_callbacks: Callable[[], list]
+    _emit: Callable[..., None]
+    _start: Callable[[bool], list]
+    fit: Callable[..., dict]
+    active_callbacks: list                       # the callbacks of the current fit (set by _start)
+
     def __init__(self, model: nn.Module, task, config: TrainConfig, out_dir=None,
                  callbacks: Sequence = (), run_config: Optional[dict] = None):
         if not isinstance(config, TrainConfig): raise ValueError(f"config must be a TrainConfig, got {type(config).__name__}")
@@ -311,183 +330,144 @@ class _TrainerBase:
     @property
     def is_main(self) -> bool: return self.rank == 0
 
-    def _autocast(self):
-        on = self.cfg.precision in ("bf16", "fp16")
-        dt = torch.bfloat16 if self.cfg.precision == "bf16" else torch.float16
-        return torch.autocast(self.device.type, dtype=dt, enabled=on)
-
-    def _allreduce(self, x: Tensor) -> Tensor:
-        if self.world > 1: dist.all_reduce(x)
-        return x
-
     def last_checkpoint(self) -> Optional[Path]:
         "The newest checkpoint file of `out_dir` (None if there is none)."
         found = list_checkpoints(self.ckpt_dir) if self.ckpt_dir else []
         return found[-1] if found else None
 
-# %% ../nbs/31_trainer.ipynb #4cc48ca6
-class _TrainerStep(_TrainerBase):
-    "`_TrainerBase` + one optimizer step and the evaluation."
-    def train_step(self) -> dict:
-        "One optimizer step on this rank's share of the next global batch; returns its metrics (not logged)."
-        cfg, B = self.cfg, self.cfg.batch_size
-        idx = self.sampler.indices(self.samples + self.rank * B, B)
-        self.optimizer.zero_grad(set_to_none=True)
-        stats = torch.zeros(3, device=self.device)          # loss sum, correct, regulariser
-        micro = idx.chunk(cfg.grad_accum)
-        for i, mi in enumerate(micro):
-            sync = self.world == 1 or i == len(micro) - 1
-            with (contextlib.nullcontext() if sync else self.net.no_sync()):
-                inp, tgt = self.task.split_batch(_to(_take(self.task.train, mi), self.device))
-                with self._autocast():
-                    loss, correct = self.task.loss(_run(self.net, inp), tgt)
-                total = loss * (len(mi) / B)
-                if cfg.reg_weight:
-                    reg = self.model.regularization_loss()
-                    total = total + cfg.reg_weight * reg / len(micro)
-                    stats[2] += reg.detach() / len(micro)
-                self.scaler.scale(total).backward()
-            stats[0] += loss.detach() * (len(mi) / B); stats[1] += correct
-        stats = self._allreduce(stats)
-        loss, acc, reg = stats[0].item() / self.world, stats[1].item() / (B * self.world), stats[2].item() / self.world
-        self.scaler.unscale_(self.optimizer)
-        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
-        gn = self._allreduce(norm.detach().float().reshape(1)).item() / self.world
-        step = self.step + 1
-        row: dict[str, Any] = {"step": step, "loss": loss, "train_acc": acc, "lr": self.scheduler.get_last_lr()[0],
-                               "grad_norm": gn}
-        if cfg.reg_weight: row["reg"] = reg
-        bad = not math.isfinite(loss) or (not math.isfinite(gn) and not self.scaler.is_enabled())
-        if bad and cfg.nan_policy == "stop": raise NonFiniteLossError(self._divergence(step, loss, gn))
-        if bad:
-            self.optimizer.zero_grad(set_to_none=True); row.update(loss=None, skipped=True)
-        else:
-            self.scaler.step(self.optimizer); self.scaler.update(); self.scheduler.step()
-        self.step, self.samples = step, self.samples + B * self.world
-        return row
+# %% ../nbs/31_trainer.ipynb #08deefd5
+@patch
+def _autocast(self: Trainer):
+    "The autocast context of `train.precision` (off in fp32)."
+    on = self.cfg.precision in ("bf16", "fp16")
+    return torch.autocast(self.device.type, dtype=torch.bfloat16 if self.cfg.precision == "bf16" else torch.float16, enabled=on)
 
-    def _divergence(self, step: int, loss: float, gn: float) -> str:
-        last = self.last_checkpoint()
-        head = f"training diverged: non-finite loss ({loss}) or gradient norm ({gn}) at step {step}; stopped. "
-        if last is None:
-            return head + ("No checkpoint was written before it, so there is nothing to resume: start again with a "
-                           "smaller train.lr (or train.nan_policy=skip to skip such steps)")
-        return head + (f"Last good checkpoint: {last} — continue from it with --resume (optionally "
-                       "--set train.nan_policy=skip), or start again with a smaller train.lr")
+@patch
+def _allreduce(self: Trainer, x: Tensor) -> Tensor:
+    if self.world > 1: dist.all_reduce(x)
+    return x
 
-    @torch.no_grad()
-    def evaluate(self, data=None, prefix: str = "val") -> dict:
-        "The task's loss and accuracy on `data` (default: the validation split), sharded over ranks: `{prefix}_loss`, `{prefix}_acc`."
-        if callable(getattr(self.task, "evaluate", None)): return self.task.evaluate(self, data, prefix)   # e.g. text: loss, ppl, bpb
-        data = self.task.val if data is None else data
-        was = self.model.training; self.model.eval()
-        s = torch.zeros(3, device=self.device)
-        shard = torch.arange(len(data))[self.rank::self.world]
-        for i in shard.split(self.cfg.eval_batch_size):
-            inp, tgt = self.task.split_batch(_to(_take(data, i), self.device))
+@patch
+def train_step(self: Trainer) -> dict:
+    "One optimizer step on this rank's share of the next global batch; returns its metrics (not logged)."
+    cfg, B = self.cfg, self.cfg.batch_size
+    idx = self.sampler.indices(self.samples + self.rank * B, B)
+    self.optimizer.zero_grad(set_to_none=True)
+    stats = torch.zeros(3, device=self.device)          # loss sum, correct, regulariser
+    micro = idx.chunk(cfg.grad_accum)
+    for i, mi in enumerate(micro):
+        sync = self.world == 1 or i == len(micro) - 1
+        with (contextlib.nullcontext() if sync else self.net.no_sync()):
+            inp, tgt = self.task.split_batch(_to(_take(self.task.train, mi), self.device))
             with self._autocast():
-                loss, correct = self.task.loss(_run(self.model, inp), tgt)
-            s += torch.stack([loss.float() * len(i), correct.float(), torch.tensor(float(len(i)), device=self.device)])
-        self.model.train(was)
-        s = self._allreduce(s)
-        n = max(s[2].item(), 1.0)
-        return {f"{prefix}_loss": s[0].item() / n, f"{prefix}_acc": s[1].item() / n}
+                loss, correct = self.task.loss(_run(self.net, inp), tgt)
+            total = loss * (len(mi) / B)
+            if cfg.reg_weight:
+                reg = self.model.regularization_loss()
+                total = total + cfg.reg_weight * reg / len(micro)
+                stats[2] += reg.detach() / len(micro)
+            self.scaler.scale(total).backward()
+        stats[0] += loss.detach() * (len(mi) / B); stats[1] += correct
+    stats = self._allreduce(stats)
+    loss, acc, reg = stats[0].item() / self.world, stats[1].item() / (B * self.world), stats[2].item() / self.world
+    self.scaler.unscale_(self.optimizer)
+    norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+    gn = self._allreduce(norm.detach().float().reshape(1)).item() / self.world
+    step = self.step + 1
+    row: dict[str, Any] = {"step": step, "loss": loss, "train_acc": acc, "lr": self.scheduler.get_last_lr()[0],
+                           "grad_norm": gn}
+    if cfg.reg_weight: row["reg"] = reg
+    bad = not math.isfinite(loss) or (not math.isfinite(gn) and not self.scaler.is_enabled())
+    if bad and cfg.nan_policy == "stop": raise NonFiniteLossError(self._divergence(step, loss, gn))
+    if bad:
+        self.optimizer.zero_grad(set_to_none=True); row.update(loss=None, skipped=True)
+    else:
+        self.scaler.step(self.optimizer); self.scaler.update(); self.scheduler.step()
+    self.step, self.samples = step, self.samples + B * self.world
+    return row
 
-# %% ../nbs/31_trainer.ipynb #36b0a480
-class _TrainerCheckpoints(_TrainerStep):
-    "`_TrainerStep` + checkpoints in `out_dir/checkpoints`."
-    def save(self) -> Optional[Path]:
-        "Checkpoint the whole training state (rank 0; atomic); keep the newest `keep_checkpoints`."
-        if not self.is_main or self.ckpt_dir is None: return None
-        t, s = pack_training_state(self.model, self.optimizer, self.scheduler, self.scaler, step=self.step,
-                                   samples=self.samples, elapsed=self.elapsed, world_size=self.world,
-                                   last_metrics=self.last_metrics)
-        self.saving = True
-        try: p = save_checkpoint(checkpoint_path(self.ckpt_dir, self.step), t, s)
-        finally: self.saving = False
-        prune_checkpoints(self.ckpt_dir, self.cfg.keep_checkpoints)
-        return p
+@patch
+def _divergence(self: Trainer, step: int, loss: float, gn: float) -> str:
+    last = self.last_checkpoint()
+    head = f"training diverged: non-finite loss ({loss}) or gradient norm ({gn}) at step {step}; stopped. "
+    if last is None:
+        return head + ("No checkpoint was written before it, so there is nothing to resume: start again with a "
+                       "smaller train.lr (or train.nan_policy=skip to skip such steps)")
+    return head + (f"Last good checkpoint: {last} — continue from it with --resume (optionally "
+                   "--set train.nan_policy=skip), or start again with a smaller train.lr")
 
-    def load(self) -> bool:
-        "Restore the newest complete checkpoint of `out_dir` (corrupt ones are reported and skipped); False if none."
-        found = latest_checkpoint(self.ckpt_dir) if self.ckpt_dir else None
-        if found is None: return False
-        path, t, s = found
-        try: extra = unpack_training_state(t, s, self.model, self.optimizer, self.scheduler, self.scaler)
-        except (RuntimeError, ValueError, KeyError) as e:
-            raise ValueError(f"checkpoint {path} does not fit this model and optimizer "
-                             f"(was the model config changed?): {str(e).splitlines()[0]}") from None
-        self.step, self.samples, self.elapsed = extra["step"], extra["samples"], extra["elapsed"]
-        self.last_metrics = extra.get("last_metrics", {})
-        if extra.get("world_size", 1) != self.world:
-            warnings.warn(f"resuming a {extra.get('world_size')}-process run with {self.world} processes: "
-                          "the data order continues, the batch composition changes")
-        if self.is_main: print(f"resumed from {path.name} (step {self.step})", file=sys.stderr)
-        return True
+# %% ../nbs/31_trainer.ipynb #0127384b
+@patch
+@torch.no_grad()
+def evaluate(self: Trainer, data=None, prefix: str = "val") -> dict:
+    "The task's loss and accuracy on `data` (default: the validation split), sharded over ranks: `{prefix}_loss`, `{prefix}_acc`."
+    if callable(getattr(self.task, "evaluate", None)): return self.task.evaluate(self, data, prefix)   # e.g. text: loss, ppl, bpb
+    data = self.task.val if data is None else data
+    was = self.model.training; self.model.eval()
+    s = torch.zeros(3, device=self.device)
+    shard = torch.arange(len(data))[self.rank::self.world]
+    for i in shard.split(self.cfg.eval_batch_size):
+        inp, tgt = self.task.split_batch(_to(_take(data, i), self.device))
+        with self._autocast():
+            loss, correct = self.task.loss(_run(self.model, inp), tgt)
+        s += torch.stack([loss.float() * len(i), correct.float(), torch.tensor(float(len(i)), device=self.device)])
+    self.model.train(was)
+    s = self._allreduce(s)
+    n = max(s[2].item(), 1.0)
+    return {f"{prefix}_loss": s[0].item() / n, f"{prefix}_acc": s[1].item() / n}
 
-# %% ../nbs/31_trainer.ipynb #e4ada259
-class Trainer(_TrainerCheckpoints):
-    "Train `model` on `task` (`train`, `val`, `split_batch`, `loss`) as `config` says, logging to `out_dir`."
-    def default_callbacks(self) -> list:
-        "The side concerns the config asks for, in the order they run (before the user's callbacks)."
-        cbs: list = [StopOnSignal(), EarlyStopping()]
-        if self.out_dir is not None:
-            cbs.append(MetricsLogger())
-            if self.cfg.tensorboard and importlib.util.find_spec("tensorboard") is not None: cbs.append(TensorBoardLogger())
-        if self.cfg.progress: cbs.append(ProgressBar())
-        if self.out_dir is not None: cbs.append(PeriodicCheckpoint())
-        return cbs
+# %% ../nbs/31_trainer.ipynb #38d503a5
+@patch
+def save(self: Trainer) -> Optional[Path]:
+    "Checkpoint the whole training state (rank 0; atomic); keep the newest `keep_checkpoints`."
+    if not self.is_main or self.ckpt_dir is None: return None
+    t, s = pack_training_state(self.model, self.optimizer, self.scheduler, self.scaler, step=self.step,
+                               samples=self.samples, elapsed=self.elapsed, world_size=self.world,
+                               last_metrics=self.last_metrics)
+    self.saving = True
+    try: p = save_checkpoint(checkpoint_path(self.ckpt_dir, self.step), t, s)
+    finally: self.saving = False
+    prune_checkpoints(self.ckpt_dir, self.cfg.keep_checkpoints)
+    return p
 
-    def _emit(self, cbs, name: str, *args):
-        for cb in cbs:
-            if (self.is_main or getattr(cb, "all_ranks", False)) and hasattr(cb, name): getattr(cb, name)(self, *args)
+@patch
+def load(self: Trainer) -> bool:
+    "Restore the newest complete checkpoint of `out_dir` (corrupt ones are reported and skipped); False if none."
+    found = latest_checkpoint(self.ckpt_dir) if self.ckpt_dir else None
+    if found is None: return False
+    path, t, s = found
+    try: extra = unpack_training_state(t, s, self.model, self.optimizer, self.scheduler, self.scaler)
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise ValueError(f"checkpoint {path} does not fit this model and optimizer "
+                         f"(was the model config changed?): {str(e).splitlines()[0]}") from None
+    self.step, self.samples, self.elapsed = extra["step"], extra["samples"], extra["elapsed"]
+    self.last_metrics = extra.get("last_metrics", {})
+    if extra.get("world_size", 1) != self.world:
+        warnings.warn(f"resuming a {extra.get('world_size')}-process run with {self.world} processes: "
+                      "the data order continues, the batch composition changes")
+    if self.is_main: print(f"resumed from {path.name} (step {self.step})", file=sys.stderr)
+    return True
 
-    def _start(self, resume: bool) -> list:
-        "Restore the newest checkpoint (`resume`) or seed a fresh run; write `config.json`; the callbacks of this fit."
-        return _start_run(self, resume)
+# %% ../nbs/31_trainer.ipynb #ac525d2f
+@patch
+def default_callbacks(self: Trainer) -> list:
+    "The side concerns the config asks for, in the order they run (before the user's callbacks)."
+    cbs: list = [StopOnSignal(), EarlyStopping()]
+    if self.out_dir is not None:
+        cbs.append(MetricsLogger())
+        if self.cfg.tensorboard and importlib.util.find_spec("tensorboard") is not None: cbs.append(TensorBoardLogger())
+    if self.cfg.progress: cbs.append(ProgressBar())
+    if self.out_dir is not None: cbs.append(PeriodicCheckpoint())
+    return cbs
 
-    def fit(self, resume: bool = False) -> dict:
-        """Train until `max_steps`, or until a callback sets `stop_reason` (target accuracy, a signal). With `resume`,
-        continue from the newest complete checkpoint in `out_dir`. Returns a summary dict; raises
-        `NonFiniteLossError` (the run diverged) or `TrainingInterrupted` (a signal; a checkpoint was written)."""
-        cbs = self._start(resume)
-        self._emit(cbs, "on_train_begin")
-        try:
-            while self.step < self.cfg.max_steps and self.stop_reason is None:
-                t0 = time.perf_counter()
-                row = self.train_step()
-                self.elapsed += time.perf_counter() - t0
-                row["elapsed_s"] = round(self.elapsed, 3)
-                if getattr(self.task, "tokens_per_sample", None):
-                    row["tokens_per_s"] = round(self.task.tokens_per_sample * self.cfg.batch_size * self.world / (time.perf_counter() - t0), 1)
-                if self.cfg.eval_every and (self.step % self.cfg.eval_every == 0 or self.step == self.cfg.max_steps):
-                    row.update(self.evaluate())
-                    if hasattr(self.model, "geometry_stats"): row.update(self.model.geometry_stats())
-                    self._emit(cbs, "on_eval_end", row)
-                self.last_metrics = row
-                self._emit(cbs, "on_step_end", row)
-            self.stop_reason = self.stop_reason or "max_steps"
-            if self.stop_reason != "interrupted" and "val_acc" not in self.last_metrics:
-                self.last_metrics.update(self.evaluate())
-            ckpt = self.save()                    # the final checkpoint, or the one the signal asked for
-        finally:
-            self._emit(cbs, "on_exit")
-        if self.stop_reason == "interrupted":
-            name = signal.Signals(self.stop_signal).name
-            raise TrainingInterrupted(self.stop_signal, ckpt, f"{name}: checkpoint {ckpt} saved at step {self.step}; "
-                                      "continue with --resume" if ckpt else f"{name}: stopped at step {self.step}; "
-                                      "no checkpoint was written (no out_dir)")
-        summary = {"step": self.step, "stopped": self.stop_reason, "elapsed_s": round(self.elapsed, 3),
-                   **{k: self.last_metrics.get(k) for k in ("loss", "val_loss", "val_acc")},
-                   **{k: self.last_metrics[k] for k in ("val_ppl", "val_bpb") if k in self.last_metrics}}
-        if self.is_main and self.out_dir:
-            if hasattr(self.model, "save_pretrained"): self.model.save_pretrained(self.out_dir / "model")
-            atomic_write(self.out_dir / "summary.json", json.dumps(summary, indent=2))
-        self._emit(cbs, "on_train_end", summary)
-        return summary
+@patch
+def _emit(self: Trainer, cbs, name: str, *args):
+    for cb in cbs:
+        if (self.is_main or getattr(cb, "all_ranks", False)) and hasattr(cb, name): getattr(cb, name)(self, *args)
 
-# %% ../nbs/31_trainer.ipynb #1c8ab6e2
-def _start_run(tr, resume: bool) -> list:
+# %% ../nbs/31_trainer.ipynb #1afe53b1
+@patch
+def _start(tr: Trainer, resume: bool) -> list:
     "Restore the newest checkpoint (`resume`) or seed a fresh run; write `config.json`; the callbacks of this fit."
     if tr.ckpt_dir and not resume and list_checkpoints(tr.ckpt_dir):
         raise ValueError(f"out_dir {tr.out_dir} already holds checkpoints: pass resume=True (--resume) "
@@ -508,3 +488,45 @@ def _start_run(tr, resume: bool) -> list:
     tr.model.train()
     tr.active_callbacks = tr.default_callbacks() + tr.callbacks
     return tr.active_callbacks
+
+# %% ../nbs/31_trainer.ipynb #77ff968c
+@patch
+def fit(self: Trainer, resume: bool = False) -> dict:
+    """Train until `max_steps`, or until a callback sets `stop_reason` (target accuracy, a signal). With `resume`,
+    continue from the newest complete checkpoint in `out_dir`. Returns a summary dict; raises
+    `NonFiniteLossError` (the run diverged) or `TrainingInterrupted` (a signal; a checkpoint was written)."""
+    cbs = self._start(resume)
+    self._emit(cbs, "on_train_begin")
+    try:
+        while self.step < self.cfg.max_steps and self.stop_reason is None:
+            t0 = time.perf_counter()
+            row = self.train_step()
+            self.elapsed += time.perf_counter() - t0
+            row["elapsed_s"] = round(self.elapsed, 3)
+            if getattr(self.task, "tokens_per_sample", None):
+                row["tokens_per_s"] = round(self.task.tokens_per_sample * self.cfg.batch_size * self.world / (time.perf_counter() - t0), 1)
+            if self.cfg.eval_every and (self.step % self.cfg.eval_every == 0 or self.step == self.cfg.max_steps):
+                row.update(self.evaluate())
+                if hasattr(self.model, "geometry_stats"): row.update(self.model.geometry_stats())
+                self._emit(cbs, "on_eval_end", row)
+            self.last_metrics = row
+            self._emit(cbs, "on_step_end", row)
+        self.stop_reason = self.stop_reason or "max_steps"
+        if self.stop_reason != "interrupted" and "val_acc" not in self.last_metrics:
+            self.last_metrics.update(self.evaluate())
+        ckpt = self.save()                    # the final checkpoint, or the one the signal asked for
+    finally:
+        self._emit(cbs, "on_exit")
+    if self.stop_reason == "interrupted":
+        name = signal.Signals(self.stop_signal).name
+        raise TrainingInterrupted(self.stop_signal, ckpt, f"{name}: checkpoint {ckpt} saved at step {self.step}; "
+                                  "continue with --resume" if ckpt else f"{name}: stopped at step {self.step}; "
+                                  "no checkpoint was written (no out_dir)")
+    summary = {"step": self.step, "stopped": self.stop_reason, "elapsed_s": round(self.elapsed, 3),
+               **{k: self.last_metrics.get(k) for k in ("loss", "val_loss", "val_acc")},
+               **{k: self.last_metrics[k] for k in ("val_ppl", "val_bpb") if k in self.last_metrics}}
+    if self.is_main and self.out_dir:
+        if hasattr(self.model, "save_pretrained"): self.model.save_pretrained(self.out_dir / "model")
+        atomic_write(self.out_dir / "summary.json", json.dumps(summary, indent=2))
+    self._emit(cbs, "on_train_end", summary)
+    return summary

@@ -46,6 +46,7 @@ def _hyp_score(r, c, coef, POWER: tl.constexpr):
         g = -coef * 4 * u * u / c
     return g
 
+# %% ../../nbs/16_flash.ipynb #d369f25c
 @triton.jit
 def _hyp_grad(r, ap, bq, c, coef, POWER: tl.constexpr):
     """`∂g/∂r`, `∂g/∂c` (at fixed points) and `∂g/∂coef` of `_hyp_score`, in r's dtype; `ap = a/(1−ca) (M, 1)`,
@@ -88,7 +89,6 @@ def _wdot(w, x, HALF: tl.constexpr, DT: tl.constexpr):
         return tl.dot(wh, x, out_dtype=tl.float32) * s[:, None], tl.sum(wh.to(tl.float32), 1) * s
     else:
         return tl.dot(w, x, input_precision="ieee", out_dtype=w.dtype), tl.sum(w, 1)
-
 
 # %% ../../nbs/16_flash.ipynb #b95d7a67
 _RUNTIME_INTS = ["H", "Sq", "Sk", "causal", "has_kpm", "store_acc", "window", "has_seg"]
@@ -207,6 +207,7 @@ def _key_range(m0, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, Sq, Sk, causal,
     uhi = tl.maximum(uhi // BLOCK_N * BLOCK_N, ulo)
     return lo, ulo, uhi, hi
 
+# %% ../../nbs/16_flash.ipynb #0af52a8f
 @triton.jit
 def _query_range(n0, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, Sq, Sk, causal, window, SPS, SPE, b, has_seg):
     """Query-block bounds `(lo, ulo, uhi, hi)` for the keys `n0 … n0+BLOCK_N−1`: blocks in `[ulo, uhi)` see all of them
@@ -266,6 +267,7 @@ def _fwd_step(acc, m_i, l_i, start_n, ql, qh, a, offs_m, KL, KX, KH, KN, KPM, Vb
         acc += tl.dot((p - ph.to(ACC)).to(DT), v, input_precision=PREC, out_dtype=ACC)
     return acc, m_new, l_i
 
+# %% ../../nbs/16_flash.ipynb #7663ed9a
 @triton.jit(do_not_specialize=_RUNTIME_INTS)
 def flash_fwd_kernel(QL, KL, KX, QH, KH, QN, KN, V, KPM, SEG, SPS, SPE, C, COEF, O, OA, M, LL, svb, svh, svs,
                      H, Sq, Sk, DL, DH, DV, causal, has_kpm, store_acc, window, has_seg,
@@ -711,6 +713,7 @@ def metric_kernel(q: Tensor, k: Tensor, v: Tensor, A: Tensor, lam: Tensor, *, ca
     return flash_attention(2 * scale * Gq, kw, -scale * kGk, None, None, v, causal=causal,
                            key_padding_mask=key_padding_mask, window=window, segment_ids=segment_ids)
 
+# %% ../../nbs/16_flash.ipynb #56b2a1ff
 def metric_sdpa(q: Tensor, k: Tensor, v: Tensor, A: Tensor, lam: Tensor, *, causal: bool = False,
                 key_padding_mask: Optional[Tensor] = None, scale: float) -> Tensor:
     """Metric attention `(B, H, Sq, Dv)` as dot-product attention by SDPA on `q' = [2·scale·Gq, 1, 1, 0…]`,
@@ -762,7 +765,6 @@ def hybrid_triton(q: Tensor, k: Tensor, v: Tensor, c: Tensor, alpha: Tensor, dim
     return flash_attention(2 * scale * qe, ke, -scale * ke.pow(2).sum(-1), _on_ball(q[..., dim_e:], c),
                            _on_ball(k[..., dim_e:], c), v, c, scale * alpha.to(w), power=2, causal=causal,
                            key_padding_mask=key_padding_mask, window=window, segment_ids=segment_ids)
-
 
 # %% ../../nbs/16_flash.ipynb #40997a56
 def half_errors(fast, ref, args: dict, dtype: torch.dtype = torch.float16, seed: int = 0, floor: float = 1e-2,
@@ -817,7 +819,7 @@ def h_ptr(vdt: torch.dtype) -> str:
     return "*fp32" if vdt in HALF_DTYPES else "*fp64"
 
 def _signatures(vdt: torch.dtype) -> dict:
-    "Argument types of the three kernels for values of dtype `vdt`."
+    "Argument types of the forward and the two backward kernels for values of dtype `vdt` (the norms kernel's are in `aot_configs`)."
     x, w = _PTR[vdt], _PTR[acc_dtype(vdt)]
     h = h_ptr(vdt)
     ins = dict(QL=x, KL=x, KX=w, QH=x, KH=x, QN=h, KN=h, V=x, KPM="*i8", SEG="*i32", SPS="*i32", SPE="*i32", C=w, COEF=w)

@@ -199,6 +199,28 @@ class _HyperbolicCPU(torch.autograd.Function):
     def backward(ctx, do):
         return _hyperbolic_backward(ctx, do)
 
+# %% ../../nbs/13_hyperbolic_fast.ipynb #a59163cd
+def _input_grads(fe: _Features, acc: dict, x, y, qe, ke, v, c, alpha, power: int) -> tuple:
+    """`_HyperbolicCPU.backward`'s return value from `acc` (tile dtype → gradients of `Q', K', Qe', Ke', v, κ`):
+    the tile dtypes summed in float64 and taken back to `x, y, qe, ke, c, alpha` by `_Features.chain`, a chunk of
+    heads at a time. With no tile at all (every row empty), zeros."""
+    BH, Sq, Sk = x.shape[0], x.shape[1], y.shape[1]
+    first = next(iter(acc.values()), None)
+    if first is None: return (torch.zeros_like(x), torch.zeros_like(y), *[None if t is None else torch.zeros_like(t) for t in (qe, ke)],
+                              torch.zeros_like(v), torch.zeros_like(c), None if alpha is None else torch.zeros_like(alpha), *[None] * 8)
+    def tot(i: int, sl: slice) -> Any:
+        return None if first[i] is None else sum(a[i][sl].double() for a in acc.values())
+    cR = fe.kappa * (power / math.sqrt(2))                                      # ∂s/∂R = κ·power·f^(power−1)/(√2 u)
+    grads = [torch.empty_like(t) if t is not None else None for t in (x, y, qe, ke, c, alpha)]
+    step = max(1, 2 ** 20 // (max(Sq, Sk) * x.shape[-1]))                    # heads per chunk of the chain rule
+    for h0 in range(0, BH, step):
+        sl = slice(h0, h0 + step)
+        got = fe.chain(sl, tot(0, sl) * cR[sl], tot(1, sl) * cR[sl], tot(2, sl), tot(3, sl), tot(5, sl).view(-1))
+        for g, r in zip(grads, got):
+            if g is not None: g[sl] = r
+    dx, dy, dqe, dke, dc, dal = grads
+    return dx, dy, dqe, dke, tot(4, slice(None)).to(v.dtype), dc, dal, *[None] * 8
+
 # %% ../../nbs/13_hyperbolic_fast.ipynb #e79b125a
 def _hyperbolic_backward(ctx, do):
     "`_HyperbolicCPU`'s backward: the score tiles recomputed block by block from the saved features and log-sum-exp."
@@ -246,20 +268,7 @@ def _hyperbolic_backward(ctx, do):
         if zero is not None: g.masked_fill_(zero, 0)
         dQ[:, i0:i1] = torch.bmm(g, kb)
         _add_bmm_(dK[:, ks], g.transpose(1, 2), qb)
-    first = next(iter(acc.values()), None)
-    if first is None: return (torch.zeros_like(x), torch.zeros_like(y), *[None if t is None else torch.zeros_like(t) for t in (qe, ke)],
-                              torch.zeros_like(v), torch.zeros_like(c), None if alpha is None else torch.zeros_like(alpha), *[None] * 8)
-    tot = lambda i, sl: None if first[i] is None else sum(a[i][sl].double() for a in acc.values())
-    cR = fe.kappa * (power / math.sqrt(2))                                      # ∂s/∂R = κ·power·f^(power−1)/(√2 u)
-    grads = [torch.empty_like(t) if t is not None else None for t in (x, y, qe, ke, c, alpha)]
-    step = max(1, 2 ** 20 // (max(Sq, Sk) * x.shape[-1]))                    # heads per chunk of the chain rule
-    for h0 in range(0, BH, step):
-        sl = slice(h0, h0 + step)
-        got = fe.chain(sl, tot(0, sl) * cR[sl], tot(1, sl) * cR[sl], tot(2, sl), tot(3, sl), tot(5, sl).view(-1))
-        for g, r in zip(grads, got):
-            if g is not None: g[sl] = r
-    dx, dy, dqe, dke, dc, dal = grads
-    return dx, dy, dqe, dke, tot(4, slice(None)).to(v.dtype), dc, dal, *[None] * 8
+    return _input_grads(fe, acc, x, y, qe, ke, v, c, alpha, power)
 
 # %% ../../nbs/13_hyperbolic_fast.ipynb #3b34b367
 def _heads(x: Tensor) -> Tensor:

@@ -60,6 +60,7 @@ def _scores(f, kp_ok, offs_m, offs_n, Sq, Sk, CAUSAL: tl.constexpr, HAS_MASK, wi
         s = tl.where(kp_ok[None, :], s, float("-inf"))
     return s
 
+# %% ../../nbs/17_position_metric_triton.ipynb #bbd85620
 @triton.jit
 def _fwd_step(acc, m_i, l_i, n0, q, lam, K, V, U, Wk, Aq, Ak, KPM, b, h, offs_m, m_ok, skb, skh, sks, svb, svh, svs,
               Sq, Sk, R, D, DV, HAS_MASK, store_acc, window, SEG, has_seg, CAUSAL: tl.constexpr, DP: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -122,6 +123,7 @@ def _fwd(Q, K, V, U, Wk, Aq, Ak, LAM, KPM, SEG, SPS, SPE, O, OA, LSE, sqb, sqh, 
         tl.store(OA + bh * Sq * DV + offs_m[:, None] * DV + offs_d[None, :], out,
                  mask=m_ok[:, None] & (offs_d[None, :] < DV))
 
+# %% ../../nbs/17_position_metric_triton.ipynb #496804a3
 @triton.jit
 def _tile_g(q, k, v, do, lse, delta, lam, U, Wk, Aq, Ak, kp_ok, offs_m, offs_n, m_ok, n_ok, R, Sq, Sk,
             CAUSAL: tl.constexpr, HAS_MASK, window, SEG, b, has_seg, MASKED: tl.constexpr):
@@ -166,6 +168,7 @@ def _bwd_kv_step(dk, dv, m0, k, v, kp_ok, lam, Q, DO, LSE, DELTA, U, Wk, Aq, Ak,
         tl.store(DAK + r * Sk + offs_n, tl.load(DAK + r * Sk + offs_n, mask=n_ok, other=0) - 2 * e2, mask=n_ok)
     return dk, dv
 
+# %% ../../nbs/17_position_metric_triton.ipynb #9b7457d0
 @triton.jit(do_not_specialize=_RUNTIME_INTS)
 def _bwd_kv(Q, K, V, U, Wk, Aq, Ak, LAM, KPM, SEG, SPS, SPE, DO, LSE, DELTA, DK, DV, DW, DAK, sqb, sqh, sqs, skb, skh, sks,
             svb, svh, svs, sdb, sdh, sds, H, Sq, Sk, R, D, DV_, HAS_MASK, window, has_seg,
@@ -228,6 +231,7 @@ def _bwd_q_step(dq, dl, n0, q, do, lse, delta, lam, K, V, U, Wk, Aq, Ak, KPM, DU
         tl.store(DAQ + r * Sq + offs_m, tl.load(DAQ + r * Sq + offs_m, mask=m_ok, other=0) + 2 * e2, mask=m_ok)
     return dq, dl
 
+# %% ../../nbs/17_position_metric_triton.ipynb #f05e2fc2
 @triton.jit(do_not_specialize=_RUNTIME_INTS)
 def _bwd_q(Q, K, V, U, Wk, Aq, Ak, LAM, KPM, SEG, SPS, SPE, DO, LSE, DELTA, DQ, DU, DAQ, DLAM, sqb, sqh, sqs, skb, skh, sks,
            svb, svh, svs, sdb, sdh, sds, H, Sq, Sk, R, D, DV_, HAS_MASK, window, has_seg,
@@ -361,6 +365,7 @@ class _PosMetricTriton(torch.autograd.Function):
                              *strides, *common, CAUSAL=causal, **cq)
         return dq, dk, dv, du, dw, da, dap, dlam.sum((0, 2)), None, None, None, None, None
 
+# %% ../../nbs/17_position_metric_triton.ipynb #83daad80
 def position_metric_triton(q: Tensor, k: Tensor, v: Tensor, A: Tensor, lam: Tensor, W: Tensor, b: Tensor, *, causal: bool = False,
                            key_padding_mask: Optional[Tensor] = None, scale: float = 1.0,
                            block: Optional[int] = None, window: Optional[int] = None,
