@@ -74,7 +74,8 @@ def encode_grid(grid) -> list[int]:
     return out
 
 def decode_grid(tokens) -> Optional[np.ndarray]:
-    "Tokens → grid `(H, W)`, or `None` if they are not a well-formed grid (empty, ragged rows, a missing final `NL`, a non-colour token)."
+    """Tokens → grid `(H, W)`, or `None` if they are not a well-formed ARC grid (empty, ragged rows, a missing final `NL`, a
+    non-colour token, a side over `MAX_SIDE`: a model may generate any of these, and none of them can be an answer)."""
     toks = [int(t) for t in tokens]
     if not toks or toks[-1] != NL: return None
     rows: list[list[int]] = []
@@ -85,7 +86,7 @@ def decode_grid(tokens) -> Optional[np.ndarray]:
             rows.append(cur); cur = []
         elif 0 <= t <= 9: cur.append(t)
         else: return None
-    if len({len(r) for r in rows}) != 1: return None
+    if len({len(r) for r in rows}) != 1 or len(rows) > MAX_SIDE or len(rows[0]) > MAX_SIDE: return None
     return np.array(rows, dtype=np.int64)
 
 # %% ../nbs/40_arc.ipynb #2235c0ec
