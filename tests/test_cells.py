@@ -29,8 +29,7 @@ PENDING_PREFIXES: tuple = ()
 # helpers each need a small test kernel or a regrouping with their launcher, the Hugging Face notebook's cells (to
 # reorder around `geometrize`), 53_prune (a direct `prune_run` test ran far longer in-process than through the CLI:
 # not understood yet), and the widget and benchmark pages. Remove a name once its notebook passes.
-TODO_TESTS = {"03_geometries", "08_geoconfig", "20_blocks", "21_model", "33_cli", "43_study",   # one cell each
-              "16_flash", "17_position_metric_triton", "51_hf", "60_widgets", "90_bench_attention", "91_bench_model",
+TODO_TESTS = {"16_flash", "17_position_metric_triton", "51_hf", "60_widgets", "90_bench_attention", "91_bench_model",
               "92_bench_gpu", "94_bench_export", "99_docs", "53_prune"}
 
 
