@@ -49,7 +49,8 @@ def test_killed_exports_leave_the_old_file(tmp_path):
         if hit: assert g.read_bytes() == old                    # killed before its rename: the old file, untouched
         np.testing.assert_allclose(OnnxLM(g)(ids), want if g.read_bytes() == old else OnnxLM(g)(ids))   # it loads
     assert sum(killed) >= 2, killed                             # at least two were killed mid-write
-    assert list(tmp_path.glob(".g.onnx.*"))                     # the killed ones left their temporary directories
+    if killed[-1]:   # the killed ones left their temporary directories (an export that completed after them removed them)
+        assert list(tmp_path.glob(".g.onnx.*"))
     export_onnx(tiny(1), g)                                     # the next export removes them
     assert not list(tmp_path.glob(".g.onnx.*"))
     assert g.read_bytes() == old
