@@ -219,16 +219,16 @@ def enqueue(grid: Grid, keys: Sequence[tuple], legacy: Sequence[dict] = ()) -> i
 # %% ../nbs/38_grid.ipynb #205f302d
 def pop(grid: Grid, mine: set) -> Optional[Any]:
     """Take a waiting trial whose key is in `mine` (WAITING → RUNNING, one transaction: only one process gets it)
-    and record its first heartbeat; None if there is none. A trial with a lower-numbered live twin (the same key
+    with its first heartbeat recorded before the state changes; None if there is none. A trial with a lower-numbered live twin (the same key
     queued twice) is pruned, not run."""
     TS, st = grid.TS, grid.storage
     trials = grid.trials()
     for t in trials:
         if t.state != TS.WAITING or grid.tkey(t) not in mine: continue
         try:
-            with _signals_held():
+            with _signals_held():            # the heartbeat first: killed between the two (SIGKILL is not held), the
+                st.record_heartbeat(t._trial_id)   # trial is still WAITING; never RUNNING with no heartbeat to go stale
                 ok = st.set_trial_state_values(t._trial_id, TS.RUNNING)
-                if ok: st.record_heartbeat(t._trial_id)
         except (grid.optuna.exceptions.UpdateFinishedTrialError, grid.optuna.exceptions.StorageInternalError):
             continue                                        # finished, or taken in a concurrent transaction
         if not ok: continue
