@@ -219,8 +219,8 @@ def enqueue(grid: Grid, keys: Sequence[tuple], legacy: Sequence[dict] = ()) -> i
 # %% ../nbs/38_grid.ipynb #205f302d
 def pop(grid: Grid, mine: set) -> Optional[Any]:
     """Take a waiting trial whose key is in `mine` (WAITING → RUNNING, one transaction: only one process gets it)
-    with its first heartbeat recorded before the state changes; None if there is none. A trial with a lower-numbered live twin (the same key
-    queued twice) is pruned, not run."""
+    with its first heartbeat recorded before the state changes; None if there is none. A trial with a lower-numbered
+    live twin (the same key queued twice) is pruned, not run."""
     TS, st = grid.TS, grid.storage
     trials = grid.trials()
     for t in trials:
