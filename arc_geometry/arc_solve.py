@@ -15,7 +15,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Optional, Sequence, cast
+from typing import Any, Callable, ClassVar, Optional, Sequence
 
 import numpy as np
 import torch
@@ -79,7 +79,8 @@ def _answer_loss(logits: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
 
 class _Drawn:
     "The `train` of an `AnswerBatches`: item `i` is the next sequence of the batch `sample()` last drew (a new one when used up)."
-    def __init__(self, sample: Callable[[], list]): self.sample, self.buf = sample, cast(list, [])
+    def __init__(self, sample: Callable[[], list]):
+        self.sample, self.buf = sample, list[Any]()
     def __getitem__(self, i: int):
         if not self.buf: self.buf = list(self.sample())[::-1]
         return self.buf.pop()

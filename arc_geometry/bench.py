@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -24,8 +24,8 @@ from .geometries import GEOMETRIES as ROWS, attention_geometries
 from .files import atomic_write
 
 # %% auto #0
-__all__ = ['MALLOC_ENV', 'make_inputs', 'poincare_flex', 'attention_fn', 'run_case', 'with_tflops', 'bench_attention',
-           'fresh_dir', 'bench_csv_path', 'bench_window', 'window_targets', 'main', 'bench_figure']
+__all__ = ['MALLOC_ENV', 'make_inputs', 'poincare_flex', 'attention_fn', 'run_case', 'case_result', 'with_tflops',
+           'bench_attention', 'fresh_dir', 'bench_csv_path', 'bench_window', 'window_targets', 'main', 'bench_figure']
 
 # %% ../nbs/90_bench_attention.ipynb #fc6c0f14
 def make_inputs(geometry: str, B: int, H: int, S: int, D: int, R: int, dtype=torch.float32, seed: int = 0):
@@ -117,6 +117,23 @@ def run_case(geometry: str, S: int, backend: str = "auto", B: int = 1, H: int = 
         if not fwd_only: out["fwdbwd_s"] = best(lambda: fn(q, k, v, p).sum().backward())
     return out
 
+# %% ../nbs/90_bench_attention.ipynb #0f5f5f66
+def case_result(spec: dict, isolate: bool = True, env: Optional[Mapping[str, str]] = None, timeout_s: float = 300) -> dict:
+    """One case (`spec`: the keyword arguments of `run_case`) in a fresh Python process (`isolate`: its peak memory is
+    then its own) or in this one (a quick check of the harness); its result with `status` 'ok', 'failed: …' or
+    'timeout > … s'. `env`: the subprocess's environment (default: this one's)."""
+    if not isolate:
+        try: return run_case(**spec) | {"status": "ok"}
+        except Exception as e: return {"status": f"failed: {type(e).__name__}: {str(e)[:200]}"}
+    try:
+        out = subprocess.run([sys.executable, "-m", "arc_geometry.bench", "--case", json.dumps(spec)],
+                             capture_output=True, text=True, timeout=timeout_s, env=env)
+    except subprocess.TimeoutExpired:
+        return {"status": f"timeout > {timeout_s:.0f} s"}
+    if out.returncode != 0:
+        return {"status": f"failed: {(out.stderr.strip().splitlines() or ['?'])[-1][:200]}"}
+    return json.loads(out.stdout.strip().splitlines()[-1]) | {"status": "ok"}
+
 # %% ../nbs/90_bench_attention.ipynb #40fc5085
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}   # glibc: large blocks always mmap'd, so RSS follows live tensors
 
@@ -136,33 +153,28 @@ def with_tflops(df, B: int = 1, H: int = 8, D: int = 64, causal: bool = True):
 def bench_attention(geometries: Optional[Sequence[str]] = None, seqlens: Sequence[int] = (256, 1024, 4096, 16384),
                     B: int = 1, H: int = 8, D: int = 64, R: int = 16, reference: bool = True,
                     ref_max_bytes: int = 3 * 2 ** 30, timeout_s: float = 300, repeats: int = 3,
-                    progress: bool = True, flex: bool = True):
+                    progress: bool = True, flex: bool = True, isolate: bool = True):
     """Benchmark table (pandas) of every geometry vs SDPA (`dot`) and the reference; each case in its own process.
-    `flex`: also FlexAttention with a Poincaré `score_mod` (`poincare_flex`, forward only) where Poincaré is measured."""
+    `flex`: also FlexAttention with a Poincaré `score_mod` (`poincare_flex`, forward only) where Poincaré is measured. `isolate=False`: every case once, in this process (`case_result`)."""
     import pandas as pd
     from tqdm.auto import tqdm
 
     geometries = attention_geometries() if geometries is None else geometries
-    cases = [("dot", "auto", S) for S in seqlens] + [(g, "auto", S) for g in geometries for S in seqlens]
+    cases = [(g, "auto", S) for g in dict.fromkeys(["dot", *geometries]) for S in seqlens]   # dot once, first
     if flex and "poincare" in geometries: cases += [("poincare", "flex", S) for S in seqlens]
     if reference:
-        cases += [(g, "reference", S) for g in geometries for S in seqlens if _ref_bytes(g, B, H, S, D, R) <= ref_max_bytes]
+        cases += [(g, "reference", S) for g in geometries if g != "dot" for S in seqlens if _ref_bytes(g, B, H, S, D, R) <= ref_max_bytes]
     rows = []
     for g, be, S in tqdm(cases, disable=not progress, desc="attention cases"):
         reps = repeats if S <= 1024 else 1            # long cases: the warm-up plus one timed run each
         row = {"status": "ok"}
         # two processes: times with the ordinary allocator, memory with large blocks always mmap'd
-        for reps_, env in ((reps, os.environ), (0, {**os.environ, **MALLOC_ENV})):
-            spec = json.dumps(dict(geometry=g, S=S, backend=be, B=B, H=H, D=D, R=R, repeats=reps_))
-            try:
-                out = subprocess.run([sys.executable, "-m", "arc_geometry.bench", "--case", spec], capture_output=True,
-                                     text=True, timeout=timeout_s, env=env)
-                if out.returncode != 0:
-                    row = dict(status=f"failed: {out.stderr.strip().splitlines()[-1][:200]}"); break
-                res = json.loads(out.stdout.strip().splitlines()[-1])
-                row.update({k: v for k, v in res.items() if k != "extra_peak_mib" or not reps_})
-            except subprocess.TimeoutExpired:
-                row = dict(status=f"timeout > {timeout_s:.0f} s"); break
+        runs = ((reps, os.environ), (0, {**os.environ, **MALLOC_ENV})) if isolate else ((reps, None),)
+        for reps_, env in runs:
+            res = case_result(dict(geometry=g, S=S, backend=be, B=B, H=H, D=D, R=R, repeats=reps_), isolate, env, timeout_s)
+            if res["status"] != "ok":
+                row = {"status": res["status"]}; break
+            row.update({k: v for k, v in res.items() if k != "extra_peak_mib" or not reps_ or not isolate})
         rows.append({"geometry": g, "backend": be, "S": S, **row})
     df = with_tflops(pd.DataFrame(rows), B, H, D)
     floor = df[df.geometry == "dot"].set_index("S")
@@ -189,9 +201,9 @@ def bench_csv_path(out: str | None, name: str, kind: str) -> Path:
 # %% ../nbs/90_bench_attention.ipynb #5b4c1e39
 def bench_window(geometries: Optional[Sequence[str]] = None, seqlens: Sequence[int] = (4096, 16384, 65536),
                  window: int = 512, full_max: int = 16384, band_max: int = 16384, B: int = 1, H: int = 8, D: int = 64,
-                 R: int = 16, timeout_s: float = 900, progress: bool = True):
+                 R: int = 16, timeout_s: float = 900, progress: bool = True, isolate: bool = True):
     """Table (pandas) of windowed attention (`mode` 'window') against full causal attention (`mode` 'full', up to
-    `full_max`) and SDPA with a boolean band mask ('band', up to `band_max`); `dot` is SDPA itself."""
+    `full_max`) and SDPA with a boolean band mask ('band', up to `band_max`); `dot` is SDPA itself. `isolate=False`: every case in this process (`case_result`)."""
     import pandas as pd
     from tqdm.auto import tqdm
     geometries = ["dot", *(attention_geometries() if geometries is None else geometries)]
@@ -202,13 +214,7 @@ def bench_window(geometries: Optional[Sequence[str]] = None, seqlens: Sequence[i
     for g, mode, S in tqdm(cases, disable=not progress, desc="window cases"):
         spec = dict(geometry=g, S=S, B=B, H=H, D=D, R=R, repeats=0, once=True, window=None if mode == "full" else window,
                     band=mode == "band")
-        try:
-            out = subprocess.run([sys.executable, "-m", "arc_geometry.bench", "--case", json.dumps(spec)], capture_output=True,
-                                 text=True, timeout=timeout_s, env={**os.environ, **MALLOC_ENV})
-            row = (json.loads(out.stdout.strip().splitlines()[-1]) | {"status": "ok"} if out.returncode == 0
-                   else {"status": f"failed: {(out.stderr.strip().splitlines() or ['?'])[-1][:200]}"})
-        except subprocess.TimeoutExpired:
-            row = {"status": f"timeout > {timeout_s:.0f} s"}
+        row = case_result(spec, isolate, {**os.environ, **MALLOC_ENV}, timeout_s)
         rows.append({**row, "geometry": g, "mode": mode, "S": S, "window": window if mode != "full" else None})
     df = pd.DataFrame(rows)
     if "fwdbwd_s" in df: df["us_per_token"] = df.fwdbwd_s / df.S * 1e6

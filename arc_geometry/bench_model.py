@@ -62,8 +62,9 @@ def bench_one(geometry: str, dim: int, depth: int, num_heads: int, seq_len: int,
 
 # %% ../nbs/91_bench_model.ipynb #5632f730
 def run_benchmark(out_csv, geometries: Optional[Sequence[str]] = None, sizes: Optional[dict] = None,
-                  timeout: float = 1800) -> Any:
-    "Benchmark `geometries` (dot first, as the baseline) at `sizes` (default `FULL`); write and return the table."
+                  timeout: float = 1800, isolate: bool = True) -> Any:
+    """Benchmark `geometries` (dot first, as the baseline) at `sizes` (default `FULL`); write and return the table.
+    Each geometry runs in two processes of its own (timed; peak memory), or once in this one with `isolate=False`."""
     geometries = tuple(GEOMETRIES) if geometries is None else geometries   # the registry's order
     import pandas as pd
     sizes = {**FULL, **(sizes or {})}
@@ -79,9 +80,9 @@ def run_benchmark(out_csv, geometries: Optional[Sequence[str]] = None, sizes: Op
     mem_env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}      # large blocks mmap'd: freed = returned
     rows = []
     for g in tqdm(geometries, desc="geometries", leave=False):
-        row = one(g, sizes)                                             # timing, ordinary allocator
+        row = one(g, sizes) if isolate else bench_one(g, **sizes)     # timing, ordinary allocator
         row["peak_mem_default_malloc_mib"] = row["peak_mem_mib"]
-        row["peak_mem_mib"] = one(g, {**sizes, "steps": 1}, mem_env)["peak_mem_mib"]   # memory, its own process
+        if isolate: row["peak_mem_mib"] = one(g, {**sizes, "steps": 1}, mem_env)["peak_mem_mib"]   # memory, own process
         rows.append(row)
     df = pd.DataFrame(rows)
     base = df.set_index("geometry").loc["dot"]

@@ -173,11 +173,15 @@ HALF_CASES = {"causal-padded": (24, 24, True, True, 0.9, False), "Sq<Sk": (13, 2
 REFS = {"metric": metric_attention_ref, "poincare": poincare_attention_ref, "hybrid": hybrid_attention_ref}
 
 
+@pytest.mark.skipif(os.environ.get("ARC_GEOMETRY_SLOW") != "1", reason="slow: nbs/16_flash's fp16 table asserts the "
+                    "same cases on every run (ARC_GEOMETRY_SLOW=1)")
 @pytest.mark.parametrize("case", list(HALF_CASES))
 @pytest.mark.parametrize("geom", ["metric", "poincare", "hybrid"])
 def test_fp16_within_3x_of_baselines(geom, case):
     """fp16 (the interpreter computes bf16 dots wrongly) against the float64 oracle on the same rounded inputs:
-    output within 3× of rounding the exact output, every gradient within 3× of fp16 SDPA's; c from 1e-3 to 10."""
+    output within 3× of rounding the exact output, every gradient within 3× of fp16 SDPA's; c from 1e-3 to 10.
+    The notebook's table (nbs/16_flash, `half_table`) checks these cases with the notebook's own inputs; this sweep
+    builds them independently, with a batch of two and its padding mask."""
     Sq, Sk, causal, padded, radius, equal = HALF_CASES[case]
     kw = dict(causal=causal, key_padding_mask=kpm(2, Sk) if padded else None, scale=0.25)
     if geom == "metric":
