@@ -10,7 +10,12 @@ The notebook runner starts fresh kernels without this variable: notebooks that t
 import os
 from pathlib import Path
 
-import torch
+# One thread per process: the suite runs as many test processes as the machine has cores (`pytest -n`), and each
+# starts notebooks and command-line subprocesses that inherit this; PyTorch's default (a thread per core in every
+# process) oversubscribes the cores, and idle OpenMP threads spin.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")       # FlexAttention's compile: no pool of compile workers
+import torch  # noqa: E402  (after OMP_NUM_THREADS: it is read when PyTorch starts its thread pool)
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -30,3 +35,15 @@ def subprocess_env():
     env.pop("TRITON_INTERPRET", None)
     env.setdefault("PYTHONHASHSEED", "0")
     return env
+
+
+# The longest tests first (measured on two cores): a long one left for the end of the run keeps one core idle.
+LONG_FIRST = ("test_notebook_runs[16_flash", "test_types.py::", "test_notebook_runs[90_bench", "test_docs.py::",
+              "test_notebook_runs[50_export", "test_train_ddp.py::", "test_arc.py::test_kill", "test_bench_entry_points",
+              "test_study_killed", "test_notebook_runs[43_study", "test_notebook_runs[38_grid", "test_notebook_runs[41_arc")
+
+
+def pytest_collection_modifyitems(items):
+    "Run the `LONG_FIRST` tests first (in that order), the others in their usual order after them."
+    rank = lambda it: next((i for i, p in enumerate(LONG_FIRST) if p in it.nodeid), len(LONG_FIRST))
+    items.sort(key=rank)
