@@ -296,8 +296,9 @@ def _run(model, inp):
 # %% ../nbs/31_trainer.ipynb #99673f36
 class Trainer:
     """Train `model` on `task` (`train`, `val`, `split_batch`, `loss`) as `config` says, logging to `out_dir`. This cell
-    builds the objects of a run: `model` on its device (DDP-wrapped as `net` under torchrun), AdamW, the schedule, the
-    sampler (AdamW over `groups`, default `param_groups`: see `adamw`); the cells below add the step and the evaluation, the checkpoint and the loop (`fastcore.basics.patch`)."""
+    builds the objects of a run: `model` on its device (DDP-wrapped as `net` under torchrun), AdamW (over `groups`,
+    by default `param_groups`: see `adamw`), the schedule, the sampler; the cells below add the step and the
+    evaluation, the checkpoint and the loop (`fastcore.basics.patch`)."""
     # added below with @patch; declared here for type checkers
     _autocast: Callable[[], Any]
     _allreduce: Callable[[Tensor], Tensor]
