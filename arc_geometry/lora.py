@@ -19,7 +19,7 @@ from .extras import require
 
 # %% auto #0
 __all__ = ['LORA_KEYS', 'attention_modules', 'projections', 'geometry_modules', 'lora_config', 'lora', 'adapts',
-           'split_adaptation', 'check_adaptation', 'run_adaptation']
+           'split_adaptation', 'check_adaptation', 'lora_param_groups', 'run_adaptation']
 
 # %% ../nbs/52_lora.ipynb #8ba79cee
 def _peft():
@@ -65,7 +65,7 @@ def lora(model: nn.Module, r: int = 8, alpha: float = 16, targets: Optional[Sequ
     return _peft().get_peft_model(model, lora_config(model, r, alpha, targets, dropout))
 
 # %% ../nbs/52_lora.ipynb #8bcb73e6
-LORA_KEYS = ("r", "alpha", "targets", "dropout")
+LORA_KEYS = ("r", "alpha", "targets", "dropout", "geometry_weight_decay")
 
 def adapts(cfg: dict) -> bool:
     "Whether the run config `cfg` adapts a saved model (`model.from` or `train.lora`)."
@@ -81,7 +81,10 @@ def _check_lora(lo) -> dict:
     if t is not None and not (isinstance(t, list) and t and all(isinstance(x, str) and x for x in t)):
         raise ValueError(f"train.lora.targets must be a non-empty list of module names, got {t!r}")
     if not (isinstance(d, (int, float)) and 0 <= d < 1): raise ValueError(f"train.lora.dropout must be in [0, 1), got {d!r}")
-    return {"r": r, "alpha": a, "targets": t, "dropout": float(d)}
+    w = lo.get("geometry_weight_decay", 0.0)
+    if not (isinstance(w, (int, float)) and not isinstance(w, bool) and 0 <= w < float("inf")):
+        raise ValueError(f"train.lora.geometry_weight_decay must be a finite number >= 0, got {w!r}")
+    return {"r": r, "alpha": a, "targets": t, "dropout": float(d), "geometry_weight_decay": float(w)}
 
 def split_adaptation(cfg: dict) -> tuple[dict, Path, Optional[dict]]:
     "`cfg` with the saved model's config as `model` and without `train.lora`; the saved model's directory; the LoRA settings."
@@ -102,6 +105,16 @@ def check_adaptation(cfg: dict):
     from arc_geometry.job import build_config
     return build_config(split_adaptation(cfg)[0])
 
+# %% ../nbs/52_lora.ipynb #88f072ce
+def lora_param_groups(model: nn.Module, weight_decay: float, geometry_weight_decay: float = 0.0) -> list[dict]:
+    "AdamW groups of a `peft` model: `param_groups(model, weight_decay)`, the geometry copies' matrices decayed by `geometry_weight_decay`."
+    from arc_geometry.train import param_groups
+    dec, rest = param_groups(model, weight_decay)
+    copy = {id(p) for n, p in model.named_parameters() if ".modules_to_save." in n}
+    geo = [p for p in dec["params"] if id(p) in copy]
+    dec["params"] = [p for p in dec["params"] if id(p) not in copy]
+    return [dec, rest] + ([{"params": geo, "weight_decay": geometry_weight_decay}] if geo else [])
+
 # %% ../nbs/52_lora.ipynb #f1e25acc
 def run_adaptation(cfg: dict, out, resume: bool = False, callbacks=()) -> dict:
     "Train the saved model of `model.from` on `cfg`'s task, all weights or LoRA adapters (`train.lora`); returns the summary."
@@ -115,10 +128,11 @@ def run_adaptation(cfg: dict, out, resume: bool = False, callbacks=()) -> dict:
     torch.manual_seed(rc.train.seed)
     model = GeoLM.from_pretrained(src)
     total = model.num_parameters()                        # the model's own parameters: the denominator of the share
-    if lo: model = lora(model, **lo)
+    if lo: model = lora(model, **{k: lo[k] for k in ("r", "alpha", "targets", "dropout")})
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     record = {**rc.to_dict(), "model": {"from": str(src)}, "train": {**rc.train.to_dict(), **({"lora": lo} if lo else {})}}
-    s = Trainer(model, rc.task, rc.train, out, callbacks=callbacks, run_config=record).fit()
+    groups = lora_param_groups(model, rc.train.weight_decay, lo["geometry_weight_decay"]) if lo else None
+    s = Trainer(model, rc.task, rc.train, out, callbacks=callbacks, run_config=record, groups=groups).fit()
     s.update(trainable_params=trainable, model_params=total, trainable_pct=round(100 * trainable / total, 3))
     out = Path(out)
     if lo and (out / "model").is_dir():                   # peft saved the adapter there: keep it, put the merged model in model/

@@ -33,9 +33,9 @@ from .train_state import (MetricsLog, checkpoint_path, latest_checkpoint, list_c
                                       unpack_training_state)
 
 # %% auto #0
-__all__ = ['PRECISIONS', 'MID_RUN_KEYS', 'NO_DECAY_KEYS', 'TrainConfig', 'decays', 'param_groups', 'lr_factor', 'EpochSampler',
-           'Callback', 'NonFiniteLossError', 'MetricsLogger', 'TensorBoardLogger', 'ProgressBar', 'PeriodicCheckpoint',
-           'EarlyStopping', 'StopOnSignal', 'resolve_device', 'dist_info', 'Trainer']
+__all__ = ['PRECISIONS', 'MID_RUN_KEYS', 'NO_DECAY_KEYS', 'TrainConfig', 'decays', 'param_groups', 'adamw', 'lr_factor',
+           'EpochSampler', 'Callback', 'NonFiniteLossError', 'MetricsLogger', 'TensorBoardLogger', 'ProgressBar',
+           'PeriodicCheckpoint', 'EarlyStopping', 'StopOnSignal', 'resolve_device', 'dist_info', 'Trainer']
 
 # %% ../nbs/31_trainer.ipynb #6861b0cb
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -126,6 +126,23 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     for n, p in model.named_parameters():
         if p.requires_grad: (dec if decays(n, p) else rest).append(p)
     return [{"params": dec, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+
+# %% ../nbs/31_trainer.ipynb #a8ff02ac
+def adamw(model: nn.Module, config: TrainConfig, groups: Optional[list[dict]] = None) -> torch.optim.AdamW:
+    """AdamW with `config`'s rate and betas over `groups` (default `param_groups(model, config.weight_decay)`), which
+    must hold each trainable parameter of `model` once; a group without `weight_decay` gets `config.weight_decay`."""
+    if groups is None: groups = param_groups(model, config.weight_decay)
+    if not (isinstance(groups, list) and groups and all(isinstance(g, dict) and "params" in g for g in groups)):
+        raise ValueError(f"groups must be a non-empty list of AdamW parameter groups (dicts with 'params'), got {groups!r}")
+    groups = [{**g, "params": list(g["params"])} for g in groups]
+    seen = [id(p) for g in groups for p in g["params"]]
+    trainable = {id(p): n for n, p in model.named_parameters() if p.requires_grad}
+    if len(seen) != len(set(seen)): raise ValueError("groups: a parameter appears in more than one group (or twice in one)")
+    if stray := set(seen) - trainable.keys():
+        raise ValueError(f"groups: {len(stray)} parameter(s) are not trainable parameters of the model")
+    if missing := [n for i, n in trainable.items() if i not in set(seen)]:
+        raise ValueError(f"groups miss {len(missing)} trainable parameter(s) of the model, e.g. {missing[:3]}")
+    return torch.optim.AdamW(groups, lr=config.lr, betas=(config.beta1, config.beta2), weight_decay=config.weight_decay)
 
 # %% ../nbs/31_trainer.ipynb #1fde42c6
 def lr_factor(step: int, cfg: TrainConfig) -> float:
@@ -279,8 +296,9 @@ def _run(model, inp):
 # %% ../nbs/31_trainer.ipynb #99673f36
 class Trainer:
     """Train `model` on `task` (`train`, `val`, `split_batch`, `loss`) as `config` says, logging to `out_dir`. This cell
-    builds the objects of a run: `model` on its device (DDP-wrapped as `net` under torchrun), AdamW, the schedule, the
-    sampler; the cells below add the step and the evaluation, the checkpoint and the loop (`fastcore.basics.patch`)."""
+    builds the objects of a run: `model` on its device (DDP-wrapped as `net` under torchrun), AdamW (over `groups`,
+    by default `param_groups`: see `adamw`), the schedule, the sampler; the cells below add the step and the
+    evaluation, the checkpoint and the loop (`fastcore.basics.patch`)."""
     # added below with @patch; declared here for type checkers
     _autocast: Callable[[], Any]
     _allreduce: Callable[[Tensor], Tensor]
@@ -296,7 +314,7 @@ class Trainer:
     active_callbacks: list                       # the callbacks of the current fit (set by _start)
 
     def __init__(self, model: nn.Module, task, config: TrainConfig, out_dir=None,
-                 callbacks: Sequence = (), run_config: Optional[dict] = None):
+                 callbacks: Sequence = (), run_config: Optional[dict] = None, groups: Optional[list[dict]] = None):
         if not isinstance(config, TrainConfig): raise ValueError(f"config must be a TrainConfig, got {type(config).__name__}")
         for m in ("split_batch", "loss"):
             if not callable(getattr(task, m, None)): raise ValueError(f"task must have a {m}() method (see arc_geometry.tasks)")
@@ -314,8 +332,7 @@ class Trainer:
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
             self.net = DDP(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        self.optimizer = torch.optim.AdamW(param_groups(model, config.weight_decay), lr=config.lr,
-                                           betas=(config.beta1, config.beta2))
+        self.optimizer = adamw(model, config, groups)   # the two groups of param_groups, or the caller's (see adamw)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, config))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.precision == "fp16")
         sampler = getattr(task, "sampler", None)       # a task may bring its own (text: random windows of a token stream)
