@@ -60,64 +60,94 @@ def _proj_back(x: Tensor, out: Tensor, g: Tensor, c: Tensor):
             torch.where(out, -m / (2 * c) * xg, 0.0).sum((1, 2)))
 
 # %% ../../nbs/13_hyperbolic_fast.ipynb #c325b621
+_PART = 2 ** 22           # elements (rows × B·H × width) of one part's operands, where a window leaves parts
+_CHUNK = 2 ** 20          # elements of one chunk of the float64 row sums and of the chain rule
+
+def _rowsq(x: Tensor, c: Optional[Tensor] = None) -> Tensor:
+    """`‖x‖²` per row in float64, `(B·H, S, 1)`, of `x (B·H, S, D)` (projected into the ball of `c (B·H,)` first if
+    given), a chunk of rows at a time: no float64 copy of the whole `x`."""
+    out = torch.empty(*x.shape[:2], 1, dtype=torch.float64)
+    rows = max(1, _CHUNK // max(1, x.shape[0] * x.shape[-1]))
+    for r in range(0, x.shape[1], rows):
+        t = x[:, r:r + rows] if c is None else _proj(x[:, r:r + rows], c)[0]
+        out[:, r:r + rows] = t.double().pow(2).sum(-1, keepdim=True)
+    return out
+
 class _Features:
-    """What the blocks read, from the points `x (B·H, Sq, Dh)`, `y (B·H, Sk, Dh)` (projected into the ball here), the
-    Euclidean parts `qe, ke` (hybrid, else None), `c`, `alpha (B·H,)`: per row in float64 `n = ‖x‖²`, `α = 1 − cn`,
-    `a = 2c/α`, `m = ‖y‖²`, `β`, `b = 1/β`, `κ`, the bounds `tmin, ν` (`_bounds`); and, built on demand in the tile
-    dtype (`ops`), `Q' = a[−2x, n, 1]`, `K'' = [y, 1, m]`, `K' = bK''`, `Qe' = [2·scale·qe, 1]`,
-    `Ke' = [ke, −scale‖ke‖²]`. No autograd: `_HyperbolicCPU.backward` applies the chain rule itself (`chain`)."""
-    def __init__(self, x, y, qe, ke, c, alpha, scale: float, power: int, bounds: bool = True, **extra):
-        self.raw = (x, y)
-        (self.xp, self.px), (self.yp, self.py) = _proj(x, c), _proj(y, c)
-        c = c.double()[:, None, None]
-        self.c, self.scale, self.power, self.qe, self.ke, self.extra = c, scale, power, qe, ke, extra
-        self.n, self.m = (t.double().pow(2).sum(-1, keepdim=True) for t in (self.xp, self.yp))
-        self.al, self.be = 1 - c * self.n, 1 - c * self.m
-        self.a, self.b = 2 * c / self.al, 1 / self.be
-        if power == 1: self.kappa = -scale / c.sqrt()                       # s = κ·arcosh(1 + R)
-        else: self.kappa = -scale * alpha.double()[:, None, None] / c        # s = κ·arcosh(1 + R)² + E
+    """What every block reads, per row of the whole sequence in float64 (`O(S)`), from the points `x (B·H, Sq, Dh)`,
+    `y (B·H, Sk, Dh)` (projected into the ball), the Euclidean parts `qe, ke` (hybrid, else None), `c`, `alpha (B·H,)`:
+    `n = ‖x‖²`, `α = 1 − cn`, `a = 2c/α`, `m = ‖y‖²`, `β`, `b = 1/β`, `κ`, the bounds `tmin, ν` (`_bounds`). The
+    operands themselves, `O(rows·D)`, are built for one part of the sequence at a time (`part`); `keys`, `queries`:
+    more tensors `(B·H, S, ·)` a part slices by its keys or its queries."""
+    def __init__(self, x, y, qe, ke, c, alpha, scale: float, power: int, bounds: bool = True,
+                 keys: Optional[dict] = None, queries: Optional[dict] = None):
+        self.raw, self.cin, self.keys, self.queries = (x, y), c, keys or {}, queries or {}
+        self.c, self.scale, self.power, self.qe, self.ke = c.double()[:, None, None], scale, power, qe, ke
+        self.n, self.m = _rowsq(x, c), _rowsq(y, c)
+        self.al, self.be = 1 - self.c * self.n, 1 - self.c * self.m
+        self.a, self.b = 2 * self.c / self.al, 1 / self.be
+        if power == 1: self.kappa = -scale / self.c.sqrt()                      # s = κ·arcosh(1 + R)
+        else: self.kappa = -scale * alpha.double()[:, None, None] / self.c       # s = κ·arcosh(1 + R)² + E
         self.tmin: Optional[Tensor] = None; self.nu: Optional[Tensor] = None
-        if bounds: self.tmin, self.nu = _bounds(self, self.xp.shape[-1] + 2)
+        if bounds: self.tmin, self.nu = _bounds(self, x.shape[-1] + 2)
+
+    def part(self, qs: slice, ks: slice) -> "_Part":
+        "The operands of the queries `qs` and keys `ks`."
+        return _Part(self, qs, ks)
+
+# %% ../../nbs/13_hyperbolic_fast.ipynb #e3409f24
+class _Part:
+    """The operands of the queries `qs` and the keys `ks` of `fe` (one part of the sequence; blocks index them from
+    `qs.start`, `ks.start`), built on demand in the tile dtype (`ops`): `Q' = a[−2x, n, 1]`, `K'' = [y, 1, m]`,
+    `K' = bK''`, `Qe' = [2·scale·qe, 1]`, `Ke' = [ke, −scale‖ke‖²]`; and the chain rule from their gradients back to
+    the inputs (`chain_q`, `chain_k`): no autograd."""
+    def __init__(self, fe: _Features, qs: slice, ks: slice):
+        self.fe, self.qs, self.ks = fe, qs, ks
+        (self.xp, self.px), (self.yp, self.py) = _proj(fe.raw[0][:, qs], fe.cin), _proj(fe.raw[1][:, ks], fe.cin)
         self.cache: dict[Any, Any] = {}
 
     def ops(self, exact: bool, dt: torch.dtype) -> dict:
-        "The operands of a block in float64 (`exact`) or `dt`, made once."
+        "The operands in float64 (`exact`) or `dt`, made once."
         dt = torch.float64 if exact else dt
         if dt not in self.cache:
-            x, y, n, m = self.xp.to(dt), self.yp.to(dt), self.n.to(dt), self.m.to(dt)
+            fe, qs, ks = self.fe, self.qs, self.ks
+            x, y, n, m = self.xp.to(dt), self.yp.to(dt), fe.n[:, qs].to(dt), fe.m[:, ks].to(dt)
             k0 = torch.cat([y, torch.ones_like(m), m], -1)
-            o = dict(q=torch.cat([-2 * x, n, torch.ones_like(n)], -1) * self.a.to(dt), k0=k0, k=k0 * self.b.to(dt),
-                     binv=self.b.transpose(1, 2).to(dt), kap=self.kappa.to(dt), qe=None, ke=None)
-            if self.power == 2:
-                qe, ke = self.qe.to(dt), self.ke.to(dt)
-                o["qe"] = torch.cat([2 * self.scale * qe, torch.ones_like(qe[..., :1])], -1)  # E = 2·scale·qe·ke
-                o["ke"] = torch.cat([ke, -self.scale * ke.pow(2).sum(-1, keepdim=True)], -1)  # − scale‖ke‖²
-            o.update({k: v.to(dt) for k, v in self.extra.items()})
+            o = dict(q=torch.cat([-2 * x, n, torch.ones_like(n)], -1) * fe.a[:, qs].to(dt), k0=k0,
+                     k=k0 * fe.b[:, ks].to(dt), binv=fe.b[:, ks].transpose(1, 2).to(dt), kap=fe.kappa.to(dt), qe=None, ke=None)
+            if fe.power == 2:
+                qe, ke = fe.qe[:, qs].to(dt), fe.ke[:, ks].to(dt)
+                o["qe"] = torch.cat([2 * fe.scale * qe, torch.ones_like(qe[..., :1])], -1)  # E = 2·scale·qe·ke
+                o["ke"] = torch.cat([ke, -fe.scale * ke.pow(2).sum(-1, keepdim=True)], -1)  # − scale‖ke‖²
+            o.update({k: t[:, ks].to(dt) for k, t in fe.keys.items()})
+            o.update({k: t[:, qs].to(dt) for k, t in fe.queries.items()})
             self.cache[dt] = o
         return self.cache[dt]
 
-    def chain(self, sl: slice, dQ, dK, dQe, dKe, dkap):
-        """`∂L/∂x, ∂L/∂y, ∂L/∂qe, ∂L/∂ke, ∂L/∂c, ∂L/∂alpha` of the heads `sl` from the gradients of the features
-        `Q', K', Qe', Ke', κ` (float64, those heads only: the caller goes through the heads in chunks, so that the
-        float64 temporaries stay small). `Q' = a[−2x, n, 1]`, `n = ‖x‖²`, `a = 2c/(1−cn)`: `∂a/∂n = a²/2`,
-        `∂a/∂c = 2/α²`; `K' = b[y, 1, m]`, `b = 1/(1−cm)`: `∂b/∂m = c b²`, `∂b/∂c = m b²`."""
-        x, y, n, m, a, b, c = (t[sl] for t in (self.xp, self.yp, self.n, self.m, self.a, self.b, self.c))
-        x, y, al, D = x.double(), y.double(), self.al[sl], x.shape[-1]
+    def chain_q(self, h: slice, dQ: Tensor, dQe: Optional[Tensor]) -> tuple:
+        """`∂L/∂x`, `∂L/∂qe` and the queries' share of `∂L/∂c` for the heads `h` of the part's queries, from the float64
+        gradients `dQ' = [P, s₁, s₂]`, `dQe'` of those rows. `Q' = a[−2x, n, 1]`, `n = ‖x‖²`, `a = 2c/(1−cn)`:
+        `∂a/∂n = a²/2`, `∂a/∂c = 2/α²`."""
+        fe, qs = self.fe, self.qs
+        x, n, a, al, c = self.xp[h].double(), fe.n[h, qs], fe.a[h, qs], fe.al[h, qs], fe.c[h]
+        D = x.shape[-1]
         P, s1, s2 = dQ[..., :D], dQ[..., D:D + 1], dQ[..., D + 1:]
         dA = -2 * (x * P).sum(-1, keepdim=True) + s1 * n + s2                  # ∂L/∂a at fixed x, n
-        dx = -2 * a * P + 2 * x * (a * s1 + dA * a * a / 2)
+        dx, dc = _proj_back(fe.raw[0][h, qs], self.px[h], -2 * a * P + 2 * x * (a * s1 + dA * a * a / 2), c)
+        dqe = None if dQe is None else 2 * fe.scale * dQe[..., :-1]
+        return dx, dqe, dc + (dA * 2 / al ** 2).sum((1, 2))
+
+    def chain_k(self, h: slice, n: int, dK: Tensor, dKe: Optional[Tensor]) -> tuple:
+        """`∂L/∂y`, `∂L/∂ke` and the keys' share of `∂L/∂c` for the heads `h` of the part's first `n` keys, from the
+        float64 gradients `dK'`, `dKe'` of those rows. `K' = b[y, 1, m]`, `b = 1/(1−cm)`: `∂b/∂m = c b²`, `∂b/∂c = m b²`."""
+        fe, ks = self.fe, slice(self.ks.start, self.ks.start + n)
+        y, m, b, c = self.yp[h, :n].double(), fe.m[h, ks], fe.b[h, ks], fe.c[h]
+        D = y.shape[-1]
         Pk, t1, t2 = dK[..., :D], dK[..., D:D + 1], dK[..., D + 1:]
         dB = (y * Pk).sum(-1, keepdim=True) + t1 + t2 * m                      # ∂L/∂b at fixed y, m
-        dy = b * Pk + 2 * y * (b * t2 + dB * c * b * b)
-        dc = (dA * 2 / al ** 2).sum((1, 2)) + (dB * m * b * b).sum((1, 2))
-        kap = self.kappa[sl].view(-1)
-        (dx, dcx), (dy, dcy) = (_proj_back(r[sl], p[sl], d, c) for r, p, d in zip(self.raw, (self.px, self.py), (dx, dy)))
-        dc = dc + dcx + dcy
-        if self.power == 1: return dx, dy, None, None, dc - dkap * kap / (2 * c.view(-1)), None
-        De = self.qe.shape[-1]
-        dqe = 2 * self.scale * dQe[..., :De]
-        dke = dKe[..., :De] - 2 * self.scale * self.ke[sl].double() * dKe[..., De:]
-        return dx, dy, dqe, dke, dc - dkap * kap / c.view(-1), -dkap * self.scale / c.view(-1)
+        dy, dc = _proj_back(fe.raw[1][h, ks], self.py[h, :n], b * Pk + 2 * y * (b * t2 + dB * c * b * b), c)
+        dke = None if dKe is None else dKe[..., :-1] - 2 * fe.scale * fe.ke[h, ks].double() * dKe[..., -1:]
+        return dy, dke, dc + (dB * m * b * b).sum((1, 2))
 
 # %% ../../nbs/13_hyperbolic_fast.ipynb #e7c1bea6
 def _bounds(fe: "_Features", width: int) -> tuple[Tensor, Tensor]:
@@ -135,64 +165,87 @@ def _bounds(fe: "_Features", width: int) -> tuple[Tensor, Tensor]:
         K = _TAU_H / (2 * ka * err * fe.a)                # f(x) ≤ √(2x) and f(x) ≤ log(2 + 2x); each iterate T
         T = 2 / (bmin * K * K)                             # satisfies one of the two bounds
         for _ in range(6): T = torch.minimum(T, torch.log(2 + 2 * T / bmin) / K)
-        qe, ke = fe.qe.double(), fe.ke.double()
-        eerr = _gamma(qe.shape[-1] + 1) * fe.scale * 2 * (qe.pow(2).sum(-1, keepdim=True)
-                                                       + ke.pow(2).sum(-1, keepdim=True).amax(1, keepdim=True))
+        eerr = _gamma(fe.qe.shape[-1] + 1) * fe.scale * 2 * (_rowsq(fe.qe) + _rowsq(fe.ke).amax(1, keepdim=True))
         tmin = T.masked_fill(eerr > _TAU_E, math.inf)
     nu = err * (_EPS64 / _EPS32) * fe.a / bmin
     return tmin.squeeze(-1), nu.squeeze(-1)
 
+# %% ../../nbs/13_hyperbolic_fast.ipynb #7353f315
+def _parts(blocks: list, Sk: int, row_elems: int) -> list[tuple]:
+    """The query blocks `(i0, i1, k0, k1)` (none empty) grouped into parts `(I0, I1, K0, K1, blocks)` whose operands
+    hold about `_PART` elements (`row_elems` per query or key row): a part's queries `I0…I1−1`, keys `K0…K1−1`. Only
+    where the key ranges move forward and are narrower than half the keys (a window, short documents); else one part."""
+    if not blocks: return []
+    k0s, k1s = [b[2] for b in blocks], [b[3] for b in blocks]
+    forward = all(a <= b for a, b in zip(k0s, k0s[1:])) and all(a <= b for a, b in zip(k1s, k1s[1:]))
+    if not forward or 2 * max(b - a for a, b in zip(k0s, k1s)) > Sk:
+        return [(blocks[0][0], blocks[-1][1], min(k0s), max(k1s), blocks)]
+    parts, cur = [], [blocks[0]]
+    for b in blocks[1:]:
+        if (b[1] - cur[0][0] + b[3] - cur[0][2]) * row_elems > _PART:
+            parts.append((cur[0][0], cur[-1][1], cur[0][2], cur[-1][3], cur)); cur = []
+        cur.append(b)
+    return parts + [(cur[0][0], cur[-1][1], cur[0][2], cur[-1][3], cur)]
+
+# %% ../../nbs/13_hyperbolic_fast.ipynb #5dc7f9b7
+def _fwd_block(P: _Part, blk: tuple, out: Tensor, lse: Tensor, tiles: Tiles, dt: torch.dtype, masks: tuple) -> bool:
+    """One query block of the forward (`blk = (i0, i1, k0, k1)`, operands from the part `P`): its rows of `out` and
+    `lse`; returns whether it ran in float64. `masks`: `(Sq, Sk, causal, key padding, window and documents)`."""
+    (i0, i1, k0, k1), fe, (Sq, Sk, causal, kpm, mk) = blk, P.fe, masks
+    qb, ks, BH, nk = slice(i0 - P.qs.start, i1 - P.qs.start), slice(k0 - P.ks.start, k1 - P.ks.start), out.shape[0], k1 - k0
+    X = P.ops(False, dt)
+    T, u = tiles(dt, BH, i1 - i0, nk)                                        # T = a_i‖q_i − k_j‖²
+    torch.bmm(X["q"][:, qb], X["k0"][:, ks].transpose(1, 2), out=T)
+    Tmin = mask_block_(T, i0, i1, Sq, Sk, causal, kpm, math.inf, k0=k0, **mk).amin(-1).double()   # no key: inf, fine
+    ex = not bool((Tmin >= fe.tmin[:, i0:i1]).all())                           # float32 unsafe somewhere
+    if ex:
+        X = P.ops(True, dt)
+        R, u = tiles(torch.float64, BH, i1 - i0, nk)
+        torch.bmm(X["q"][:, qb], X["k"][:, ks].transpose(1, 2), out=R)
+    else:
+        R = T.mul_(X["binv"][..., ks])                                       # R = T/β_j
+    f = _f_(R.clamp_min_(_TINY), u)
+    if fe.power == 1:              # κ < 0: the row maximum of κ·f is κ·(row minimum of f)
+        m = mask_block_(f, i0, i1, Sq, Sk, causal, kpm, math.inf, k0=k0, **mk).amin(-1, keepdim=True).mul_(X["kap"])
+        m.masked_fill_(torch.isinf(m), 0)
+        p = torch.addcmul(-m, f, X["kap"], out=u).exp_()                       # exp(κ·f − m)
+    else:                          # s = κ·f² + E
+        s = f.mul_(f).mul_(X["kap"]).baddbmm_(X["qe"][:, qb], X["ke"][:, ks].transpose(1, 2))
+        m = mask_block_(s, i0, i1, Sq, Sk, causal, kpm, -math.inf, k0=k0, **mk).amax(-1, keepdim=True)
+        m.masked_fill_(torch.isinf(m), 0)
+        p = s.sub_(m).exp_()
+    l = p.sum(-1, keepdim=True)
+    out[:, i0:i1] = (torch.bmm(p, X["v"][:, ks]) / torch.where(l > 0, l, 1.0)).to(dt)
+    lse[:, i0:i1] = torch.where(l > 0, m + torch.log(l), math.inf).squeeze(-1)
+    return ex
+
 # %% ../../nbs/13_hyperbolic_fast.ipynb #6808832c
+def _split(q: Tensor, k: Tensor, dim_e: int, power: int) -> tuple:
+    "`(x, y, qe, ke)`: views of the hyperbolic and (hybrid) Euclidean coordinates of `q, k (B·H, S, D)`."
+    return q[..., dim_e:], k[..., dim_e:], *((q[..., :dim_e], k[..., :dim_e]) if power == 2 else (None, None))
+
 class _HyperbolicCPU(torch.autograd.Function):
     """FlashAttention-2 in PyTorch over query blocks, for scores `s = κ·f(R)` (Poincaré, `power=1`) or
     `s = κ·f(R)² + E` (hybrid, `power=2`), `R = Q'K'ᵀ = 2c‖q−k‖²/(αβ)`, `E = Qe'Ke'ᵀ`, `f(R) = arcosh(1+R)`.
-    Inputs: projected points `x, y (B·H, S, Dh)`, Euclidean parts `qe, ke` (or None), `v (B·H, Sk, Dv)`,
-    `c, alpha (B·H,)`. Saves the inputs and the log-sum-exp of each row, `O(S)`."""
+    Inputs: `q, k (B·H, S, D)` (the first `dim_e` coordinates Euclidean, hybrid), `v (B·H, Sk, Dv)`, `c, alpha (B·H,)`.
+    Saves the inputs and the log-sum-exp of each row, `O(S)`; the operands live one part of the sequence at a time."""
     @staticmethod
-    def forward(ctx, x, y, qe, ke, v, c, alpha, scale, power, causal, kpm, budget, block, window, seg):
-        fe = _Features(x, y, qe, ke, c, alpha, scale, power, v=v)
-        BH, Sq, _ = x.shape
-        Sk, dt = y.shape[1], v.dtype
-        ops = lambda exact: fe.ops(exact, dt)
-        out = v.new_zeros(BH, Sq, v.shape[-1])
-        lse = torch.full((BH, Sq), math.inf, dtype=torch.float64)                                   # float64, O(S)
+    def forward(ctx, q, k, v, c, alpha, scale, dim_e, power, causal, kpm, budget, block, window, seg):
+        x, y, qe, ke = _split(q, k, dim_e, power)
+        fe = _Features(x, y, qe, ke, c, alpha, scale, power, keys=dict(v=v))
+        BH, Sq, Sk, dt = x.shape[0], x.shape[1], y.shape[1], v.dtype
+        out = v.new_zeros(BH, Sq, v.shape[-1])                                 # rows with no key: zeros
+        lse = torch.full((BH, Sq), math.inf, dtype=torch.float64)              # float64, O(S)
         spans = segment_spans(seg) if seg is not None else None
-        blocks = list(query_blocks(Sq, Sk, causal, block=block, window=window, spans=spans) if block else
-                      query_blocks(Sq, Sk, causal, budget=max(1, budget // BH), window=window, spans=spans))
-        tiles = Tiles(2, max(BH * (i1 - i0) * (k1 - k0) for i0, i1, k0, k1 in blocks) or 1)
-        mk = dict(window=window, segment_ids=seg)
-        exact = []
-        for i0, i1, k0, k1 in blocks:
-            if k1 == k0:                                                          # rows with no key: zeros
-                exact.append(False); continue
-            ks, nk = slice(k0, k1), k1 - k0
-            X = ops(False)
-            T, u = tiles(dt, BH, i1 - i0, nk)                                    # T = a_i‖q_i − k_j‖²
-            torch.bmm(X["q"][:, i0:i1], X["k0"][:, ks].transpose(1, 2), out=T)
-            Tmin = mask_block_(T, i0, i1, Sq, Sk, causal, kpm, math.inf, k0=k0, **mk).amin(-1).double()   # no key: inf, fine
-            ex = not bool((Tmin >= fe.tmin[:, i0:i1]).all())                       # float32 unsafe somewhere
-            exact.append(ex)
-            if ex:
-                X = ops(True)
-                R, u = tiles(torch.float64, BH, i1 - i0, nk)
-                torch.bmm(X["q"][:, i0:i1], X["k"][:, ks].transpose(1, 2), out=R)
-            else:
-                R = T.mul_(X["binv"][..., ks])                                   # R = T/β_j
-            f = _f_(R.clamp_min_(_TINY), u)
-            if power == 1:                 # κ < 0: the row maximum of κ·f is κ·(row minimum of f)
-                m = mask_block_(f, i0, i1, Sq, Sk, causal, kpm, math.inf, k0=k0, **mk).amin(-1, keepdim=True).mul_(X["kap"])
-                m.masked_fill_(torch.isinf(m), 0)
-                p = torch.addcmul(-m, f, X["kap"], out=u).exp_()                   # exp(κ·f − m)
-            else:                          # s = κ·f² + E
-                s = f.mul_(f).mul_(X["kap"]).baddbmm_(X["qe"][:, i0:i1], X["ke"][:, ks].transpose(1, 2))
-                m = mask_block_(s, i0, i1, Sq, Sk, causal, kpm, -math.inf, k0=k0, **mk).amax(-1, keepdim=True)
-                m.masked_fill_(torch.isinf(m), 0)
-                p = s.sub_(m).exp_()
-            l = p.sum(-1, keepdim=True)
-            out[:, i0:i1] = (torch.bmm(p, X["v"][:, ks]) / torch.where(l > 0, l, 1.0)).to(dt)
-            lse[:, i0:i1] = torch.where(l > 0, m + torch.log(l), math.inf).squeeze(-1)
-        ctx.save_for_backward(x, y, qe, ke, v, c, alpha, lse)
-        ctx.args = (scale, power, causal, kpm, mk, blocks, exact)
+        blocks = [b for b in (query_blocks(Sq, Sk, causal, block=block, window=window, spans=spans) if block else
+                              query_blocks(Sq, Sk, causal, budget=max(1, budget // BH), window=window, spans=spans)) if b[3] > b[2]]
+        parts = _parts(blocks, Sk, BH * (q.shape[-1] + 3 + v.shape[-1]))
+        tiles = Tiles(2, max((BH * (i1 - i0) * (k1 - k0) for i0, i1, k0, k1 in blocks), default=1))
+        masks = (Sq, Sk, causal, kpm, dict(window=window, segment_ids=seg))
+        exact = [_fwd_block(P, blk, out, lse, tiles, dt, masks) for I0, I1, K0, K1, pb in parts
+                 for P in [fe.part(slice(I0, I1), slice(K0, K1))] for blk in pb]
+        ctx.save_for_backward(q, k, v, c, alpha, lse)
+        ctx.args = (scale, dim_e, power, masks, parts, exact)
         return out
 
     @staticmethod
@@ -200,75 +253,97 @@ class _HyperbolicCPU(torch.autograd.Function):
         return _hyperbolic_backward(ctx, do)
 
 # %% ../../nbs/13_hyperbolic_fast.ipynb #a59163cd
-def _input_grads(fe: _Features, acc: dict, x, y, qe, ke, v, c, alpha, power: int) -> tuple:
-    """`_HyperbolicCPU.backward`'s return value from `acc` (tile dtype → gradients of `Q', K', Qe', Ke', v, κ`):
-    the tile dtypes summed in float64 and taken back to `x, y, qe, ke, c, alpha` by `_Features.chain`, a chunk of
-    heads at a time. With no tile at all (every row empty), zeros."""
-    BH, Sq, Sk = x.shape[0], x.shape[1], y.shape[1]
-    first = next(iter(acc.values()), None)
-    if first is None: return (torch.zeros_like(x), torch.zeros_like(y), *[None if t is None else torch.zeros_like(t) for t in (qe, ke)],
-                              torch.zeros_like(v), torch.zeros_like(c), None if alpha is None else torch.zeros_like(alpha), *[None] * 8)
-    def tot(i: int, sl: slice) -> Any:
-        return None if first[i] is None else sum(a[i][sl].double() for a in acc.values())
-    cR = fe.kappa * (power / math.sqrt(2))                                      # ∂s/∂R = κ·power·f^(power−1)/(√2 u)
-    grads = [torch.empty_like(t) if t is not None else None for t in (x, y, qe, ke, c, alpha)]
-    step = max(1, 2 ** 20 // (max(Sq, Sk) * x.shape[-1]))                    # heads per chunk of the chain rule
+def _bwd_block(P: _Part, blk: tuple, ex: bool, acc: dict, tiles: Tiles, dt: torch.dtype, masks: tuple) -> None:
+    """One query block of the backward: `P`'s float32 (or, `ex`, float64) tiles recomputed from the log-sum-exp, their
+    gradients of `Q', K', Qe', Ke', v, κ` added to `acc[tile dtype]` (the part's rows, zeros made on first use)."""
+    (i0, i1, k0, k1), fe, (Sq, Sk, causal, kpm, mk) = blk, P.fe, masks
+    qs, ks, nk = slice(i0 - P.qs.start, i1 - P.qs.start), slice(k0 - P.ks.start, k1 - P.ks.start), k1 - k0
+    X, tdt = P.ops(ex, dt), (torch.float64 if ex else dt)
+    if tdt not in acc:
+        acc[tdt] = [None if X[n] is None else torch.zeros(X[n].shape, dtype=tdt) for n in ("q", "k", "qe", "ke", "v")] + [torch.zeros(X["q"].shape[0], 1, 1, dtype=tdt)]
+    dQ, dK, dQe, dKe, dv, dkap = acc[tdt]
+    BH = dQ.shape[0]
+    R, u, p, dp = tiles(tdt, BH, i1 - i0, nk)
+    qb, kb = X["q"][:, qs], X["k"][:, ks]
+    torch.bmm(qb, kb.transpose(1, 2), out=R)
+    zero = (R <= fe.nu[:, i0:i1, None]) if ex and fe.power == 1 else None  # R within rounding of 0: d = 0
+    f = _f_(R.clamp_min_(_TINY), u)
+    if fe.power == 1: torch.mul(f, X["kap"], out=p)
+    else: torch.mul(f, f, out=p).mul_(X["kap"]).baddbmm_(X["qe"][:, qs], X["ke"][:, ks].transpose(1, 2))
+    p = mask_block_(p.sub_(X["lse"][:, qs, None]), i0, i1, Sq, Sk, causal, kpm, -math.inf, k0=k0, **mk).exp_()   # P
+    p.div_(p.sum(-1, keepdim=True).clamp_min_(1e-30))   # rows sum to 1 (the forward's s had other roundings)
+    dob = X["do"][:, qs]
+    _add_bmm_(dv[:, ks], p.transpose(1, 2), dob)
+    ds = torch.bmm(dob, X["v"][:, ks].transpose(1, 2), out=dp)
+    # dS = P∘(dP − δ) with δ = Σ_j P∘dP from this very P (each block holds whole rows): then Σ_j dS = 0 to
+    # rounding, where FlashAttention's δ = dO·O would leave an error ∝ |s|·ε that large scores amplify
+    ds.mul_(p).addcmul_(p, ds.sum(-1, keepdim=True), value=-1)
+    if fe.power == 2:                                                      # the Euclidean logit: ∂L/∂E = dS
+        dQe[:, qs] = torch.bmm(ds, X["ke"][:, ks])
+        _add_bmm_(dKe[:, ks], ds.transpose(1, 2), X["qe"][:, qs])
+        ds.mul_(f)                                                         # dS·f: ∂(f²)/∂R = 2f·f'
+    dkap.baddbmm_(ds.view(BH, 1, -1), f.view(BH, -1, 1))                  # Σ dS·f^power
+    g = ds.div_(u)                                                         # ∂L/∂R ÷ (κ·power/√2)
+    if zero is not None: g.masked_fill_(zero, 0)
+    dQ[:, qs] = torch.bmm(g, kb)
+    _add_bmm_(dK[:, ks], g.transpose(1, 2), qb)
+
+# %% ../../nbs/13_hyperbolic_fast.ipynb #4b2c8a9e
+def _finish_part(P: _Part, acc: dict, carry: Optional[list], fin: int, grads: list, dim_e: int) -> list:
+    """Add part `P`'s gradients (`acc`: tile dtype → `dQ', dK', dQe', dKe', dv, dκ`, summed in float64) to `grads`
+    (`dq, dk, dv` and float64 `dc, dκ`), through the chain rule a chunk of heads at a time. Its queries are done; of its
+    keys, the first `fin` are (no later part reaches them): the rest are returned, float64, for the next part to add
+    (`carry`: the previous part's rest, this part's first keys)."""
+    fe, first = P.fe, next(iter(acc.values()))
+    dq, dk, dv, dc, dkap = grads
+    BH, nq, nk, W = dq.shape[0], P.qs.stop - P.qs.start, P.ks.stop - P.ks.start, dq.shape[-1] + 3
+    cR = fe.kappa.view(-1, 1, 1) * (fe.power / math.sqrt(2))                  # ∂s/∂R = κ·power·f^(power−1)/(√2 u)
+    rest = [None if t is None else torch.empty(BH, nk - fin, t.shape[-1], dtype=torch.float64) for t in (first[1], first[3], first[4])]
+    step = max(1, _CHUNK // (max(nq, nk) * W))                                  # heads per chunk of the chain rule
+    ks = slice(P.ks.start, P.ks.start + fin)
     for h0 in range(0, BH, step):
-        sl = slice(h0, h0 + step)
-        got = fe.chain(sl, tot(0, sl) * cR[sl], tot(1, sl) * cR[sl], tot(2, sl), tot(3, sl), tot(5, sl).view(-1))
-        for g, r in zip(grads, got):
-            if g is not None: g[sl] = r
-    dx, dy, dqe, dke, dc, dal = grads
-    return dx, dy, dqe, dke, tot(4, slice(None)).to(v.dtype), dc, dal, *[None] * 8
+        h = slice(h0, h0 + step)
+        tot = lambda i: None if first[i] is None else sum(a[i][h].double() for a in acc.values())
+        dx, dqe, dcq = P.chain_q(h, tot(0) * cR[h], tot(2))
+        dq[h, P.qs, dim_e:] = dx
+        if dqe is not None: dq[h, P.qs, :dim_e] = dqe
+        kside = [tot(1) * cR[h], tot(3), tot(4)]                             # dK', dKe', dv of the part's keys
+        for t, cr in zip(kside, carry or []):
+            if cr is not None: t[:, :cr.shape[1]] += cr[h]
+        dy, dke, dck = P.chain_k(h, fin, kside[0][:, :fin], None if kside[1] is None else kside[1][:, :fin])
+        dk[h, ks, dim_e:] = dy
+        if dke is not None: dk[h, ks, :dim_e] = dke
+        dv[h, ks] = kside[2][:, :fin]
+        for r, t in zip(rest, kside):
+            if r is not None: r[h] = t[:, fin:]
+        dc[h] += dcq + dck
+        dkap[h] += tot(5).view(-1)
+    return rest
 
 # %% ../../nbs/13_hyperbolic_fast.ipynb #e79b125a
 def _hyperbolic_backward(ctx, do):
-    "`_HyperbolicCPU`'s backward: the score tiles recomputed block by block from the saved features and log-sum-exp."
-    x, y, qe, ke, v, c, alpha, lse = ctx.saved_tensors
-    scale, power, causal, kpm, mk, blocks, exact = ctx.args
-    fe = _Features(x, y, qe, ke, c, alpha, scale, power, bounds=any(exact) and power == 1, v=v,
-                   do=do.contiguous(), lse=lse)
-    BH, Sq, _ = x.shape
-    Sk, dt = y.shape[1], v.dtype
-    ops = lambda exact: fe.ops(exact, dt)
-    acc = {}                                                                  # gradients per tile dtype
-    def grads(d):
-        if d not in acc:
-            o = ops(d == torch.float64)
-            acc[d] = [torch.zeros(t.shape, dtype=d) if t is not None else None for t in (o["q"], o["k"], o["qe"], o["ke"], v)]
-            acc[d].append(torch.zeros(BH, 1, 1, dtype=d))
-        return acc[d]
-    tiles = Tiles(4, max(BH * (i1 - i0) * (k1 - k0) for i0, i1, k0, k1 in blocks) or 1)
-    for (i0, i1, k0, k1), ex in zip(blocks, exact):
-        if k1 == k0: continue
-        ks, nk = slice(k0, k1), k1 - k0
-        X, tdt = ops(ex), (torch.float64 if ex else dt)
-        dQ, dK, dQe, dKe, dv, dkap = grads(tdt)
-        R, u, p, dp = tiles(tdt, BH, i1 - i0, nk)
-        qb, kb = X["q"][:, i0:i1], X["k"][:, ks]
-        torch.bmm(qb, kb.transpose(1, 2), out=R)
-        zero = (R <= fe.nu[:, i0:i1, None]) if ex and power == 1 else None   # R within rounding of 0: d = 0
-        f = _f_(R.clamp_min_(_TINY), u)
-        if power == 1: torch.mul(f, X["kap"], out=p)
-        else: torch.mul(f, f, out=p).mul_(X["kap"]).baddbmm_(X["qe"][:, i0:i1], X["ke"][:, ks].transpose(1, 2))
-        p = mask_block_(p.sub_(X["lse"][:, i0:i1, None]), i0, i1, Sq, Sk, causal, kpm, -math.inf, k0=k0, **mk).exp_()   # P
-        p.div_(p.sum(-1, keepdim=True).clamp_min_(1e-30))   # rows sum to 1 (the forward's s had other roundings)
-        dob = X["do"][:, i0:i1]
-        _add_bmm_(dv[:, ks], p.transpose(1, 2), dob)
-        ds = torch.bmm(dob, X["v"][:, ks].transpose(1, 2), out=dp)
-        # dS = P∘(dP − δ) with δ = Σ_j P∘dP from this very P (each block holds whole rows): then Σ_j dS = 0 to
-        # rounding, where FlashAttention's δ = dO·O would leave an error ∝ |s|·ε that large scores amplify
-        ds.mul_(p).addcmul_(p, ds.sum(-1, keepdim=True), value=-1)
-        if power == 2:                                                         # the Euclidean logit: ∂L/∂E = dS
-            dQe[:, i0:i1] = torch.bmm(ds, X["ke"][:, ks])
-            _add_bmm_(dKe[:, ks], ds.transpose(1, 2), X["qe"][:, i0:i1])
-            ds.mul_(f)                                                         # dS·f: ∂(f²)/∂R = 2f·f'
-        dkap.baddbmm_(ds.view(BH, 1, -1), f.view(BH, -1, 1))                  # Σ dS·f^power
-        g = ds.div_(u)                                                         # ∂L/∂R ÷ (κ·power/√2)
-        if zero is not None: g.masked_fill_(zero, 0)
-        dQ[:, i0:i1] = torch.bmm(g, kb)
-        _add_bmm_(dK[:, ks], g.transpose(1, 2), qb)
-    return _input_grads(fe, acc, x, y, qe, ke, v, c, alpha, power)
+    """`_HyperbolicCPU`'s backward, one part of the sequence at a time: the score tiles recomputed block by block from
+    the log-sum-exp; the gradients of a part's queries finished with it, those of its keys once no later part sees them."""
+    q, k, v, c, alpha, lse = ctx.saved_tensors
+    scale, dim_e, power, masks, parts, exact = ctx.args
+    x, y, qe, ke = _split(q, k, dim_e, power)
+    fe = _Features(x, y, qe, ke, c, alpha, scale, power, bounds=any(exact) and power == 1, keys=dict(v=v),
+                   queries=dict(do=do, lse=lse))
+    BH, dt = q.shape[0], v.dtype
+    grads = [torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v), torch.zeros(BH, dtype=torch.float64),
+             torch.zeros(BH, dtype=torch.float64)]
+    tiles = Tiles(4, max((BH * (i1 - i0) * (k1 - k0) for *_, pb in parts for i0, i1, k0, k1 in pb), default=1))
+    flags, carry = iter(exact), None
+    for j, (I0, I1, K0, K1, pb) in enumerate(parts):
+        P, acc = fe.part(slice(I0, I1), slice(K0, K1)), {}
+        for blk in pb: _bwd_block(P, blk, next(flags), acc, tiles, dt, masks)
+        fin = min(max(parts[j + 1][2] if j + 1 < len(parts) else K1, K0), K1) - K0
+        carry = _finish_part(P, acc, carry, fin, grads, dim_e)
+    dq, dk, dv, dc, dkap = grads
+    kap, cd = fe.kappa.view(-1), fe.c.view(-1)
+    dc = dc - dkap * kap / (cd if power == 2 else 2 * cd)                      # κ = −scale·α/c or −scale/√c
+    dal = None if alpha is None else (-dkap * scale / cd).to(alpha.dtype)
+    return dq, dk, dv, dc.to(c.dtype), dal, *[None] * 9
 
 # %% ../../nbs/13_hyperbolic_fast.ipynb #3b34b367
 def _heads(x: Tensor) -> Tensor:
@@ -282,8 +357,8 @@ def poincare_cpu(q: Tensor, k: Tensor, v: Tensor, c: Tensor, *, causal: bool = F
     caller). `block`: queries per block (default: tiles of about `budget` elements); `window`, `segment_ids (B, Sk)`:
     the masks of `core.mask_block`, only the key blocks they leave visited."""
     B, H, Sq, _ = q.shape
-    out = _HyperbolicCPU.apply(_heads(q), _heads(k), None, None, _heads(v), c.repeat(B),
-                               None, float(scale), 1, bool(causal), key_padding_mask, budget, block, window, segment_ids)
+    out = _HyperbolicCPU.apply(_heads(q), _heads(k), _heads(v), c.repeat(B), None, float(scale), 0, 1, bool(causal),
+                               key_padding_mask, budget, block, window, segment_ids)
     return out.view(B, H, Sq, v.shape[-1])
 
 def hybrid_cpu(q: Tensor, k: Tensor, v: Tensor, c: Tensor, alpha: Tensor, dim_e: int, *, causal: bool = False,
@@ -291,7 +366,6 @@ def hybrid_cpu(q: Tensor, k: Tensor, v: Tensor, c: Tensor, alpha: Tensor, dim_e:
                budget: int = 2 ** 18, window: Optional[int] = None, segment_ids: Optional[Tensor] = None) -> Tensor:
     "Euclidean × Poincaré attention `(B, H, Sq, Dv)` in `O(S)` memory; the first `dim_e` coordinates are Euclidean."
     B, H, Sq, _ = q.shape
-    out = _HyperbolicCPU.apply(_heads(q[..., dim_e:]), _heads(k[..., dim_e:]),
-                               _heads(q[..., :dim_e]), _heads(k[..., :dim_e]), _heads(v), c.repeat(B), alpha.repeat(B),
-                               float(scale), 2, bool(causal), key_padding_mask, budget, block, window, segment_ids)
+    out = _HyperbolicCPU.apply(_heads(q), _heads(k), _heads(v), c.repeat(B), alpha.repeat(B), float(scale), int(dim_e),
+                               2, bool(causal), key_padding_mask, budget, block, window, segment_ids)
     return out.view(B, H, Sq, v.shape[-1])

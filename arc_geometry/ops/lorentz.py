@@ -224,8 +224,9 @@ def lorentz_cpu(q: Tensor, k: Tensor, v: Tensor, c: Tensor, *, causal: bool = Fa
              and (not causal or q.shape[2] == k.shape[2]) and q.dtype == k.dtype == v.dtype == c.dtype
              and v.shape[-1] <= q.shape[-1] + 1)
     if flash: return _LorentzFlashCPU.apply(q, k, v, c, scale, causal, max_radius)
-    qa, ka = lorentz_transform(q, k, c, scale, max_radius)
-    return sdpa_attend(qa, ka, v.to(qa.dtype), causal, key_padding_mask, window=window, segment_ids=segment_ids).to(v.dtype)
+    fmap = lambda q, k, c: lorentz_transform(q, k, c, scale, max_radius)       # under a window: block by block
+    return sdpa_attend(q, k, v, causal, key_padding_mask, window=window, segment_ids=segment_ids, fmap=fmap,
+                       params=(c,)).to(v.dtype)
 
 # %% ../../nbs/19_lorentz.ipynb #5e7cc7d9
 def lorentz_case(g: torch.Generator, B: int, H: int, Sq: int, Sk: int, D: int, Dv: int, *, c: Optional[Tensor] = None,

@@ -5,7 +5,7 @@
 # %% ../../nbs/11_metric_fast.ipynb #fdc7b077
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -65,68 +65,85 @@ def _sdpa_block(q: Tensor, k: Tensor, v: Tensor, mask: tuple[Optional[Tensor], O
 _CPU_FLASH = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
 _CPU_FLASH_BWD = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
 
+def _wide_block(q: Tensor, k: Tensor, v: Tensor, fmap: Optional[Callable], params: Sequence) -> tuple[Tensor, Tensor, Tensor]:
+    "A block's `(q', k', v)` as SDPA takes them: `fmap(q, k, *params)` if given, `v` in their dtype, all three zero-padded to one head size."
+    if fmap is not None: q, k = fmap(q, k, *params)
+    P = max(q.shape[-1], v.shape[-1])                  # one head dim for q, k and v keeps the fused kernel
+    return tuple(F.pad(x, (0, P - x.shape[-1])) if x.shape[-1] < P else x for x in (q, k, v.to(q.dtype)))
+
 class _BlockSDPA(torch.autograd.Function):
     """SDPA by query blocks of `C` queries, each over the keys its window and documents allow: `O(S·(C + window))`
-    time, `O(C·(C + window))` extra memory. On CPU (float32/float64) each block calls the fused kernel's forward and
-    backward directly (the log-sum-exp of every row kept, `O(S)`: no recomputation); elsewhere backward recomputes each
-    block with autograd."""
+    time, `O(C·(C + window))` extra memory. `fmap(q_block, k_block, *params) -> (q', k')` (in `odt`; None: `q, k`
+    themselves) makes the vectors SDPA attends with block by block, so no whole-sequence copy of them exists, and
+    heads are padded block by block too. On CPU (float32/float64) each block calls the fused kernel's forward and
+    backward (the log-sum-exp of every row kept, `O(S)`), then autograd takes the block's gradients back through
+    `fmap`; elsewhere backward recomputes each block with autograd."""
     @staticmethod
-    def forward(ctx, q, k, v, scale, causal, kpm, window, seg):
-        Sq, Sk = q.shape[2], k.shape[2]
+    def forward(ctx, q, k, v, scale, causal, kpm, window, seg, fmap, odt, *params):
+        Sq, Sk, Dv = q.shape[2], k.shape[2], v.shape[-1]
         C = min(Sq, max(64, min(512, window // 4)) if window_binds(Sq, Sk, window) else 256)
         blocks = [b for b in query_blocks(Sq, Sk, causal, block=C, window=window,
                                           spans=segment_spans(seg) if seg is not None else None) if b[3] > b[2]]
         cache: dict = {}
-        masks = lambda b: _block_mask(b, Sq, Sk, causal, kpm, window, seg, q.dtype, q.device, cache)
-        fused = not q.is_cuda and q.dtype in (torch.float32, torch.float64)
-        out = q.new_zeros(*q.shape[:3], v.shape[-1])
-        lse = q.new_zeros(q.shape[:3]) if fused else None
+        masks = lambda b: _block_mask(b, Sq, Sk, causal, kpm, window, seg, odt, q.device, cache)
+        fused = not q.is_cuda and odt in (torch.float32, torch.float64)
+        out = torch.zeros(*q.shape[:3], Dv, dtype=odt, device=q.device)
+        lse = torch.zeros(q.shape[:3], dtype=odt, device=q.device)
         for blk in blocks:
             i0, i1, k0, k1 = blk
-            qb, kb, vb = q[:, :, i0:i1], k[:, :, k0:k1], v[:, :, k0:k1]
+            t = _wide_block(q[:, :, i0:i1], k[:, :, k0:k1], v[:, :, k0:k1], fmap, params)
             if not fused:
-                out[:, :, i0:i1] = _sdpa_block(qb, kb, vb, masks(blk), scale); continue
+                out[:, :, i0:i1] = _sdpa_block(*t, masks(blk), scale)[..., :Dv]; continue
             m, has = masks(blk)
-            o, l = _CPU_FLASH(qb, kb, vb, attn_mask=m, scale=scale)
-            out[:, :, i0:i1], lse[:, :, i0:i1] = (o, l) if has is None else (o * has, l)
-        ctx.save_for_backward(q, k, v, out, *([lse] if fused else []))
-        ctx.args = (blocks, masks, scale, fused)
+            o, l = _CPU_FLASH(*t, attn_mask=m, scale=scale)
+            out[:, :, i0:i1], lse[:, :, i0:i1] = (o[..., :Dv], l) if has is None else (o[..., :Dv] * has, l)
+        ctx.save_for_backward(q, k, v, out, lse, *params)
+        ctx.args = (blocks, masks, scale, fused, fmap)
         return out
 
     @staticmethod
     def backward(ctx, do):
-        q, k, v, out, *lse = ctx.saved_tensors
-        blocks, masks, scale, fused = ctx.args
-        dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+        q, k, v, out, lse, *params = ctx.saved_tensors
+        blocks, masks, scale, fused, fmap = ctx.args
+        grads = [torch.zeros_like(x) for x in (q, k, v, *params)]
         for blk in blocks:
             i0, i1, k0, k1 = blk
-            t = [x.detach() for x in (q[:, :, i0:i1], k[:, :, k0:k1], v[:, :, k0:k1])]
-            if fused:
-                m, has = masks(blk)
-                g = do[:, :, i0:i1] if has is None else do[:, :, i0:i1] * has          # rows without keys: no gradient
-                gq, gk, gv = _CPU_FLASH_BWD(g.contiguous(), *t, out[:, :, i0:i1], lse[0][:, :, i0:i1], 0.0, False,
-                                            attn_mask=m, scale=scale)
-            else:
-                with torch.enable_grad():
-                    t = [x.requires_grad_() for x in t]
-                    gq, gk, gv = torch.autograd.grad(_sdpa_block(*t, masks(blk), scale), t, do[:, :, i0:i1])
-            dq[:, :, i0:i1] = gq
-            dk[:, :, k0:k1] += gk
-            dv[:, :, k0:k1] += gv
-        return dq, dk, dv, None, None, None, None, None
+            m, has = masks(blk)
+            g = do[:, :, i0:i1] if has is None else do[:, :, i0:i1] * has                # rows without keys: no gradient
+            with torch.enable_grad():
+                t = [x.detach().requires_grad_() for x in (q[:, :, i0:i1], k[:, :, k0:k1], v[:, :, k0:k1], *params)]
+                wide = _wide_block(*t[:3], fmap, t[3:])
+                g = F.pad(g, (0, wide[2].shape[-1] - g.shape[-1])).to(out.dtype)
+                if fused:
+                    o = F.pad(out[:, :, i0:i1], (0, wide[2].shape[-1] - out.shape[-1]))
+                    gw = _CPU_FLASH_BWD(g.contiguous(), *(w.detach() for w in wide), o, lse[:, :, i0:i1], 0.0, False,
+                                        attn_mask=m, scale=scale)
+                    got = torch.autograd.grad(wide, t, gw, allow_unused=True)
+                else:
+                    got = torch.autograd.grad(_sdpa_block(*wide, (m, has), scale), t, g, allow_unused=True)
+            for acc, x, (a, b) in zip(grads, got, ((i0, i1), (k0, k1), (k0, k1))):
+                if x is not None: acc[:, :, a:b] += x
+            for acc, x in zip(grads[3:], got[3:]):
+                if x is not None: acc += x
+        return *grads[:3], None, None, None, None, None, None, None, *grads[3:]
 
 # %% ../../nbs/11_metric_fast.ipynb #31494471
 def sdpa_attend(q: Tensor, k: Tensor, v: Tensor, causal: bool = False, key_padding_mask: Optional[Tensor] = None,
-                scale: float = 1.0, *, window: Optional[int] = None, segment_ids: Optional[Tensor] = None) -> Tensor:
+                scale: float = 1.0, *, window: Optional[int] = None, segment_ids: Optional[Tensor] = None,
+                fmap: Optional[Callable] = None, params: Sequence[Tensor] = ()) -> Tensor:
     """Softmax(`scale·q kᵀ`) `v` by SDPA's fused kernel: heads padded to one size; empty rows give 0. With a `window`
-    or `segment_ids`, by query blocks over their key ranges (`_BlockSDPA`): no `Sq × Sk` mask, `O(S·window)` work."""
-    B, H, Sq, Dq = q.shape
+    or `segment_ids`, by query blocks over their key ranges (`_BlockSDPA`): no `Sq × Sk` mask, `O(S·window)` work.
+    `fmap(q, k, *params) -> (q', k')` (in `q`'s accumulation dtype): attend with `q', k'` instead, made block by block
+    under a window or documents (the `params`' gradients through it too)."""
+    B, H, Sq, _ = q.shape
     Sk, Dv = k.shape[2], v.shape[-1]
-    P = max(Dq, Dv)                                    # one head dim for q, k and v keeps the fused kernel
+    if window_binds(Sq, Sk, window) or segment_ids is not None:
+        odt = acc_dtype(q.dtype) if fmap is not None else q.dtype
+        return _BlockSDPA.apply(q, k, v, scale, causal, key_padding_mask, window, segment_ids, fmap, odt, *params)
+    if fmap is not None: q, k = fmap(q, k, *params)
+    P = max(q.shape[-1], Dv)                           # one head dim for q, k and v keeps the fused kernel
     q, k, v = (F.pad(x, (0, P - x.shape[-1])) if x.shape[-1] < P else x for x in (q, k, v))
     v = v.to(q.dtype)
-    if window_binds(Sq, Sk, window) or segment_ids is not None:
-        return _BlockSDPA.apply(q, k, v, scale, causal, key_padding_mask, window, segment_ids)[..., :Dv]
     mask, is_causal, has_key = None, False, None
     if causal and Sq == Sk and key_padding_mask is None:
         is_causal = True
@@ -150,5 +167,6 @@ def metric_cpu(q: Tensor, k: Tensor, v: Tensor, A: Tensor, lam: Tensor, *, causa
                key_padding_mask: Optional[Tensor] = None, scale: float, window: Optional[int] = None,
                segment_ids: Optional[Tensor] = None) -> Tensor:
     "Metric attention by SDPA on augmented vectors: `(B, H, Sq, Dv)`, `O(S)` memory (inputs validated by the caller)."
-    qa, ka = metric_augment(q, k, A, lam, scale)
-    return sdpa_attend(qa, ka, v.to(qa.dtype), causal, key_padding_mask, window=window, segment_ids=segment_ids).to(v.dtype)
+    fmap = lambda q, k, A, lam: metric_augment(q, k, A, lam, scale)           # under a window: block by block
+    return sdpa_attend(q, k, v, causal, key_padding_mask, window=window, segment_ids=segment_ids, fmap=fmap,
+                       params=(A, lam)).to(v.dtype)
