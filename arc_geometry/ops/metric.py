@@ -61,7 +61,7 @@ def _sdpa_block(q: Tensor, k: Tensor, v: Tensor, mask: tuple[Optional[Tensor], O
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=m, scale=scale)
     return out if has is None else out * has
 
-# %% ../../nbs/11_metric_fast.ipynb #28c94b09
+# %% ../../nbs/11_metric_fast.ipynb #0bcac581
 _CPU_FLASH = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
 _CPU_FLASH_BWD = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
 
@@ -71,6 +71,7 @@ def _wide_block(q: Tensor, k: Tensor, v: Tensor, fmap: Optional[Callable], param
     P = max(q.shape[-1], v.shape[-1])                  # one head dim for q, k and v keeps the fused kernel
     return tuple(F.pad(x, (0, P - x.shape[-1])) if x.shape[-1] < P else x for x in (q, k, v.to(q.dtype)))
 
+# %% ../../nbs/11_metric_fast.ipynb #28c94b09
 class _BlockSDPA(torch.autograd.Function):
     """SDPA by query blocks of `C` queries, each over the keys its window and documents allow: `O(S·(C + window))`
     time, `O(C·(C + window))` extra memory. `fmap(q_block, k_block, *params) -> (q', k')` (in `odt`; None: `q, k`
