@@ -11,7 +11,7 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
-from .geometries import BACKENDS, GEOMETRIES, attention_geometries
+from .geometries import _RENAMED, BACKENDS, GEOMETRIES, attention_geometries
 from .ops.common import triton_interpret
 
 # %% auto #0
@@ -21,18 +21,20 @@ __all__ = ['resolve_backend', 'implementation', 'metric_attention', 'position_me
 # %% ../nbs/04_attention.ipynb #dd67948c
 def resolve_backend(geometry: str, q: Optional[Tensor] = None, backend: str = "auto") -> str:
     """The backend that runs `geometry` for `q (B, H, S, D)`: `triton` on CUDA or under `TRITON_INTERPRET=1` (where the
-    geometry has kernels), else `cpu`. The geometry comes first, as in `implementation(geometry, backend)`; the order of
+    geometry has kernels), else `torch` (the PyTorch path). The geometry comes first, as in `implementation(geometry, backend)`; the order of
     0.1, `resolve_backend(q, backend="auto", geometry="metric")`, still works, with a `DeprecationWarning`."""
     if isinstance(geometry, Tensor):                       # the old order: (q, backend, geometry)
         warnings.warn("resolve_backend(q, backend, geometry) is deprecated; call resolve_backend(geometry, q, backend)",
                       DeprecationWarning, stacklevel=2)
-        old_backend = q if isinstance(q, str) else (backend if backend in BACKENDS else "auto")
-        geometry, q, backend = (backend if backend not in BACKENDS else "metric"), geometry, old_backend
+        names = BACKENDS + tuple(_RENAMED)
+        old_backend = q if isinstance(q, str) else (backend if backend in names else "auto")
+        geometry, q, backend = (backend if backend not in names else "metric"), geometry, old_backend
     if not isinstance(q, Tensor): raise TypeError(f"resolve_backend needs q, the query tensor (B, H, S, D), got {q!r}")
     return GEOMETRIES[geometry].resolve(q, backend)
 
 def implementation(geometry: str, backend: str) -> Callable[..., Tensor]:
-    "The function that computes `geometry` on the resolved `backend` (`triton`, `cpu` or `reference`)."
+    """The function that computes `geometry` on the resolved `backend` (`triton`, `torch` or `reference`; `cpu`, the
+    0.1 name of `torch`, with a `DeprecationWarning`)."""
     return GEOMETRIES[geometry].implementation(backend)
 
 # %% ../nbs/04_attention.ipynb #7e0aadae

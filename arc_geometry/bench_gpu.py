@@ -24,8 +24,8 @@ HEAD_DIMS = (64, 128)
 
 
 # %% auto #0
-__all__ = ['SEQLENS', 'HEAD_DIMS', 'flops', 'inputs', 'sdpa_flash', 'flex_poincare', 'implementations', 'measure', 'run',
-           'figure', 'main']
+__all__ = ['SEQLENS', 'HEAD_DIMS', 'flops', 'inputs', 'sdpa_flash', 'flex_poincare', 'implementations', 'figure', 'measure',
+           'run', 'main']
 
 # %% ../nbs/92_bench_gpu.ipynb #3e2f7c11
 def flops(B: int, H: int, S: int, D: int, causal: bool, mode: str) -> float:
@@ -84,6 +84,23 @@ def implementations() -> dict[str, tuple[str, Callable]]:
             **{g: (g, pub(GEOMETRIES[g])) for g in attention_geometries()}}     # every registered geometry, its row
 
 
+# %% ../nbs/92_bench_gpu.ipynb #a7a68e9c
+def figure(rows: list[dict]):
+    "Milliseconds against sequence length, one panel per head dim and mode, one line per implementation (plotly)."
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+    keys = sorted({(r["D"], r["mode"]) for r in rows})
+    fig = make_subplots(rows=1, cols=max(1, len(keys)), subplot_titles=[f"D={d}, {m}" for d, m in keys])
+    for i, key in enumerate(keys, 1):
+        for name in dict.fromkeys(r["impl"] for r in rows):
+            pts = [r for r in rows if (r["D"], r["mode"]) == key and r["impl"] == name]
+            fig.add_trace(go.Scatter(x=[r["S"] for r in pts], y=[r["ms"] for r in pts], name=name, legendgroup=name,
+                                     showlegend=i == 1, mode="lines+markers"), row=1, col=i)
+        fig.update_xaxes(type="log", title="S", row=1, col=i); fig.update_yaxes(type="log", title="ms", row=1, col=i)
+    fig.update_layout(title="bf16, causal, B=4, H=16: time per call (log–log)", height=420)
+    return fig
+
+
 # %% ../nbs/92_bench_gpu.ipynb #7c25654b
 def measure(fn: Callable, args: tuple, mode: str, reps: int = 10) -> tuple[float, float]:
     "Median milliseconds of `fn(*args)` (`fwd`) or of it and its backward (`fwd+bwd`), and the peak memory in MiB."
@@ -136,22 +153,7 @@ def run(out: Path, seqlens=SEQLENS, head_dims=HEAD_DIMS, B: int = 4, H: int = 16
     atomic_write(out / "gpu.html", figure(rows).to_html())
     return rows
 
-# %% ../nbs/92_bench_gpu.ipynb #a7a68e9c
-def figure(rows: list[dict]):
-    "Milliseconds against sequence length, one panel per head dim and mode, one line per implementation (plotly)."
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
-    keys = sorted({(r["D"], r["mode"]) for r in rows})
-    fig = make_subplots(rows=1, cols=max(1, len(keys)), subplot_titles=[f"D={d}, {m}" for d, m in keys])
-    for i, key in enumerate(keys, 1):
-        for name in dict.fromkeys(r["impl"] for r in rows):
-            pts = [r for r in rows if (r["D"], r["mode"]) == key and r["impl"] == name]
-            fig.add_trace(go.Scatter(x=[r["S"] for r in pts], y=[r["ms"] for r in pts], name=name, legendgroup=name,
-                                     showlegend=i == 1, mode="lines+markers"), row=1, col=i)
-        fig.update_xaxes(type="log", title="S", row=1, col=i); fig.update_yaxes(type="log", title="ms", row=1, col=i)
-    fig.update_layout(title="bf16, causal, B=4, H=16: time per call (log–log)", height=420)
-    return fig
-
+# %% ../nbs/92_bench_gpu.ipynb #2bbd4c8f
 def main(argv: Optional[list[str]] = None) -> int:
     "`python -m arc_geometry.bench_gpu --out DIR [--quick]`: the GPU benchmark (exits 0 with a message without a GPU)."
     p = ArgumentParser(prog="python -m arc_geometry.bench_gpu", description=main.__doc__)

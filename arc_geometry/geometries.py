@@ -8,11 +8,15 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import inspect
+import sys
+import warnings
 from dataclasses import dataclass
+from functools import wraps
 from typing import Any, Callable, Iterable, Optional, Union
 
 import torch
 from torch import Tensor
+from torch import dtype as _DType                # inside `Geometry`, `torch` is the row's field
 
 from .core import (check_attention, check_hybrid_params, check_metric_params, check_poincare_params,
                                check_position_params, propagate_nonfinite)
@@ -42,8 +46,25 @@ else:
     _NO_TRITON = 'Triton is not installed: pip install "arc_geometry[kernels]"'
 
 # %% ../nbs/03_geometries.ipynb #a37df743
-BACKENDS = ("auto", "triton", "cpu", "reference")
-_CALLABLE = ("reference", "scores", "cpu", "inputs", "export")
+BACKENDS = ("auto", "triton", "torch", "reference")
+_RENAMED = {"cpu": "torch"}          # deprecated backend names (0.1's "cpu" meant the PyTorch path on any device)
+_CALLABLE = ("reference", "scores", "torch", "inputs", "export")
+
+def _outside() -> int:
+    "The `stacklevel` of the first caller outside the package, for a warning raised by this function's caller."
+    f: Any = sys._getframe(2)
+    level = 2
+    while f is not None and f.f_globals.get("__name__", "").startswith("arc_geometry."):
+        f, level = f.f_back, level + 1
+    return level
+
+def _backend_name(backend: str) -> str:
+    "`backend`, or the name that replaced a deprecated one (with a `DeprecationWarning` naming the new value)."
+    if backend in _RENAMED:
+        warnings.warn(f'backend="{backend}" is deprecated: use backend="{_RENAMED[backend]}" (the PyTorch path, on any '
+                      'device)', DeprecationWarning, stacklevel=_outside())
+        return _RENAMED[backend]
+    return backend
 
 def _check_row(row: Any) -> None:
     "Refuse a row that lacks a part, with a `TypeError` naming the part: what `Geometry` checks when it is built."
@@ -68,6 +89,8 @@ def _check_row(row: Any) -> None:
                         f"but the row says params = {row.params}")
 
 # %% ../nbs/03_geometries.ipynb #d0a25e16
+_F64 = torch.float64                             # inside `Geometry`, `torch` is the row's field
+
 @dataclass(frozen=True, kw_only=True)
 class Geometry:
     "One geometry and every part the library needs of it; calling it runs the attention."
@@ -78,7 +101,7 @@ class Geometry:
     validate: Optional[Callable[..., object]] = None  # (q, *params) -> None, raising ValueError naming the parameter
     reference: Callable[..., Tensor] # materialised attention (q, k, v, *params, causal, key_padding_mask, scale[, window, segment_ids])
     scores: Callable[..., Tensor]    # materialised scores (q, k, *params, scale) -> (B, H, Sq, Sk)
-    cpu: Callable[..., Tensor]       # the fast PyTorch path: `reference`'s arguments, validated input
+    torch: Callable[..., Tensor]     # the fast PyTorch path (any device): `reference`'s arguments, validated input
     triton: Optional[Callable[..., Tensor]] = None    # the Triton path, or None ...
     no_triton: str = ""              # ... and why there is none
     aot: Optional[Callable[[], list[Any]]] = None     # () -> the Triton configurations `kernels.compile_all` compiles
@@ -92,14 +115,16 @@ class Geometry:
 
     def resolve(self, q: Tensor, backend: str = "auto") -> str:
         "The backend that runs for `q`: see the table below."
+        backend = _backend_name(backend)
         if backend not in BACKENDS: raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         if backend != "auto": return backend
-        return "triton" if self.triton is not None and (q.is_cuda or triton_interpret()) else "cpu"
+        return "triton" if self.triton is not None and (q.is_cuda or triton_interpret()) else "torch"
 
     def implementation(self, backend: str, q: Optional[Tensor] = None) -> Callable[..., Tensor]:
         "The function that computes this geometry on the resolved `backend` (checked against `q`'s device if given)."
+        backend = _backend_name(backend)
         if backend == "reference": return self.reference
-        if backend == "cpu": return self.cpu
+        if backend == "torch": return self.torch
         if backend != "triton": raise ValueError(f"backend must be one of {BACKENDS[1:]} once resolved, got {backend!r}")
         if self.triton is None: raise ValueError(f"backend='triton': {self.name} attention has no Triton path ({self.no_triton})")
         if q is not None and not q.is_cuda and not triton_interpret():
@@ -116,11 +141,35 @@ class Geometry:
                        backend=backend, window=window, segment_ids=segment_ids)
 
     def example(self, B: int = 2, H: int = 2, Sq: int = 8, Sk: Optional[int] = None, D: int = 8, Dv: Optional[int] = None,
-                seed: int = 0, dtype: torch.dtype = torch.float64, **kw: Any) -> tuple[Tensor, Tensor, Tensor, tuple[Any, ...]]:
+                seed: int = 0, dtype: _DType = _F64, **kw: Any) -> tuple[Tensor, Tensor, Tensor, tuple[Any, ...]]:
         "Inputs `(q, k, v, params)` for tests and benchmarks, from the row's `inputs` (whose keywords `kw` takes)."
         a = self.inputs(torch.Generator().manual_seed(seed), B, H, Sq, Sq if Sk is None else Sk, D, Dv or D, **kw)
         a = {n: (t.to(dtype) if isinstance(t, Tensor) else t) for n, t in a.items()}
         return a["q"], a["k"], a["v"], tuple(a[n] for n in self.params)
+
+
+
+# %% ../nbs/03_geometries.ipynb #16213780
+def _cpu(self: Geometry) -> Callable[..., Tensor]:
+    "Deprecated (0.1) name of `torch`, the PyTorch path."
+    warnings.warn("Geometry.cpu is deprecated: use Geometry.torch (the PyTorch path, on any device)",
+                  DeprecationWarning, stacklevel=2)
+    return self.torch
+
+Geometry.cpu = property(_cpu)                     # type: ignore[attr-defined]
+
+_init = Geometry.__init__
+
+@wraps(_init)
+def _init_renamed(self: Geometry, **kw: Any) -> None:
+    "`Geometry(...)`, taking the deprecated (0.1) keyword `cpu=` for `torch=` with a `DeprecationWarning`."
+    if "cpu" in kw:
+        if "torch" in kw: raise TypeError("Geometry takes torch= (the PyTorch path) or its deprecated name cpu=, not both")
+        warnings.warn("Geometry(cpu=...) is deprecated: use torch=...", DeprecationWarning, stacklevel=2)
+        kw["torch"] = kw.pop("cpu")
+    _init(self, **kw)
+
+Geometry.__init__ = _init_renamed                # type: ignore[method-assign]
 
 # %% ../nbs/03_geometries.ipynb #2f46343d
 def _takes(fn: Callable[..., Tensor], names: Iterable[str]) -> bool:
@@ -176,33 +225,33 @@ _CURVATURE = ("c_init", "c_min", "c_max")      # the config fields of a learned 
 def _ball_state(x: Tensor, cfg: Any) -> Tensor: return x                  # hidden states live on the ball
 def _ball_part(x: Tensor, cfg: Any) -> Tensor: return x[..., cfg.head_dim_e * cfg.num_heads:]  # ... or the part past the flat one
 register(Geometry(name="dot", summary="the baseline: scaled dot product", distance="−q·k (dot product: not a distance)",
-                  reference=dot_attention_ref, scores=dot_scores_ref, cpu=dot_cpu, no_triton=_SDPA,
+                  reference=dot_attention_ref, scores=dot_scores_ref, torch=dot_cpu, no_triton=_SDPA,
                   inputs=dot_case, export=dot_scores_plain))
 register(Geometry(name="metric", summary="a learned, per-head notion of close", distance="(q−k)ᵀ G (q−k)",
                   params=("A", "lam"), validate=check_metric_params, reference=metric_attention_ref,
-                  scores=metric_scores_ref, cpu=metric_cpu, triton=flash.metric_triton if _T else None,
+                  scores=metric_scores_ref, torch=metric_cpu, triton=flash.metric_triton if _T else None,
                   no_triton=_NO_TRITON, aot=(lambda: flash.aot_configs(geometries=("metric",))) if _T else None,
                   inputs=metric_case, export=metric_scores_plain, figures=("metric",), config_fields=("rank", "lam_init")))
 register(Geometry(name="position_metric", summary="a metric that changes across the space", distance="(q−k)ᵀ G(m) (q−k)",
                   params=("A", "lam", "W", "b"), validate=check_position_params, reference=position_metric_attention_ref,
-                  scores=position_metric_scores_ref, cpu=position_metric_cpu,
+                  scores=position_metric_scores_ref, torch=position_metric_cpu,
                   triton=_pmt.position_metric_triton if _T else None, no_triton=_NO_TRITON,
                   aot=_pmt.aot_configs if _T else None, inputs=position_metric_case, export=position_metric_scores_plain, figures=("metric",),
                   config_fields=("rank", "lam_init", "transport_residual")))
 register(Geometry(name="poincare", summary="hierarchies and trees", distance="d_c(q, k)", params=("c",),
                   validate=check_poincare_params, reference=poincare_attention_ref, scores=poincare_scores_ref,
-                  cpu=poincare_cpu, triton=flash.poincare_triton if _T else None, no_triton=_NO_TRITON,
+                  torch=poincare_cpu, triton=flash.poincare_triton if _T else None, no_triton=_NO_TRITON,
                   aot=(lambda: flash.aot_configs(geometries=("poincare",))) if _T else None, inputs=poincare_case,
                   export=poincare_scores_plain, figures=("ball",), ball_points=_ball_state, config_fields=_CURVATURE))
 register(Geometry(name="hybrid", summary="flat and hierarchical structure at once", distance="‖qₑ−kₑ‖² + α d_c(qₕ, kₕ)²",
                   params=("c", "alpha", "dim_e"), validate=check_hybrid_params, reference=hybrid_attention_ref,
-                  scores=hybrid_scores_ref, cpu=hybrid_cpu, triton=flash.hybrid_triton if _T else None,
+                  scores=hybrid_scores_ref, torch=hybrid_cpu, triton=flash.hybrid_triton if _T else None,
                   no_triton=_NO_TRITON, aot=(lambda: flash.aot_configs(geometries=("hybrid",))) if _T else None,
                   inputs=hybrid_case, export=hybrid_scores_plain, figures=("ball",), ball_points=_ball_part,
                   config_fields=_CURVATURE + ("alpha_init", "head_dim_e")))
 register(Geometry(name="lorentz", summary="hyperbolic at dot-product cost: the hyperboloid", distance="‖x−y‖²_L on the hyperboloid",
                   params=("c",), validate=check_lorentz_params, reference=lorentz_attention_ref, scores=lorentz_scores_ref,
-                  cpu=lorentz_cpu, no_triton="its attention is SDPA on transformed vectors (FlashAttention on CUDA): no kernel of ours is needed",
+                  torch=lorentz_cpu, no_triton="its attention is SDPA on transformed vectors (FlashAttention on CUDA): no kernel of ours is needed",
                   inputs=lorentz_case, export=lorentz_scores_plain, block="arc_geometry.lorentz_block", figures=("ball",), ball_points=lorentz_ball_points,
                   config_fields=_CURVATURE))
 

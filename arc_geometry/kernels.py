@@ -255,7 +255,7 @@ def check_paths(geometries: Optional[Iterable[str]] = None) -> list[tuple[str, s
     names = list(GEOMETRIES) if geometries is None else list(geometries)
     for n in names:
         if n not in GEOMETRIES: raise ValueError(f"geometries: {n!r} is not registered; geometries: {', '.join(GEOMETRIES)}")
-    return [(n, "triton" if g.triton is not None else "cpu", g.triton if g.triton is not None else g.cpu, g.reference)
+    return [(n, "triton" if g.triton is not None else "torch", g.triton if g.triton is not None else g.torch, g.reference)
             for n in names for g in [GEOMETRIES[n]]]
 
 def _tol(geometry: str, key: str) -> float:

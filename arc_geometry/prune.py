@@ -115,7 +115,6 @@ def prune_run(run, ratio: float, finetune_steps: int = 0, out=None, calib_batche
     atomic_write(out / "prune.json", json.dumps(res, indent=2))
     return res
 
-# %% ../nbs/53_prune.ipynb #95edd03a
 def prune_main(argv: Optional[list] = None) -> int:
     "`arc-geometry prune RUN --ratio R [--finetune-steps N] --out DIR`."
     from arc_geometry.config import ArgumentParser

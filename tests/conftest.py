@@ -3,7 +3,7 @@
 Triton reads TRITON_INTERPRET when a kernel's decorator runs, that is when `arc_geometry.geometries` imports the
 kernel modules, so the variable must be set before anything imports arc_geometry: here, once for the whole session
 (on a machine without CUDA), so that the kernel tests can run Triton's interpreter on CPU tensors. Every test names
-the path it checks (a registry row's `cpu` / `triton` / `reference`, or `backend=`); none relies on what
+the path it checks (a registry row's `torch` / `triton` / `reference`, or `backend=`); none relies on what
 `backend="auto"` resolves to, which is what differs between this process and a notebook's.
 The notebook runner starts fresh kernels without this variable: notebooks that test kernels set it themselves.
 """

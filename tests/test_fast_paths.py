@@ -57,6 +57,6 @@ def test_cpu_path_matches_oracle(geometry):
             kw.update(dim_e=data.draw(st.integers(1, D - 1)), alpha=torch.rand(H, dtype=torch.float64, generator=g) * 2)
         args = oracle_case(geometry, Sq, Sk, B=B, H=H, D=D, Dv=Dv, R=R, seed=int(torch.randint(2**31, (1,), generator=g)), **kw)
         tol = (1e-9 if geometry in ("metric", "position_metric") else 1e-6) if dtype == torch.float64 else 1e-4
-        assert_close_to_oracle(partial(row.cpu, **BLOCKS.get(geometry, {})), row.reference, args, dtype, tol, causal=causal,
+        assert_close_to_oracle(partial(row.torch, **BLOCKS.get(geometry, {})), row.reference, args, dtype, tol, causal=causal,
                                key_padding_mask=mask, scale=0.3)
     check()

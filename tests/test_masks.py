@@ -101,7 +101,7 @@ def test_loop_bounds_visit_exactly_the_band(Sq, Sk, causal, window, docs):
                 assert tile[:, ulo:uhi].all(), (keys, b, p, ulo, uhi)
 
 
-@pytest.mark.parametrize("backend", ["cpu", "triton", "reference"])
+@pytest.mark.parametrize("backend", ["torch", "triton", "reference"])
 @pytest.mark.parametrize("geom", ["metric", "poincare", "lorentz"])
 def test_nonfinite_key_reaches_only_the_rows_that_see_it(geom, backend):
     "A NaN key poisons exactly the rows whose window and document hold it; every other row equals the clean run."

@@ -42,7 +42,7 @@ def toy_case(g, B, H, Sq, Sk, D, Dv, **kw):
 
 
 TOY = Geometry(name="toy", summary="a dot product with a learned temperature", distance="−t·q·k",
-               params=("t",), validate=check_toy, reference=toy_ref, scores=toy_scores, cpu=toy_cpu,
+               params=("t",), validate=check_toy, reference=toy_ref, scores=toy_scores, torch=toy_cpu,
                no_triton="SDPA on scaled queries", inputs=toy_case, export=toy_scores, block=__name__)
 
 

@@ -59,10 +59,10 @@ def test_cpu_fused_matches_oracle():
                            causal=True, key_padding_mask=padding(2, 24), scale=0.3)
 
 
-@pytest.mark.parametrize("impl", ["cpu", "triton"])
+@pytest.mark.parametrize("impl", ["torch", "triton"])
 def test_empty_rows_are_zero_with_zero_grads(impl):
     a = {n: t.requires_grad_() for n, t in case(6, 6, B=2, H=1, R=2).items()}
-    fn = pm.position_metric_cpu if impl == "cpu" else pmt.position_metric_triton
+    fn = pm.position_metric_cpu if impl == "torch" else pmt.position_metric_triton
     kpm = torch.ones(2, 6, dtype=torch.bool); kpm[1] = False          # batch 1: no key at all
     out = fn(**a, causal=True, key_padding_mask=kpm, scale=0.5)
     assert torch.isfinite(out).all() and (out[1] == 0).all()
@@ -72,12 +72,12 @@ def test_empty_rows_are_zero_with_zero_grads(impl):
     assert (a["q"].grad[1] == 0).all() and (a["k"].grad[1] == 0).all() and (a["v"].grad[1] == 0).all()
 
 
-@pytest.mark.parametrize("impl", ["cpu", "triton"])
+@pytest.mark.parametrize("impl", ["torch", "triton"])
 def test_gradcheck(impl):
     a = case(5, 7, D=4, Dv=3, B=2, H=1, R=2)
     names = list(a)
     kpm = padding(2, 7)
-    if impl == "cpu":
+    if impl == "torch":
         f = lambda *t: pm.position_metric_cpu(*t, causal=True, key_padding_mask=kpm, scale=0.7, block=2, fused=False)
     else:
         f = lambda *t: pmt.position_metric_triton(*t, causal=True, key_padding_mask=kpm, scale=0.7, block=16)
@@ -85,10 +85,10 @@ def test_gradcheck(impl):
 
 
 def test_dispatcher_uses_this_module():
-    assert implementation("position_metric", "cpu") is pm.position_metric_cpu
+    assert implementation("position_metric", "torch") is pm.position_metric_cpu
     assert implementation("position_metric", "triton") is pmt.position_metric_triton
     a = case(7, 7, B=1, H=2)
-    out = position_metric_attention(**a, causal=True, backend="cpu")
+    out = position_metric_attention(**a, causal=True, backend="torch")
     torch.testing.assert_close(out, position_metric_attention_ref(**a, causal=True), rtol=1e-10, atol=1e-12)
 
 

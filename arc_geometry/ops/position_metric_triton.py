@@ -15,7 +15,7 @@ from triton import cdiv, next_power_of_2
 
 from ..core import window_binds
 from .common import triton_interpret
-from .flash import _allowed, _has_key, _key_ok, _key_range, _poison, _query_range, _segment_args
+from .flash import _allowed, _has_key, _key_ok, _key_range, _poison, _query_range, _rows, _segment_args
 from .tlmath import head_base, load_rows
 from .position_metric import _features, position_metric_cpu
 
@@ -60,6 +60,18 @@ def _scores(f, kp_ok, offs_m, offs_n, Sq, Sk, CAUSAL: tl.constexpr, HAS_MASK, wi
         s = tl.where(kp_ok[None, :], s, float("-inf"))
     return s
 
+@triton.jit
+def _tile_g(q, k, v, do, lse, delta, lam, U, Wk, Aq, Ak, kp_ok, offs_m, offs_n, m_ok, n_ok, R, Sq, Sk,
+            CAUSAL: tl.constexpr, HAS_MASK, window, SEG, b, has_seg, MASKED: tl.constexpr):
+    "Backward of one tile: `P (BLOCK_M, BLOCK_N)`, `g = −dS` and `‖q−k‖²` (`MASKED` as in `_scores`)."
+    dt = lam.dtype
+    f, d2 = _tile_f(q, k, lam, U, Wk, Aq, Ak, offs_m, offs_n, m_ok, n_ok, R, Sq, Sk)
+    s = _scores(f, kp_ok, offs_m, offs_n, Sq, Sk, CAUSAL, HAS_MASK, window, SEG, b, has_seg, MASKED)
+    p = tl.exp(s - lse[:, None])                        # 0 where s = −∞, and in rows without keys (lse = +∞)
+    dp = tl.dot(do, tl.trans(v), input_precision="ieee").to(dt)
+    g = -p * (dp - delta[:, None])
+    return p, g, d2
+
 # %% ../../nbs/17_position_metric_triton.ipynb #bbd85620
 @triton.jit
 def _fwd_step(acc, m_i, l_i, n0, q, lam, K, V, U, Wk, Aq, Ak, KPM, b, h, offs_m, m_ok, skb, skh, sks, svb, svh, svs,
@@ -85,7 +97,6 @@ def _fwd_step(acc, m_i, l_i, n0, q, lam, K, V, U, Wk, Aq, Ak, KPM, b, h, offs_m,
         acc += tl.dot((p - ph.to(dt)).to(v.dtype), v, input_precision="ieee").to(dt)
     return acc, m_new, l_i
 
-# %% ../../nbs/17_position_metric_triton.ipynb #11228403
 @triton.jit(do_not_specialize=_RUNTIME_INTS)
 def _fwd(Q, K, V, U, Wk, Aq, Ak, LAM, KPM, SEG, SPS, SPE, O, OA, LSE, sqb, sqh, sqs, skb, skh, sks, svb, svh, svs,
          H, Sq, Sk, R, D, DV, HAS_MASK, store_acc, window, has_seg,
@@ -93,8 +104,7 @@ def _fwd(Q, K, V, U, Wk, Aq, Ak, LAM, KPM, SEG, SPS, SPE, O, OA, LSE, sqb, sqh, 
     pid_m, bh = tl.program_id(0), tl.program_id(1)
     b, h = bh // H, bh % H
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, DP)
-    m_ok = offs_m < Sq
+    offs_d, m_ok = tl.arange(0, DP), offs_m < Sq
     lam = tl.load(LAM + h)
     dt = lam.dtype
     q = load_rows(head_base(Q, b, h, sqb, sqh), offs_m, Sq, sqs, D, DP)
@@ -123,19 +133,6 @@ def _fwd(Q, K, V, U, Wk, Aq, Ak, LAM, KPM, SEG, SPS, SPE, O, OA, LSE, sqb, sqh, 
         tl.store(OA + bh * Sq * DV + offs_m[:, None] * DV + offs_d[None, :], out,
                  mask=m_ok[:, None] & (offs_d[None, :] < DV))
 
-# %% ../../nbs/17_position_metric_triton.ipynb #496804a3
-@triton.jit
-def _tile_g(q, k, v, do, lse, delta, lam, U, Wk, Aq, Ak, kp_ok, offs_m, offs_n, m_ok, n_ok, R, Sq, Sk,
-            CAUSAL: tl.constexpr, HAS_MASK, window, SEG, b, has_seg, MASKED: tl.constexpr):
-    "Backward of one tile: `P (BLOCK_M, BLOCK_N)`, `g = −dS` and `‖q−k‖²` (`MASKED` as in `_scores`)."
-    dt = lam.dtype
-    f, d2 = _tile_f(q, k, lam, U, Wk, Aq, Ak, offs_m, offs_n, m_ok, n_ok, R, Sq, Sk)
-    s = _scores(f, kp_ok, offs_m, offs_n, Sq, Sk, CAUSAL, HAS_MASK, window, SEG, b, has_seg, MASKED)
-    p = tl.exp(s - lse[:, None])                        # 0 where s = −∞, and in rows without keys (lse = +∞)
-    dp = tl.dot(do, tl.trans(v), input_precision="ieee").to(dt)
-    g = -p * (dp - delta[:, None])
-    return p, g, d2
-
 # %% ../../nbs/17_position_metric_triton.ipynb #eca1d5c1
 @triton.jit
 def _bwd_kv_step(dk, dv, m0, k, v, kp_ok, lam, Q, DO, LSE, DELTA, U, Wk, Aq, Ak, DW, DAK, b, h, bh, offs_n, n_ok,
@@ -160,15 +157,13 @@ def _bwd_kv_step(dk, dv, m0, k, v, kp_ok, lam, Q, DO, LSE, DELTA, U, Wk, Aq, Ak,
         ap = tl.load(Ak + r * Sk + offs_n, mask=n_ok, other=0)
         t = _tanh(u[:, None] + w[None, :])
         e = a[:, None] - ap[None, :]
-        ge = g * e
-        t2 = t * t
+        ge, t2 = g * e, t * t
         e2 = tl.sum(ge * t2, 0)
         e1 = tl.sum(ge * e * t * (1 - t2), 0)
         tl.store(DW + r * Sk + offs_n, tl.load(DW + r * Sk + offs_n, mask=n_ok, other=0) + 2 * e1, mask=n_ok)
         tl.store(DAK + r * Sk + offs_n, tl.load(DAK + r * Sk + offs_n, mask=n_ok, other=0) - 2 * e2, mask=n_ok)
     return dk, dv
 
-# %% ../../nbs/17_position_metric_triton.ipynb #9b7457d0
 @triton.jit(do_not_specialize=_RUNTIME_INTS)
 def _bwd_kv(Q, K, V, U, Wk, Aq, Ak, LAM, KPM, SEG, SPS, SPE, DO, LSE, DELTA, DK, DV, DW, DAK, sqb, sqh, sqs, skb, skh, sks,
             svb, svh, svs, sdb, sdh, sds, H, Sq, Sk, R, D, DV_, HAS_MASK, window, has_seg,
@@ -176,8 +171,7 @@ def _bwd_kv(Q, K, V, U, Wk, Aq, Ak, LAM, KPM, SEG, SPS, SPE, DO, LSE, DELTA, DK,
     pid_n, bh = tl.program_id(0), tl.program_id(1)
     b, h = bh // H, bh % H
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, DP)
-    n_ok = offs_n < Sk
+    offs_d, n_ok = tl.arange(0, DP), offs_n < Sk
     lam = tl.load(LAM + h)
     dt = lam.dtype
     k = load_rows(head_base(K, b, h, skb, skh), offs_n, Sk, sks, D, DP)
@@ -185,8 +179,7 @@ def _bwd_kv(Q, K, V, U, Wk, Aq, Ak, LAM, KPM, SEG, SPS, SPE, DO, LSE, DELTA, DK,
     kp_ok = _key_ok(KPM, b, offs_n, Sk, HAS_MASK)
     U, Aq, Wk, Ak = U + bh * R * Sq, Aq + bh * R * Sq, Wk + bh * R * Sk, Ak + bh * R * Sk
     DW, DAK = DW + bh * R * Sk, DAK + bh * R * Sk
-    dk = tl.zeros((BLOCK_N, DP), dt)
-    dv = tl.zeros((BLOCK_N, DP), dt)
+    dk, dv = tl.zeros((BLOCK_N, DP), dt), tl.zeros((BLOCK_N, DP), dt)
     lo, ulo, uhi, hi = _query_range(pid_n * BLOCK_N, BLOCK_M, BLOCK_N, Sq, Sk, CAUSAL, window, SPS, SPE, b, has_seg)
     for m0 in range(ulo, uhi, BLOCK_M):                     # queries that see all of them: no mask
         dk, dv = _bwd_kv_step(dk, dv, m0, k, v, kp_ok, lam, Q, DO, LSE, DELTA, U, Wk, Aq, Ak, DW, DAK, b, h, bh, offs_n,
@@ -223,15 +216,13 @@ def _bwd_q_step(dq, dl, n0, q, do, lse, delta, lam, K, V, U, Wk, Aq, Ak, KPM, DU
         ap = tl.load(Ak + r * Sk + offs_n, mask=n_ok, other=0)
         t = _tanh(u[:, None] + w[None, :])
         e = a[:, None] - ap[None, :]
-        ge = g * e
-        t2 = t * t
+        ge, t2 = g * e, t * t
         e2 = tl.sum(ge * t2, 1)
         e1 = tl.sum(ge * e * t * (1 - t2), 1)
         tl.store(DU + r * Sq + offs_m, tl.load(DU + r * Sq + offs_m, mask=m_ok, other=0) + 2 * e1, mask=m_ok)
         tl.store(DAQ + r * Sq + offs_m, tl.load(DAQ + r * Sq + offs_m, mask=m_ok, other=0) + 2 * e2, mask=m_ok)
     return dq, dl
 
-# %% ../../nbs/17_position_metric_triton.ipynb #f05e2fc2
 @triton.jit(do_not_specialize=_RUNTIME_INTS)
 def _bwd_q(Q, K, V, U, Wk, Aq, Ak, LAM, KPM, SEG, SPS, SPE, DO, LSE, DELTA, DQ, DU, DAQ, DLAM, sqb, sqh, sqs, skb, skh, sks,
            svb, svh, svs, sdb, sdh, sds, H, Sq, Sk, R, D, DV_, HAS_MASK, window, has_seg,
@@ -239,8 +230,7 @@ def _bwd_q(Q, K, V, U, Wk, Aq, Ak, LAM, KPM, SEG, SPS, SPE, DO, LSE, DELTA, DQ, 
     pid_m, bh = tl.program_id(0), tl.program_id(1)
     b, h = bh // H, bh % H
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, DP)
-    m_ok = offs_m < Sq
+    offs_d, m_ok = tl.arange(0, DP), offs_m < Sq
     lam = tl.load(LAM + h)
     dt = lam.dtype
     q = load_rows(head_base(Q, b, h, sqb, sqh), offs_m, Sq, sqs, D, DP)
@@ -314,10 +304,6 @@ def launch_config(D: int, Dv: int, block: Optional[int] = None, dtype: torch.dty
     if triton_interpret(): return dict(DP=DP, BLOCK_M=16, BLOCK_N=16)
     major, minor = torch.cuda.get_device_capability(device)
     return dict(DP=DP, **pm_config(kernel, dtype, DP, 10 * major + minor))
-
-def _rows(x: Tensor) -> Tensor:
-    "`x` itself when its last dimension is unit-stride (the kernels take the other strides), else a contiguous copy."
-    return x if x.stride(-1) == 1 else x.contiguous()
 
 # %% ../../nbs/17_position_metric_triton.ipynb #fac1f9b8
 class _PosMetricTriton(torch.autograd.Function):
