@@ -197,6 +197,7 @@ def _fwd_block(P: _Part, blk: tuple, out: Tensor, lse: Tensor, tiles: Tiles, dt:
     T, u = tiles(dt, BH, i1 - i0, nk)                                        # T = a_i‖q_i − k_j‖²
     torch.bmm(X["q"][:, qb], X["k0"][:, ks].transpose(1, 2), out=T)
     Tmin = mask_block_(T, i0, i1, Sq, Sk, causal, kpm, math.inf, k0=k0, **mk).amin(-1).double()   # no key: inf, fine
+    assert fe.tmin is not None                                               # the bounds were made (forward)
     ex = not bool((Tmin >= fe.tmin[:, i0:i1]).all())                           # float32 unsafe somewhere
     if ex:
         X = P.ops(True, dt)
@@ -266,7 +267,7 @@ def _bwd_block(P: _Part, blk: tuple, ex: bool, acc: dict, tiles: Tiles, dt: torc
     R, u, p, dp = tiles(tdt, BH, i1 - i0, nk)
     qb, kb = X["q"][:, qs], X["k"][:, ks]
     torch.bmm(qb, kb.transpose(1, 2), out=R)
-    zero = (R <= fe.nu[:, i0:i1, None]) if ex and fe.power == 1 else None  # R within rounding of 0: d = 0
+    zero = (R <= fe.nu[:, i0:i1, None]) if ex and fe.power == 1 and fe.nu is not None else None  # R ≈ 0: d = 0
     f = _f_(R.clamp_min_(_TINY), u)
     if fe.power == 1: torch.mul(f, X["kap"], out=p)
     else: torch.mul(f, f, out=p).mul_(X["kap"]).baddbmm_(X["qe"][:, qs], X["ke"][:, ks].transpose(1, 2))
@@ -317,7 +318,7 @@ def _finish_part(P: _Part, acc: dict, carry: Optional[list], fin: int, grads: li
         for r, t in zip(rest, kside):
             if r is not None: r[h] = t[:, fin:]
         dc[h] += dcq + dck
-        dkap[h] += tot(5).view(-1)
+        dkap[h] += sum(a[5][h].double() for a in acc.values()).view(-1)
     return rest
 
 # %% ../../nbs/13_hyperbolic_fast.ipynb #e79b125a

@@ -65,7 +65,7 @@ def _sdpa_block(q: Tensor, k: Tensor, v: Tensor, mask: tuple[Optional[Tensor], O
 _CPU_FLASH = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
 _CPU_FLASH_BWD = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
 
-def _wide_block(q: Tensor, k: Tensor, v: Tensor, fmap: Optional[Callable], params: Sequence) -> tuple[Tensor, Tensor, Tensor]:
+def _wide_block(q: Tensor, k: Tensor, v: Tensor, fmap: Optional[Callable], params: Sequence) -> tuple[Tensor, ...]:
     "A block's `(q', k', v)` as SDPA takes them: `fmap(q, k, *params)` if given, `v` in their dtype, all three zero-padded to one head size."
     if fmap is not None: q, k = fmap(q, k, *params)
     P = max(q.shape[-1], v.shape[-1])                  # one head dim for q, k and v keeps the fused kernel
