@@ -155,7 +155,8 @@ def bench_attention(geometries: Optional[Sequence[str]] = None, seqlens: Sequenc
                     ref_max_bytes: int = 3 * 2 ** 30, timeout_s: float = 300, repeats: int = 3,
                     progress: bool = True, flex: bool = True, isolate: bool = True):
     """Benchmark table (pandas) of every geometry vs SDPA (`dot`) and the reference; each case in its own process.
-    `flex`: also FlexAttention with a Poincaré `score_mod` (`poincare_flex`, forward only) where Poincaré is measured. `isolate=False`: every case once, in this process (`case_result`)."""
+    `flex`: also FlexAttention with a Poincaré `score_mod` (`poincare_flex`, forward only) where Poincaré is measured.
+    `isolate=False`: every case once, in this process (`case_result`)."""
     import pandas as pd
     from tqdm.auto import tqdm
 
@@ -163,7 +164,8 @@ def bench_attention(geometries: Optional[Sequence[str]] = None, seqlens: Sequenc
     cases = [(g, "auto", S) for g in dict.fromkeys(["dot", *geometries]) for S in seqlens]   # dot once, first
     if flex and "poincare" in geometries: cases += [("poincare", "flex", S) for S in seqlens]
     if reference:
-        cases += [(g, "reference", S) for g in geometries if g != "dot" for S in seqlens if _ref_bytes(g, B, H, S, D, R) <= ref_max_bytes]
+        cases += [(g, "reference", S) for g in geometries if g != "dot" for S in seqlens
+                  if _ref_bytes(g, B, H, S, D, R) <= ref_max_bytes]
     rows = []
     for g, be, S in tqdm(cases, disable=not progress, desc="attention cases"):
         reps = repeats if S <= 1024 else 1            # long cases: the warm-up plus one timed run each
