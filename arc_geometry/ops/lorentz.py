@@ -112,7 +112,8 @@ def _side_grad(x: Tensor, c: Tensor, g: Tensor, terms: tuple[Tensor, ...], side:
     g0, gs = g[..., :1], g[..., 1:]
     u = (gs.unsqueeze(-2) @ x.unsqueeze(-1)).squeeze(-1)          # g_{1:}·x per row: one pass, no temporary
     w = (a1 * isc) * dm * g0 + p * df * u
-    dx = torch.addcmul(x * (2 * ch * w), gs, p * f)
+    dx = x * (2 * ch * w)
+    dx.addcmul_(gs, p * f)                                        # in place: one fresh (B, H, S, D) buffer, not two
     return dx, (w * n2 - (a0 + a1 * m) * isc * g0 / (2 * ch)).sum((0, 2, 3))
 
 def _map_grads(q: Tensor, k: Tensor, c: Tensor, gq: Tensor, gk: Tensor, scale: float, max_radius: float,
