@@ -139,12 +139,15 @@ def build(out: str = "_docs", root: Optional[Path] = None) -> list[Path]:
     import torch
     if not torch.cuda.is_available():      # the notebooks' import cells run here; their kernels, in Triton's interpreter
         os.environ.setdefault("TRITON_INTERPRET", "1")
-    cfg = get_config(path=root) if root is not None else get_config()
-    ROOT = Path(cfg.config_path)
+    if root is not None and not Path(root).is_dir(): raise ValueError(f"root must be a directory, got {root}")
     cwd = os.getcwd()
-    os.chdir(ROOT); get_config.cache_clear()       # nbdev reads (and caches) the working directory's settings
-    try: cache = proc_nbs(str(cfg.nbs_path), n_workers=0, force=True)
+    os.chdir(root or cwd)      # nbdev reads (and caches) the settings of the project around the working directory,
+    get_config.cache_clear()   # whatever path it is given: the project around `root` is read from inside it
+    try:
+        cfg = get_config()
+        cache = proc_nbs(str(cfg.nbs_path), n_workers=0, force=True)
     finally: os.chdir(cwd); get_config.cache_clear()
+    ROOT = Path(cfg.config_path)
     notebooks = sorted(cache.glob("*.ipynb"), key=lambda p: (p.stem != "index", p.name))
     if not notebooks:
         raise RuntimeError(f"nbdev processed no notebooks into {cache}")
