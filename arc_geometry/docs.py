@@ -16,7 +16,7 @@ from typing import Optional
 from .extras import require
 
 # %% auto #0
-__all__ = ['PLOTLY_MIME', 'plotly_html', 'quarto_to_nbconvert', 'offline', 'build', 'readme_text', 'write_readme', 'main']
+__all__ = ['PLOTLY_MIME', 'plotly_html', 'quarto_to_nbconvert', 'offline', 'readme_text', 'write_readme', 'build', 'main']
 
 # %% ../nbs/99_docs.ipynb #e9d2a159
 PLOTLY_MIME = "application/vnd.plotly.v1+json"
@@ -107,6 +107,26 @@ def offline(body: str) -> str:
     only fail to load. Point MathJax at the fonts that are shipped."""
     return _REMOTE_SCRIPT.sub("", body).replace("</head>", _MATHJAX_FONTS + "</head>", 1)
 
+# %% ../nbs/99_docs.ipynb #d0fb0897
+def readme_text(processed_index: Path) -> str:
+    "README.md from nbdev's processed `index.ipynb`: the docs home page as GitHub markdown."
+    nbformat = require("nbformat", "docs", "arc_geometry.docs")
+    MarkdownExporter = require("nbconvert", "docs", "arc_geometry.docs").MarkdownExporter
+
+    nb = nbformat.read(processed_index, as_version=4)
+    fm = _frontmatter(nb)
+    nb.cells = [c for c in nb.cells if not (c.cell_type == "raw" and c.source.startswith("---"))]
+    body, _ = MarkdownExporter().from_notebook_node(nb)
+    head = f"# {fm.get('title', 'arc_geometry')}\n\n> {fm.get('description', '')}\n\n"
+    note = "<!-- generated from nbs/index.ipynb by `python -m arc_geometry.docs`: edit the notebook, not this file -->\n\n"
+    return note + head + re.sub(r"\n{3,}", "\n\n", body).strip() + "\n"
+
+
+def write_readme(processed_index: Path, root: Path) -> Path:
+    "Write `root/README.md` (the docs home page, from `index.ipynb`)."
+    (root / "README.md").write_text(readme_text(processed_index), encoding="utf-8")
+    return root / "README.md"
+
 # %% ../nbs/99_docs.ipynb #848302f6
 def build(out: str = "_docs", root: Optional[Path] = None) -> list[Path]:
     """Process every notebook of the project at `root` (default: the nbdev project around the working directory) with
@@ -119,9 +139,15 @@ def build(out: str = "_docs", root: Optional[Path] = None) -> list[Path]:
     import torch
     if not torch.cuda.is_available():      # the notebooks' import cells run here; their kernels, in Triton's interpreter
         os.environ.setdefault("TRITON_INTERPRET", "1")
-    cfg = get_config(path=root) if root is not None else get_config()
+    if root is not None and not Path(root).is_dir(): raise ValueError(f"root must be a directory, got {root}")
+    cwd = os.getcwd()
+    os.chdir(root or cwd)      # nbdev reads (and caches) the settings of the project around the working directory,
+    get_config.cache_clear()   # whatever path it is given: the project around `root` is read from inside it
+    try:
+        cfg = get_config()
+        cache = proc_nbs(str(cfg.nbs_path), n_workers=0, force=True)
+    finally: os.chdir(cwd); get_config.cache_clear()
     ROOT = Path(cfg.config_path)
-    cache = proc_nbs(str(cfg.nbs_path), n_workers=0, force=True)
     notebooks = sorted(cache.glob("*.ipynb"), key=lambda p: (p.stem != "index", p.name))
     if not notebooks:
         raise RuntimeError(f"nbdev processed no notebooks into {cache}")
@@ -161,26 +187,6 @@ def build(out: str = "_docs", root: Optional[Path] = None) -> list[Path]:
         if extra.is_dir():
             shutil.copytree(extra, dest / extra.name)
     return [dest / n for n, _, _ in pages]
-
-# %% ../nbs/99_docs.ipynb #d0fb0897
-def readme_text(processed_index: Path) -> str:
-    "README.md from nbdev's processed `index.ipynb`: the docs home page as GitHub markdown."
-    nbformat = require("nbformat", "docs", "arc_geometry.docs")
-    MarkdownExporter = require("nbconvert", "docs", "arc_geometry.docs").MarkdownExporter
-
-    nb = nbformat.read(processed_index, as_version=4)
-    fm = _frontmatter(nb)
-    nb.cells = [c for c in nb.cells if not (c.cell_type == "raw" and c.source.startswith("---"))]
-    body, _ = MarkdownExporter().from_notebook_node(nb)
-    head = f"# {fm.get('title', 'arc_geometry')}\n\n> {fm.get('description', '')}\n\n"
-    note = "<!-- generated from nbs/index.ipynb by `python -m arc_geometry.docs`: edit the notebook, not this file -->\n\n"
-    return note + head + re.sub(r"\n{3,}", "\n\n", body).strip() + "\n"
-
-
-def write_readme(processed_index: Path, root: Path) -> Path:
-    "Write `root/README.md` (the docs home page, from `index.ipynb`)."
-    (root / "README.md").write_text(readme_text(processed_index), encoding="utf-8")
-    return root / "README.md"
 
 # %% ../nbs/99_docs.ipynb #5d933301
 def main(argv: Optional[list[str]] = None) -> int:
