@@ -25,10 +25,9 @@ PENDING: set = set()
 PENDING_PREFIXES: tuple = ()
 
 
-# Rule (b) not yet met in these notebooks (rule (a) holds there): 16_flash, whose `@triton.jit` helpers each need a
-# small probe kernel or a regrouping with their kernel (as 17_position_metric_triton now has), and the attention
-# benchmark page, whose tests still sit at the end. Remove a name once its notebook passes.
-TODO_TESTS = {"16_flash", "90_bench_attention"}
+# Rule (b) not yet met in this notebook (rule (a) holds there): the attention benchmark page, whose tests still sit at
+# the end. Remove a name once its notebook passes.
+TODO_TESTS = {"90_bench_attention"}
 
 
 def pending(nb: Path) -> bool:
