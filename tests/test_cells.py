@@ -25,10 +25,6 @@ PENDING: set = set()
 PENDING_PREFIXES: tuple = ()
 
 
-# Rule (b) not yet met in this notebook (rule (a) holds there): the attention benchmark page, whose tests still sit at
-# the end. Remove a name once its notebook passes.
-TODO_TESTS = {"90_bench_attention"}
-
 
 def pending(nb: Path) -> bool:
     return nb.stem in PENDING or nb.stem.startswith(PENDING_PREFIXES)
@@ -117,18 +113,12 @@ def test_no_long_cells():
 
 def test_exports_followed_by_tests():
     "(b): every defining export cell is followed by a test cell that names one of its definitions."
-    bad = {nb.name: u for nb in notebooks() if not pending(nb) and nb.stem not in TODO_TESTS if (u := untested(nb))}
+    bad = {nb.name: u for nb in notebooks() if not pending(nb) if (u := untested(nb))}
     assert not bad, ("export cells with no test cell naming them before the next export cell:\n"
                      + "\n".join(f"{k}: {'; '.join(v)}" for k, v in bad.items()))
 
 
-@pytest.mark.parametrize("name", sorted(PENDING | TODO_TESTS))
-def test_pending_exist(name):
-    "Every PENDING and TODO_TESTS entry names a notebook (a typo would silently exempt nothing)."
-    assert any(nb.stem == name for nb in notebooks()), name
-
-
-@pytest.mark.parametrize("name", sorted(TODO_TESTS))
-def test_todo_still_needed(name):
-    "A notebook that meets rule (b) leaves TODO_TESTS (so the exemption cannot outlive its reason)."
-    assert untested(next(nb for nb in notebooks() if nb.stem == name)), f"{name} now meets rule (b): remove it from TODO_TESTS"
+def test_pending_exist():
+    "Every PENDING entry names a notebook (a typo would silently exempt nothing)."
+    names = {nb.stem for nb in notebooks()}
+    assert not set(PENDING) - names, sorted(set(PENDING) - names)
