@@ -24,7 +24,7 @@ from .geometries import GEOMETRIES as ROWS, attention_geometries
 from .files import atomic_write
 
 # %% auto #0
-__all__ = ['MALLOC_ENV', 'make_inputs', 'poincare_flex', 'attention_fn', 'run_case', 'case_result', 'with_tflops',
+__all__ = ['MALLOC_ENV', 'make_inputs', 'poincare_flex', 'attention_fn', 'run_case', 'case_result', 'measure', 'with_tflops',
            'bench_attention', 'fresh_dir', 'bench_csv_path', 'bench_window', 'window_targets', 'main', 'bench_figure']
 
 # %% ../nbs/90_bench_attention.ipynb #fc6c0f14
@@ -137,6 +137,16 @@ def case_result(spec: dict, isolate: bool = True, env: Optional[Mapping[str, str
 # %% ../nbs/90_bench_attention.ipynb #40fc5085
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}   # glibc: large blocks always mmap'd, so RSS follows live tensors
 
+def measure(spec: dict, repeats: int, isolate: bool = True, timeout_s: float = 300) -> dict:
+    """One row for the case `spec` (`run_case`'s arguments): timed (`repeats`) in a process of its own with the ordinary
+    allocator, its memory in a second one with `MALLOC_ENV` (the time never comes from that run: mmap'ing every block
+    turns each allocation into fresh page faults). `isolate=False`: one run in this process gives both."""
+    row = case_result({**spec, "repeats": repeats}, isolate, None, timeout_s)
+    if isolate and row["status"] == "ok":
+        mem = case_result({**spec, "repeats": 0}, True, {**os.environ, **MALLOC_ENV}, timeout_s)
+        row = {**row, "extra_peak_mib": mem.get("extra_peak_mib"), "status": mem["status"]}
+    return row
+
 def _ref_bytes(geometry, B, H, S, D, R):
     width = D + (2 * R if geometry == "position_metric" else 0)
     return 4 * 4 * B * H * S * S * width          # float32, about four live tensors of that size
@@ -169,15 +179,8 @@ def bench_attention(geometries: Optional[Sequence[str]] = None, seqlens: Sequenc
     rows = []
     for g, be, S in tqdm(cases, disable=not progress, desc="attention cases"):
         reps = repeats if S <= 1024 else 1            # long cases: the warm-up plus one timed run each
-        row = {"status": "ok"}
-        # two processes: times with the ordinary allocator, memory with large blocks always mmap'd
-        runs = ((reps, os.environ), (0, {**os.environ, **MALLOC_ENV})) if isolate else ((reps, None),)
-        for reps_, env in runs:
-            res = case_result(dict(geometry=g, S=S, backend=be, B=B, H=H, D=D, R=R, repeats=reps_), isolate, env, timeout_s)
-            if res["status"] != "ok":
-                row = {"status": res["status"]}; break
-            row.update({k: v for k, v in res.items() if k != "extra_peak_mib" or not reps_ or not isolate})
-        rows.append({"geometry": g, "backend": be, "S": S, **row})
+        row = measure(dict(geometry=g, S=S, backend=be, B=B, H=H, D=D, R=R), reps, isolate, timeout_s)
+        rows.append({"geometry": g, "backend": be, "S": S, "status": row["status"], **row})   # the table's column order
     df = with_tflops(pd.DataFrame(rows), B, H, D)
     floor = df[df.geometry == "dot"].set_index("S")
     for col in ("fwd_s", "fwdbwd_s"):
@@ -215,13 +218,9 @@ def bench_window(geometries: Optional[Sequence[str]] = None, seqlens: Sequence[i
     cases += [("dot", "band", S) for S in seqlens if S <= band_max]
     rows = []
     for g, mode, S in tqdm(cases, disable=not progress, desc="window cases"):
-        spec = dict(geometry=g, S=S, B=B, H=H, D=D, R=R, repeats=0, once=True, window=None if mode == "full" else window,
+        spec = dict(geometry=g, S=S, B=B, H=H, D=D, R=R, once=True, window=None if mode == "full" else window,
                     band=mode == "band")
-        reps = 3 if isolate and (S <= 4096 or mode == "window") else 0     # best of 3 where a run is short
-        row = case_result({**spec, "repeats": reps}, isolate, None, timeout_s)  # the time: the ordinary allocator
-        if isolate and row["status"] == "ok":                                 # the memory: a run of its own
-            mem = case_result(spec, True, {**os.environ, **MALLOC_ENV}, timeout_s)
-            row = {**row, "extra_peak_mib": mem.get("extra_peak_mib"), "status": mem["status"]}
+        row = measure(spec, 3 if isolate and (S <= 4096 or mode == "window") else 0, isolate, timeout_s)   # best of 3: short runs
         rows.append({**row, "geometry": g, "mode": mode, "S": S, "window": window if mode != "full" else None})
     df = pd.DataFrame(rows)
     if "fwdbwd_s" in df: df["us_per_token"] = df.fwdbwd_s / df.S * 1e6
