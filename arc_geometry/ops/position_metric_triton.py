@@ -280,7 +280,6 @@ PM_TABLE[(80, "half", "_bwd_kv")].update({dp: (32, 32, 8, 2) for dp in (16, 32, 
 for arch in (90, 80):
     for kern in ("_fwd", "_bwd_q"):
         PM_TABLE[(arch, "f32", kern)][64] = (32, 32, 8, 3 if arch == 90 else 2)
-PM_TABLE[(80, "half", "_bwd_kv")][64] = (16, 32, 8, 2)   # sm_80, causal: 32 × 32 spilled 28 bytes (two loop bodies)
 # float32 at DP = 128: 16-row tiles on 8 warps (32 × 32 on 4 warps spilled 1–4 KiB; these do not spill)
 for arch in (90, 80):
     PM_TABLE[(arch, "f32", "_fwd")][128] = (16, 32, 8, 2)
