@@ -38,9 +38,20 @@ def subprocess_env():
 
 
 # The longest tests first (measured on two cores): a long one left for the end of the run keeps one core idle.
-LONG_FIRST = ("test_notebook_runs[16_flash", "test_types.py::", "test_notebook_runs[90_bench", "test_docs.py::",
-              "test_notebook_runs[50_export", "test_train_ddp.py::", "test_arc.py::test_kill", "test_bench_entry_points",
-              "test_study_killed", "test_notebook_runs[43_study", "test_notebook_runs[38_grid", "test_notebook_runs[41_arc")
+LONG_FIRST = ("test_notebook_runs[16_flash", "test_docs.py::", "test_notebook_runs[50_export", "test_train_ddp.py::",
+              "test_types.py::", "test_study_killed", "test_bench_entry_points", "test_notebook_runs[21_model",
+              "test_notebook_runs[43_study", "test_notebook_runs[41_arc", "test_notebook_runs[38_grid",
+              "test_notebook_runs[17_position", "test_fresh_install", "test_cli_kill_or_ctrl_c_then_resume",
+              "test_notebook_runs[90_bench", "test_notebook_runs[18_kernels", "test_notebook_runs[60_widgets",
+              "test_arc.py::test_kill", "test_two_processes_on_postgres")
+
+
+def pytest_configure(config):
+    """With `-n`, xdist's `worksteal` rather than its default `load`: `load` hands each worker a contiguous block of the
+    sorted tests up front (all of `LONG_FIRST` went to one worker, which then ran 86 s alone at the end); with
+    work stealing an idle worker takes tests still queued on the other."""
+    if getattr(config.option, "dist", None) == "load":
+        config.option.dist = "worksteal"
 
 
 def pytest_collection_modifyitems(items):
