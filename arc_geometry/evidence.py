@@ -249,7 +249,7 @@ def lead_table(comparisons: Sequence[dict], widths: Optional[dict] = None, basel
     for g in order():
         cs = [c for c in comparisons if c["geometry"] == g]
         if g != baseline and not cs and not any(k[1] == g for k in widths): continue
-        name = lambda c: c["study"] if c["item"] == c["study"] else f"{c['study']} {c['item']}".strip()   # text: "text"
+        name = lambda c: f"{c['study']} {c['item']}".strip()
         row = {"geometry": g,
                "helps": "baseline" if g == baseline else "; ".join(name(c) for c in cs if c["verdict"] == "better") or "—",
                "hurts": "" if g == baseline else "; ".join(name(c) for c in cs if c["verdict"] == "worse") or "—",

@@ -120,50 +120,46 @@ def run_notebook(nb: Path, tmp_path: Path, parameters: dict, monkeypatch, kernel
                     f"{e.ename}: {e.evalue}", pytrace=False)
 
 
-def test_runner_injects_parameters_and_honours_skips(tmp_path, monkeypatch, kernel):
-    "The runner itself: the parameters cell is overridden, and skipped cells never run."
+def _probe(path: Path, *cells) -> Path:
+    "Write a notebook of code `cells` (sources, or cells with metadata) to `path`; return `path`."
     v4 = nbformat.v4
-    nb = v4.new_notebook(cells=[
-        v4.new_code_cell("N = 1000", metadata={"tags": ["parameters"]}),
-        v4.new_code_cell("#| eval: false\nraise RuntimeError('eval: false cell ran')"),
-        v4.new_code_cell("#| slow\nraise RuntimeError('slow cell ran')"),
-        v4.new_code_cell("import nbdev; nbdev.nbdev_export()"),
-        v4.new_code_cell("print('N =', N)"),
-    ])
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    path = tmp_path / "src" / "probe.ipynb"
-    path.parent.mkdir()
-    nbformat.write(nb, path)
-    done = run_notebook(path, tmp_path, {"N": 3}, monkeypatch, kernel)
-    printed = "".join(o.get("text", "") for c in done.cells if c.cell_type == "code" for o in c.get("outputs", []))
-    assert "N = 3" in printed and "ran" not in printed
-
-
-def _probe(path: Path, *sources: str) -> Path:
-    v4 = nbformat.v4
-    nb = v4.new_notebook(cells=[v4.new_code_cell(s) for s in sources])
+    nb = v4.new_notebook(cells=[v4.new_code_cell(c) if isinstance(c, str) else c for c in cells])
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     path.parent.mkdir(exist_ok=True)
     nbformat.write(nb, path)
     return path
 
 
+def _printed(nb) -> str:
+    "Everything a run notebook printed."
+    return "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+
+
+def test_runner_injects_parameters_and_honours_skips(tmp_path, monkeypatch, kernel):
+    "The runner itself: the parameters cell is overridden, and skipped cells never run."
+    params = nbformat.v4.new_code_cell("N = 1000", metadata={"tags": ["parameters"]})
+    path = _probe(tmp_path / "src" / "probe.ipynb", params, "#| eval: false\nraise RuntimeError('eval: false cell ran')",
+                  "#| slow\nraise RuntimeError('slow cell ran')", "import nbdev; nbdev.nbdev_export()", "print('N =', N)")
+    printed = _printed(run_notebook(path, tmp_path, {"N": 3}, monkeypatch, kernel))
+    assert "N = 3" in printed and "ran" not in printed
+
+
 def test_each_notebook_gets_a_process_of_its_own(tmp_path, monkeypatch, kernel):
     """Kernels share nothing a notebook creates: the second notebook does not see the first one's globals, module
     attributes or environment, runs in another process, in its own directory; `arc_geometry` (whose kernels read
     TRITON_INTERPRET when they are defined) is imported by the notebook, never before; a failing cell fails the test."""
-    a = _probe(tmp_path / "a" / "a.ipynb", "import os, sys, torch\nx = 1; torch.marker = 1; os.environ['ARC_PROBE'] = '1'",
+    a = _probe(tmp_path / "a" / "a.ipynb",
+               "import os, sys, torch\nx = 1; torch.marker = 1; os.environ['ARC_PROBE'] = '1'",
                "assert 'arc_geometry' not in sys.modules\nprint('pid', os.getpid(), 'cwd', os.getcwd())")
     b = _probe(tmp_path / "b" / "b.ipynb", "import os, sys, torch\nassert 'x' not in globals()",
                "assert not hasattr(torch, 'marker') and 'ARC_PROBE' not in os.environ",
                "print('pid', os.getpid(), 'cwd', os.getcwd())")
-    printed = lambda nb: "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", [])).split()
-    pa, pb = (printed(run_notebook(p, p.parent, {}, monkeypatch, kernel)) for p in (a, b))
+    pa, pb = (_printed(run_notebook(p, tmp_path, {}, monkeypatch, kernel)).split() for p in (a, b))
     assert pa[1] != pb[1] and pa[1] != str(os.getpid())
     assert (pa[3], pb[3]) == (str(a.parent), str(b.parent))
     bad = _probe(tmp_path / "c" / "c.ipynb", "x = 1", "raise ValueError('probe failure')")
     with pytest.raises(pytest.fail.Exception, match="c.ipynb: cell 1 .*ValueError: probe failure"):
-        run_notebook(bad, bad.parent, {}, monkeypatch, kernel)
+        run_notebook(bad, tmp_path, {}, monkeypatch, kernel)
 
 
 @pytest.mark.parametrize("nb", notebooks(), ids=lambda p: p.name)
